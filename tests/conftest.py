@@ -1,0 +1,112 @@
+"""Tiny CIFAR-10 copies in the real on-disk formats, made fresh for the tests (no network,
+no shared data), and a CLI runner that returns (exit code, stdout, stderr)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    """Each test caches decoded data in its own folder and never reads VAE_SEARCH_DATA or
+    a study database from the environment."""
+    monkeypatch.setenv("VAE_SEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("VAE_SEARCH_DATA", raising=False)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    """(n, 32, 32, 3) uint8 with some structure (smooth gradients + noise), so a VAE has
+    something to learn and reconstructions differ from noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    base = np.stack([xx, yy, 1 - xx], axis=-1)  # (32, 32, 3)
+    scale = rng.uniform(0.3, 1.0, size=(n, 1, 1, 3))
+    noise = rng.normal(0, 0.08, size=(n, 32, 32, 3))
+    return (np.clip(base * scale + noise, 0, 1) * 255).astype(np.uint8)
+
+
+def make_batches(root: Path, n_train: int = 250, n_test: int = 60) -> Path:
+    """A `cifar-10-batches-py` folder in torchvision's pickle format: five training batches,
+    a test batch and batches.meta. The originals are Python 2 pickles of dicts with str keys,
+    which Python 3 reads (encoding="latin1", as torchvision does) as str keys; protocol 2
+    pickles of str keys are read the same way."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    train = _images(n_train, 1)
+    test = _images(n_test, 2)
+
+    def dump(name: str, images: np.ndarray) -> None:
+        entry = {
+            "batch_label": name,
+            "labels": [i % 10 for i in range(len(images))],
+            "data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),  # (N, 3072), CHW rows
+            "filenames": [f"{i}.png" for i in range(len(images))],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+
+    for i, chunk in enumerate(np.array_split(train, 5), start=1):
+        dump(f"data_batch_{i}", chunk)
+    dump("test_batch", test)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CLASSES, "num_cases_per_batch": 10000, "num_vis": 3072}, f, protocol=2)
+    return folder
+
+
+def make_image_folder(root: Path, n_train: int = 40, n_test: int = 20, fmt: str = "png") -> Path:
+    """train/<class>/NNNN.png and test/<class>/NNNN.png, as in the shared JPEG copy."""
+    for split, n, seed in (("train", n_train, 3), ("test", n_test, 4)):
+        for i, img in enumerate(_images(n, seed)):
+            d = root / split / CLASSES[i % 10]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i:04d}.{fmt}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def batches_dir(tmp_path_factory) -> Path:
+    """The parent of a generated cifar-10-batches-py (what --data-dir takes)."""
+    root = tmp_path_factory.mktemp("batches")
+    make_batches(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("imagefolder"))
+
+
+@pytest.fixture
+def cli(capfd):
+    """Run the CLI in this process: cli("grid", "--epochs", "1", ...) -> (rc, out, err)."""
+    from vae_search.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capfd.readouterr()
+        try:
+            main([str(a) for a in args])
+            rc = 0
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        out, err = capfd.readouterr()
+        return rc, out, err
+
+    return run
+
+
+def one_line_error(err: str) -> str:
+    """The error output must be exactly one line, no traceback."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert "Traceback" not in err
+    return lines[0]

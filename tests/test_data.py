@@ -1,0 +1,128 @@
+import os
+import pickle
+import time
+
+import pytest
+import torch
+
+from tests.conftest import make_batches, make_image_folder
+from vae_search import data as data_module
+from vae_search.data import load_cifar10
+from vae_search.errors import UsageError
+
+
+class TestLayouts:
+    def test_batches_folder(self, batches_dir):
+        d = load_cifar10(batches_dir)
+        assert d.train.shape == (250, 3, 32, 32) and d.test.shape == (60, 3, 32, 32)
+        assert d.train.dtype == torch.uint8
+        # the pixels are the pickled rows, reshaped CHW: check one value against the file
+        with open(batches_dir / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+            row = pickle.load(f, encoding="latin1")["data"][0]
+        assert d.train[0].flatten().tolist() == list(row)
+
+    def test_batches_folder_itself(self, batches_dir):
+        d = load_cifar10(batches_dir / "cifar-10-batches-py")
+        assert d.train.shape == (250, 3, 32, 32)
+
+    def test_image_folder(self, image_folder):
+        d = load_cifar10(image_folder)
+        assert d.train.shape == (40, 3, 32, 32) and d.test.shape == (20, 3, 32, 32)
+        assert d.train.dtype == torch.uint8 and d.train.float().std() > 1
+
+    def test_jpeg_image_folder(self, tmp_path):
+        d = load_cifar10(make_image_folder(tmp_path, n_train=10, n_test=10, fmt="jpg"))
+        assert d.train.shape == (10, 3, 32, 32)
+
+
+class TestCache:
+    def test_second_load_reads_cache_not_images(self, tmp_path, monkeypatch):
+        root = make_image_folder(tmp_path / "imgs", n_train=20, n_test=10)
+        first = load_cifar10(root, cache_dir=tmp_path / "cache")
+        assert len(list((tmp_path / "cache").glob("cifar10-*.pt"))) == 1
+
+        def no_decoding(path):
+            raise AssertionError("decoded again despite the cache")
+
+        monkeypatch.setattr(data_module, "_read_image_folder", no_decoding)
+        second = load_cifar10(root, cache_dir=tmp_path / "cache")
+        assert torch.equal(first.train, second.train) and first.fingerprint == second.fingerprint
+
+    def test_changed_data_is_decoded_again(self, tmp_path):
+        root = make_image_folder(tmp_path / "imgs", n_train=20, n_test=10)
+        first = load_cifar10(root, cache_dir=tmp_path / "cache")
+        victim = next((root / "train").rglob("*.png"))
+        from PIL import Image
+
+        Image.new("RGB", (32, 32), (255, 0, 0)).save(victim)
+        os.utime(victim, (time.time() + 5, time.time() + 5))
+        second = load_cifar10(root, cache_dir=tmp_path / "cache")
+        assert second.fingerprint != first.fingerprint
+
+    def test_corrupt_cache_is_rebuilt(self, tmp_path):
+        root = make_image_folder(tmp_path / "imgs", n_train=20, n_test=10)
+        first = load_cifar10(root, cache_dir=tmp_path / "cache")
+        cache_file = next((tmp_path / "cache").glob("cifar10-*.pt"))
+        cache_file.write_bytes(cache_file.read_bytes()[:100])  # truncated, as by a crash
+        assert load_cifar10(root, cache_dir=tmp_path / "cache").fingerprint == first.fingerprint
+
+
+class TestLimit:
+    def test_fixed_deterministic_subset(self, batches_dir):
+        d = load_cifar10(batches_dir)
+        a, b = d.limit(100, 30), d.limit(100, 30)
+        assert a.train.shape == (100, 3, 32, 32) and a.test.shape == (30, 3, 32, 32)
+        assert torch.equal(a.train, b.train) and a.fingerprint == b.fingerprint
+        assert a.fingerprint != d.fingerprint
+        # a mix of the whole set, not its first 100 images
+        assert not torch.equal(a.train, d.train[:100])
+
+    def test_limit_above_size_keeps_all(self, batches_dir):
+        d = load_cifar10(batches_dir)
+        assert d.limit(10_000, None).fingerprint == d.fingerprint
+
+
+class TestErrors:
+    def test_missing_folder(self, tmp_path):
+        with pytest.raises(UsageError, match="does not exist.*accepted layouts"):
+            load_cifar10(tmp_path / "nope")
+
+    def test_empty_folder(self, tmp_path):
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(UsageError, match="is empty.*accepted layouts"):
+            load_cifar10(tmp_path / "empty")
+
+    def test_unknown_layout(self, tmp_path):
+        (tmp_path / "odd").mkdir()
+        (tmp_path / "odd" / "notes.txt").write_text("hello")
+        with pytest.raises(UsageError, match="no layout.*accepted layouts"):
+            load_cifar10(tmp_path / "odd")
+
+    def test_unreadable_image(self, tmp_path):
+        root = make_image_folder(tmp_path / "imgs", n_train=10, n_test=10)
+        bad = next((root / "test").rglob("*.png"))
+        bad.write_bytes(b"not an image at all")
+        with pytest.raises(UsageError, match=f"unreadable image {bad}"):
+            load_cifar10(root)
+
+    def test_incomplete_batches(self, tmp_path):
+        folder = make_batches(tmp_path, n_train=20, n_test=10)
+        (folder / "data_batch_3").unlink()
+        with pytest.raises(UsageError, match="lacks some of data_batch"):
+            load_cifar10(tmp_path)
+
+    def test_corrupt_batch_file(self, tmp_path):
+        folder = make_batches(tmp_path, n_train=20, n_test=10)
+        (folder / "test_batch").write_bytes(b"garbage")
+        with pytest.raises(UsageError, match="unreadable batch file"):
+            load_cifar10(tmp_path)
+
+    def test_no_internet(self, tmp_path, monkeypatch):
+        from urllib.error import URLError
+
+        def offline(*args, **kwargs):
+            raise URLError("no route to host")
+
+        monkeypatch.setattr(data_module.datasets.CIFAR10, "download", offline)
+        with pytest.raises(UsageError, match="could not download CIFAR-10.*--data-dir"):
+            load_cifar10(None, cache_dir=tmp_path / "cache")

@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vae_search.model import VAE, ModelConfig, SubPixelConvTranspose2d, count_parameters, vae_loss
+
+
+class TestArchitecture:
+    @pytest.mark.parametrize(
+        "latent, base, expected",
+        [(4, 32, 285_355), (8, 32, 309_939), (16, 32, 359_107), (8, 64, 1_131_859)],
+    )
+    def test_report_parameter_counts(self, latent, base, expected):
+        assert count_parameters(VAE(ModelConfig(latent_dim=latent, base_channels=base))) == expected
+
+    def test_shapes(self):
+        model = VAE(ModelConfig(latent_dim=8, base_channels=16))
+        x = torch.rand(5, 3, 32, 32)
+        logits, mu, logvar = model(x, torch.randn(5, 8))
+        assert logits.shape == (5, 3, 32, 32)
+        assert mu.shape == logvar.shape == (5, 8)
+        assert model.decode(mu).min() >= 0 and model.decode(mu).max() <= 1
+
+    def test_no_normalisation_layers(self):
+        model = VAE(ModelConfig())
+        assert not any(isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)) for m in model.modules())
+
+
+class TestSubPixel:
+    """The fast transposed convolution must be the plain layer in every observable way."""
+
+    def test_same_outputs_and_gradients_as_conv_transpose(self):
+        torch.manual_seed(0)
+        plain = nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1)
+        fast = SubPixelConvTranspose2d(6, 5)
+        fast.load_state_dict(plain.state_dict())
+        x = torch.randn(3, 6, 7, 9, requires_grad=True)
+        y_plain, y_fast = plain(x), fast(x)
+        assert y_fast.shape == y_plain.shape == (3, 5, 14, 18)
+        torch.testing.assert_close(y_fast, y_plain, atol=1e-5, rtol=1e-5)
+        g = torch.randn_like(y_plain)
+        gx_plain, gw_plain = torch.autograd.grad(y_plain, (x, plain.weight), g)
+        gx_fast, gw_fast = torch.autograd.grad(y_fast, (x, fast.weight), g)
+        torch.testing.assert_close(gx_fast, gx_plain, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(gw_fast, gw_plain, atol=1e-4, rtol=1e-4)
+
+    def test_same_state_dict_and_outputs_in_the_vae(self):
+        torch.manual_seed(1)
+        plain = VAE(ModelConfig(latent_dim=8, base_channels=16), subpixel=False)
+        fast = VAE(ModelConfig(latent_dim=8, base_channels=16), subpixel=True)
+        assert plain.state_dict().keys() == fast.state_dict().keys()
+        assert count_parameters(plain) == count_parameters(fast)
+        fast.load_state_dict(plain.state_dict())
+        x, eps = torch.rand(4, 3, 32, 32), torch.randn(4, 8)
+        torch.testing.assert_close(fast(x, eps)[0], plain(x, eps)[0], atol=1e-5, rtol=1e-5)
+
+
+class TestLoss:
+    def test_against_hand_computation(self):
+        # One image whose logits are all 0 (sigmoid 0.5) and pixels all 1: BCE per value is
+        # -log(0.5) = log 2, summed over 3*32*32 values. mu = (1, 0), logvar = (0, log 2):
+        # KL = -0.5 * [(1 + 0 - 1 - 1) + (1 + log 2 - 0 - 2)] = 1 - 0.5 log 2.
+        logits = torch.zeros(1, 3, 32, 32)
+        x = torch.ones(1, 3, 32, 32)
+        mu = torch.tensor([[1.0, 0.0]])
+        logvar = torch.tensor([[0.0, math.log(2.0)]])
+        recon, kl = vae_loss(logits, x, mu, logvar)
+        assert recon.item() == pytest.approx(3 * 32 * 32 * math.log(2.0), rel=1e-6)
+        assert kl.item() == pytest.approx(1 - 0.5 * math.log(2.0), rel=1e-6)
+
+    def test_matches_bce_on_sigmoid_per_image(self):
+        torch.manual_seed(0)
+        logits, x = torch.randn(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
+        mu, logvar = torch.randn(3, 4), torch.randn(3, 4)
+        recon, _ = vae_loss(logits, x, mu, logvar)
+        expected = nn.functional.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").sum((1, 2, 3))
+        torch.testing.assert_close(recon, expected, rtol=1e-4, atol=1e-2)

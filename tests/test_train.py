@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+
+from vae_search.data import load_cifar10
+from vae_search.model import VAE, ModelConfig
+from vae_search.train import NonFiniteLoss, TrainConfig, evaluate, pick_device, train
+from vae_search.errors import UsageError
+
+SMALL = ModelConfig(latent_dim=4, base_channels=8)
+
+
+@pytest.fixture(scope="module")
+def tiny(batches_dir):
+    return load_cifar10(batches_dir).limit(128, 32)
+
+
+def run(data, seed=0, epochs=1, compile=False, **kw):
+    return train(SMALL, TrainConfig(epochs=epochs, batch_size=32, seed=seed, **kw), data, compile=compile)
+
+
+def test_same_seed_same_numbers(tiny):
+    a, b = run(tiny, seed=3, epochs=2), run(tiny, seed=3, epochs=2)
+    assert a.metrics["val_loss"] == b.metrics["val_loss"]  # to the last digit, on CPU
+    assert a.history == [dict(h, time_s=a.history[i]["time_s"]) for i, h in enumerate(b.history)]
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+
+def test_other_seed_other_numbers(tiny):
+    assert run(tiny, seed=0).metrics["val_loss"] != run(tiny, seed=1).metrics["val_loss"]
+
+
+def test_metrics_and_history(tiny):
+    r = run(tiny, epochs=2, beta=2.0)
+    assert [h["epoch"] for h in r.history] == [1, 2]
+    m = r.metrics
+    assert m["val_loss"] == pytest.approx(m["recon_loss"] + 2.0 * m["kl"])
+    assert m["neg_elbo"] == pytest.approx(m["recon_loss"] + m["kl"])
+    assert m["time_s"] > 0 and math.isfinite(m["train_loss"])
+    assert r.params == sum(v.numel() for k, v in r.state_dict.items())
+
+
+def test_training_lowers_the_loss(tiny):
+    one, five = run(tiny, epochs=1), run(tiny, epochs=5)
+    assert five.metrics["val_loss"] < one.metrics["val_loss"]
+
+
+def test_evaluate_changes_nothing(tiny):
+    torch.manual_seed(0)
+    model = VAE(SMALL)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = evaluate(model, tiny.test, 1.0, seed=5, device=torch.device("cpu"))
+    b = evaluate(model, tiny.test, 1.0, seed=5, device=torch.device("cpu"))
+    assert a == b
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_on_epoch_sees_each_epoch_and_can_stop(tiny):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(m):
+        seen.append(m["epoch"])
+        if m["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(SMALL, TrainConfig(epochs=4, batch_size=32), tiny, compile=False, on_epoch=on_epoch)
+    assert seen == [1, 2]
+
+
+def test_non_finite_loss_raises(tiny, monkeypatch):
+    import vae_search.train as train_module
+
+    real = train_module._step_loss
+    monkeypatch.setattr(train_module, "_step_loss", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(NonFiniteLoss, match="nan"):
+        run(tiny)
+
+
+def test_compiled_step_gives_the_eager_loss(tiny):
+    eager = run(tiny, seed=2, compile=False)
+    compiled = run(tiny, seed=2, compile=True)
+    assert compiled.compiled and not eager.compiled
+    assert compiled.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], rel=1e-3)
+    assert compiled.metrics["val_loss"] == pytest.approx(eager.metrics["val_loss"], rel=1e-3)
+
+
+def test_device_choice():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA device"):
+            pick_device("cuda")

@@ -1,0 +1,3 @@
+from vae_search.cli import main
+
+main()

@@ -1,0 +1,105 @@
+"""A trial's files in Optuna's artifact store: weights (checkpoint), reconstructions and
+prior samples as PNG. Their artifact ids are kept in the trial's user attributes, so the
+dashboard shows them and `interpolate` finds the weights."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from vae_search.errors import UsageError
+from vae_search.images import prior_samples, reconstructions, save_png
+from vae_search.model import VAE, ModelConfig
+from vae_search.storage_io import atomic_write
+from vae_search.train import TrainConfig, TrainResult
+
+CHECKPOINT_FORMAT = "vae-search-checkpoint/1"
+WEIGHTS_ATTR = "weights_artifact_id"
+
+
+def artifact_store(path: Path) -> FileSystemArtifactStore:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-")
+        probe.close()
+    except OSError as e:
+        raise UsageError(f"artifact folder {path} cannot be written: {e.strerror}; pass --artifact-dir") from None
+    return FileSystemArtifactStore(base_path=str(path))
+
+
+def save_trial_artifacts(
+    trial: optuna.Trial,
+    store: FileSystemArtifactStore,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    result: TrainResult,
+    test_images: torch.Tensor,
+) -> dict[str, str]:
+    """Upload weights, a reconstruction PNG and a prior-samples PNG; return their ids."""
+    model = VAE(model_config)
+    model.load_state_dict(result.state_dict)
+    ids: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / f"trial-{trial.number}-weights.pt"
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": asdict(model_config),
+            "train_config": asdict(train_config),
+            "metrics": result.metrics,
+            "state_dict": result.state_dict,
+        }
+        atomic_write(ckpt, lambda f: torch.save(payload, f))
+        recon = save_png(reconstructions(model, test_images.cpu()), Path(tmp) / f"trial-{trial.number}-reconstructions.png")
+        samples = save_png(prior_samples(model, seed=train_config.seed), Path(tmp) / f"trial-{trial.number}-samples.png")
+        for attr, path, mime in (
+            (WEIGHTS_ATTR, ckpt, "application/octet-stream"),
+            ("reconstructions_artifact_id", recon, "image/png"),
+            ("samples_artifact_id", samples, "image/png"),
+        ):
+            ids[attr] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype=mime)
+            trial.set_user_attr(attr, ids[attr])
+    return ids
+
+
+def trials_with_weights(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if WEIGHTS_ATTR in t.user_attrs]
+
+
+def load_checkpoint(store: FileSystemArtifactStore, trial: FrozenTrial) -> dict[str, Any]:
+    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
+    if artifact_id is None:
+        raise UsageError(f"trial {trial.number} has no weights")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.pt"
+        try:
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
+        except Exception:
+            raise UsageError(
+                f"the weights of trial {trial.number} (artifact {artifact_id}) are missing from "
+                f"{store._base_path}; pass the --artifact-dir the study was run with"
+            ) from None
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if ckpt.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError("not a vae-search checkpoint")
+        except Exception as e:
+            raise UsageError(f"the weights of trial {trial.number} (artifact {artifact_id}) are corrupt: {e}") from None
+    return ckpt
+
+
+def load_model(store: FileSystemArtifactStore, trial: FrozenTrial) -> VAE:
+    ckpt = load_checkpoint(store, trial)
+    model = VAE(ModelConfig.from_dict(ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise UsageError(f"the weights of trial {trial.number} do not fit its architecture: {e}") from None
+    return model.eval()

@@ -1,0 +1,188 @@
+"""CIFAR-10 into uint8 tensors, from any of the layouts users have.
+
+Sources, tried in this order for `load_cifar10(data_dir)`:
+  - `data_dir` holding `cifar-10-batches-py/` (or being that folder): torchvision's pickles;
+  - `data_dir` holding `train/<class>/*` and `test/<class>/*`: an ImageFolder copy, such as
+    the JPEG copy in ../shared/data;
+  - `data_dir` is None: `torchvision.datasets.CIFAR10(download=True)` into the cache folder.
+
+Images are decoded once into (N, 3, 32, 32) uint8 tensors and cached on disk, keyed by the
+source files' names, sizes and times, so a second run starts in seconds. Every problem a
+user can cause (no internet, a missing or empty folder, an unknown layout, an unreadable
+image) raises `UsageError` with one line naming the path and the layouts accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+from torchvision.io import ImageReadMode, decode_image
+
+from vae_search.errors import UsageError
+from vae_search.storage_io import atomic_write
+
+BATCHES_DIR = "cifar-10-batches-py"
+LAYOUTS = (
+    f"accepted layouts: a '{BATCHES_DIR}' folder (torchvision's CIFAR-10 pickles), "
+    "or an ImageFolder with train/<class>/*.jpg|png and test/<class>/*.jpg|png"
+)
+
+
+@dataclass
+class Cifar10:
+    train: torch.Tensor  # (N, 3, 32, 32) uint8
+    test: torch.Tensor  # (M, 3, 32, 32) uint8, the validation split
+    source: str  # where it came from, for the trial's attributes
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of exactly the pixels used: two runs with the same fingerprint saw
+        the same data."""
+        h = hashlib.sha256()
+        for t in (self.train, self.test):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def limit(self, train: int | None, val: int | None) -> Cifar10:
+        return Cifar10(_subset(self.train, train), _subset(self.test, val), self.source)
+
+
+def _subset(images: torch.Tensor, n: int | None) -> torch.Tensor:
+    """A fixed subset of n images: the first n of a permutation seeded with 0, independent of
+    the trial's seed, so every run with the same limit sees the same images (and ImageFolder's
+    class-sorted order does not give n airplanes)."""
+    if n is None or n >= len(images):
+        return images
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    return images[perm[:n].sort().values]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("VAE_SEARCH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vae-search"
+
+
+def default_data_dir() -> Path | None:
+    env = os.environ.get("VAE_SEARCH_DATA")
+    return Path(env) if env else None
+
+
+def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) -> Cifar10:
+    """All of CIFAR-10 as uint8 tensors; see the module docstring for the sources."""
+    cache_dir = cache_dir or default_cache_dir()
+    if data_dir is None:
+        return _download(cache_dir)
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.exists():
+        raise UsageError(f"data folder {data_dir} does not exist; {LAYOUTS}")
+    if not data_dir.is_dir():
+        raise UsageError(f"data path {data_dir} is not a folder; {LAYOUTS}")
+    batches = data_dir if data_dir.name == BATCHES_DIR else data_dir / BATCHES_DIR
+    if batches.is_dir():
+        return _cached(batches, cache_dir, _read_batches)
+    if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
+        return _cached(data_dir, cache_dir, _read_image_folder)
+    if not any(data_dir.iterdir()):
+        raise UsageError(f"data folder {data_dir} is empty; {LAYOUTS}")
+    raise UsageError(f"data folder {data_dir} has no layout vae-search knows; {LAYOUTS}")
+
+
+def _download(cache_dir: Path) -> Cifar10:
+    root = cache_dir / "torchvision"
+    try:
+        datasets.CIFAR10(root=str(root), train=True, download=True)
+    except Exception as e:  # URLError, socket errors, a corrupt partial download...
+        raise UsageError(
+            f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without "
+            f"internet pass --data-dir (or set VAE_SEARCH_DATA); {LAYOUTS}"
+        ) from None
+    return _cached(root / BATCHES_DIR, cache_dir, _read_batches)
+
+
+def _source_key(path: Path) -> str:
+    """Names, sizes and modification times of every file below `path`: cheap to compute
+    (no reading), and it changes when the data does."""
+    h = hashlib.sha256(str(path.resolve()).encode())
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            h.update(f"{os.path.relpath(os.path.join(root, name), path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:24]
+
+
+def _cached(path: Path, cache_dir: Path, read) -> Cifar10:
+    cache_file = cache_dir / f"cifar10-{_source_key(path)}.pt"
+    if cache_file.exists():
+        try:
+            blob = torch.load(cache_file, weights_only=True)
+            return Cifar10(blob["train"], blob["test"], str(path))
+        except Exception:
+            pass  # a cache we cannot read is rebuilt, never trusted
+    train, test = read(path)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache_file, lambda f: torch.save({"train": train, "test": test}, f))
+    except OSError:
+        pass  # a read-only cache only costs the next run a decode
+    return Cifar10(train, test, str(path))
+
+
+class _LocalCIFAR10(datasets.CIFAR10):
+    """torchvision's pickle reader without its MD5 check, which only suits the exact files of
+    the official download (a copy re-pickled elsewhere is just as good)."""
+
+    def _check_integrity(self) -> bool:
+        root = Path(self.root) / self.base_folder
+        return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        self.classes, self.class_to_idx = [], {}  # class names are not needed here
+
+
+def _read_batches(batches: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    out = []
+    for train in (True, False):
+        try:
+            ds = _LocalCIFAR10(root=str(batches.parent), train=train, download=False)
+        except RuntimeError:
+            raise UsageError(
+                f"{batches} lacks some of data_batch_1..5 and test_batch; {LAYOUTS}"
+            ) from None
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, OSError) as e:
+            raise UsageError(f"{batches} holds an unreadable batch file ({e}); {LAYOUTS}") from None
+        # ds.data is (N, 32, 32, 3) uint8, HWC as in the pickles
+        out.append(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous())
+    return out[0], out[1]
+
+
+def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    out = []
+    for split in ("train", "test"):
+        try:
+            folder = datasets.ImageFolder(str(root / split))
+        except (FileNotFoundError, OSError) as e:
+            raise UsageError(f"{root / split}: {e}; {LAYOUTS}") from None
+        images = torch.empty((len(folder.samples), 3, 32, 32), dtype=torch.uint8)
+        for i, (file, _) in enumerate(folder.samples):
+            try:
+                img = decode_image(file, mode=ImageReadMode.RGB)  # (3, H, W) uint8
+            except Exception as e:
+                raise UsageError(f"unreadable image {file} ({e}); {LAYOUTS}") from None
+            if img.shape != (3, 32, 32):
+                raise UsageError(
+                    f"image {file} is {tuple(img.shape[1:])} pixels, CIFAR-10 is 32x32; {LAYOUTS}"
+                )
+            images[i] = img
+        out.append(images)
+    return out[0], out[1]
