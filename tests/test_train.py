@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from vae_search.data import load_cifar10
+from vae_search.errors import UsageError
 from vae_search.model import VAE, ModelConfig
 from vae_search.train import NonFiniteLoss, TrainConfig, evaluate, pick_device, train
-from vae_search.errors import UsageError
 
 SMALL = ModelConfig(latent_dim=4, base_channels=8)
 

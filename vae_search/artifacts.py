@@ -15,13 +15,14 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.errors import UsageError
-from vae_search.images import prior_samples, reconstructions, save_png
+from vae_search.images import interpolate, prior_samples, reconstructions, save_png
 from vae_search.model import VAE, ModelConfig
 from vae_search.storage_io import atomic_write
 from vae_search.train import TrainConfig, TrainResult
 
 CHECKPOINT_FORMAT = "vae-search-checkpoint/1"
 WEIGHTS_ATTR = "weights_artifact_id"
+INTERP_ROWS, INTERP_STEPS = 8, 10  # the interpolation figure stored with each trial
 
 
 def artifact_store(path: Path) -> FileSystemArtifactStore:
@@ -59,10 +60,14 @@ def save_trial_artifacts(
         atomic_write(ckpt, lambda f: torch.save(payload, f))
         recon = save_png(reconstructions(model, test_images.cpu()), Path(tmp) / f"trial-{trial.number}-reconstructions.png")
         samples = save_png(prior_samples(model, seed=train_config.seed), Path(tmp) / f"trial-{trial.number}-samples.png")
+        # The B.3 figure, made now because Optuna does not let a finished trial take artifacts.
+        frames = interpolate(model, rows=INTERP_ROWS, steps=INTERP_STEPS, mode="random", seed=train_config.seed)
+        interp = save_png(frames.flatten(0, 1), Path(tmp) / f"trial-{trial.number}-interpolation.png", nrow=INTERP_STEPS)
         for attr, path, mime in (
             (WEIGHTS_ATTR, ckpt, "application/octet-stream"),
             ("reconstructions_artifact_id", recon, "image/png"),
             ("samples_artifact_id", samples, "image/png"),
+            ("interpolation_artifact_id", interp, "image/png"),
         ):
             ids[attr] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype=mime)
             trial.set_user_attr(attr, ids[attr])

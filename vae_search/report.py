@@ -66,3 +66,92 @@ def grid_rich_table(df: pd.DataFrame, title: str) -> Table:
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
     return atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
+
+
+# ---------------------------------------------------------------- `vae-search report`
+
+_DROP_ATTRS = ("history",)  # a list per trial: drawn as learning curves, not a CSV column
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """Trials with their params and user attributes, without Optuna's internal columns."""
+    df = study.trials_dataframe(attrs=("number", "state", "value" if len(study.directions) == 1 else "values",
+                                       "params", "user_attrs", "duration"))
+    df = df.drop(columns=[c for c in df.columns if c.removeprefix("user_attrs_") in _DROP_ATTRS], errors="ignore")
+    df.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in df.columns]
+    if "duration" in df:
+        df["duration"] = df["duration"].dt.total_seconds()
+    return df
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = [c for c in ("number", "state", "latent_dim", "base_channels", "beta", "lr", "neg_elbo", "recon_loss", "kl",
+                        "val_loss", "params", "time_s", "epochs_run") if c in df]
+    return df[cols].to_markdown(index=False, floatfmt=".6g")
+
+
+def figures(study: optuna.Study) -> dict[str, plotly.graph_objects.Figure]:  # noqa: F821
+    """The study's plotly figures by file stem; those a study cannot have yet are left out."""
+    import plotly.express as px
+    import plotly.graph_objects as go
+    from optuna import visualization as vis
+
+    multi = len(study.directions) > 1
+    target = {"target": (lambda t: t.values[0]), "target_name": "neg_elbo"} if multi else {"target_name": "neg_elbo"}
+    out: dict[str, go.Figure] = {}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        out["history"] = vis.plot_optimization_history(study, **target)
+        out["parallel_coordinates"] = vis.plot_parallel_coordinate(study, **target)
+    if len(complete) >= 2:
+        try:
+            out["importances"] = vis.plot_param_importances(study, **target)
+        except (RuntimeError, ValueError):
+            pass  # e.g. every trial had the same parameters (a grid with one varying axis)
+    rows = [
+        {"trial": t.number, "neg_elbo": t.user_attrs["neg_elbo"], "params": t.user_attrs.get("params"),
+         "latent_dim": t.params.get("latent_dim"), "base_channels": t.params.get("base_channels"), "state": t.state.name}
+        for t in study.get_trials(deepcopy=False) if "neg_elbo" in t.user_attrs
+    ]
+    if rows:
+        out["neg_elbo_vs_params"] = px.scatter(
+            pd.DataFrame(rows), x="params", y="neg_elbo", color="state", hover_data=["trial", "latent_dim", "base_channels"],
+            log_x=True, title="validation neg_elbo against parameter count",
+        )
+    curves = go.Figure()
+    for t in study.get_trials(deepcopy=False):
+        history = t.user_attrs.get("history") or []
+        if history:
+            curves.add_trace(go.Scatter(x=[h["epoch"] for h in history], y=[h["neg_elbo"] for h in history],
+                                        mode="lines+markers", name=f"trial {t.number} ({t.state.name.lower()})"))
+    if curves.data:
+        curves.update_layout(title="learning curves: validation neg_elbo per epoch", xaxis_title="epoch", yaxis_title="neg_elbo")
+        out["learning_curves"] = curves
+    return out
+
+
+def write_html(fig, path: Path, plotlyjs: str | bool = True) -> Path:
+    """An HTML page of the figure. plotly.js is inlined by default (works offline, ~4 MB);
+    `plotlyjs="plotly.min.js"` references a copy beside the page instead."""
+    return atomic_write(Path(path), lambda f: f.write(fig.to_html(include_plotlyjs=plotlyjs, full_html=True).encode()))
+
+
+def _write_plotlyjs(out_dir: Path) -> Path:
+    from plotly.offline import get_plotlyjs
+
+    return atomic_write(out_dir / "plotly.min.js", lambda f: f.write(get_plotlyjs().encode()))
+
+
+def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = trials_frame(study)
+    written = [
+        write_csv(df, out_dir / "trials.csv"),
+        atomic_write(out_dir / "trials.md", lambda f: f.write((markdown_table(df) + "\n").encode())),
+    ]
+    figs = figures(study)
+    if figs:  # one copy of plotly.js for all pages, so the folder works offline
+        written.append(_write_plotlyjs(out_dir))
+    for name, fig in figs.items():
+        written.append(write_html(fig, out_dir / f"{name}.html", plotlyjs="plotly.min.js"))
+    return written

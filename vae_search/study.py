@@ -344,3 +344,63 @@ def run_optimize(
         failures = failures + 1 if frozen.state == TrialState.FAIL else 0
         if on_trial_end:
             on_trial_end(frozen)
+
+
+# ---------------------------------------------------------------- samplers, pruners, budget
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+WARMUP_EPOCHS = 2  # the median pruner never stops a trial in its first epochs: early losses are noisy
+PRUNERS = ("median", "hyperband", "none")
+
+
+def make_sampler(name: str, seed: int, n_objectives: int = 1) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        if n_objectives > 1:
+            raise UsageError("--sampler cmaes is single-objective; use tpe, gp or random with two objectives")
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, epochs: int, n_objectives: int = 1) -> optuna.pruners.BasePruner:
+    """median (default): a trial stops when its neg_elbo after an epoch is worse than the
+    median of earlier trials at that epoch; it never prunes during the first `warmup`
+    epochs nor before 5 trials have finished, so early trials give it a fair reference."""
+    if name == "none" or n_objectives > 1:  # Optuna's pruners are single-objective
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        # Steps are epoch numbers (1, 2, ...) and MedianPruner checks from step n_warmup_steps
+        # on, so WARMUP_EPOCHS + 1 keeps the first WARMUP_EPOCHS epochs safe.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=WARMUP_EPOCHS + 1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    raise UsageError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
+
+
+def existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
+    return optuna.load_study(study_name=name, storage=storage) if name in study_names(storage) else None
+
+
+def check_budget(study: optuna.Study | None, budget: dict[str, Any], record: bool = True) -> None:
+    """Every trial of a study has the same budget (epochs, batch size, data), or their losses
+    would not compare. The first run records it; later runs must match on the keys given
+    (so a cheap check on epochs and batch size can run before the data is loaded)."""
+    if study is None:
+        return
+    recorded = study.user_attrs.get("budget")
+    if recorded is None:
+        if record:
+            study.set_user_attr("budget", budget)
+        return
+    diff = {k: (recorded.get(k), v) for k, v in budget.items() if recorded.get(k) != v}
+    if diff:
+        said = "; ".join(f"{k} is {old} there, {new} here" for k, (old, new) in diff.items())
+        raise UsageError(
+            f"study {study.study_name!r} was run with another budget ({said}); "
+            "use the same options or another --study-name"
+        )

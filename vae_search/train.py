@@ -186,7 +186,7 @@ def train(
             except Exception as e:  # inductor needs a C++ compiler; without one, run eager
                 if step is _step_loss:
                     raise
-                warnings.warn(f"torch.compile failed ({type(e).__name__}); training eager")
+                warnings.warn(f"torch.compile failed ({type(e).__name__}); training eager", stacklevel=2)
                 step, use_compile = _step_loss, False
                 loss = step(model, train_images[idx], eps, beta)
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,275 @@
+"""optimize, best, interpolate, report and dashboard, end to end on a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from PIL import Image
+
+from tests.conftest import one_line_error
+from vae_search import objective as objective_module
+from vae_search import train as train_module
+
+TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
+
+
+def invoke(*args) -> int:
+    from vae_search.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, batches_dir):
+    """A 4-trial search with the B.1 points enqueued first, 2 epochs each."""
+    tmp = tmp_path_factory.mktemp("search")
+    common = ("--storage", f"sqlite:///{tmp}/s.db", "--artifact-dir", tmp / "artifacts")
+    rc = invoke("optimize", "--trials", 4, "--epochs", 2, "--include-preset", "b1", "--data-dir", batches_dir, *TINY, *common)
+    assert rc == 0
+    return tmp, common
+
+
+def _study(tmp, name="search"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/s.db")
+
+
+class TestOptimize:
+    def test_reaches_n_with_preset_first(self, searched):
+        tmp, _ = searched
+        trials = _study(tmp).get_trials()
+        assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+        # the B.1 points were enqueued first, in order
+        assert [(t.params["latent_dim"], t.params["base_channels"]) for t in trials] == [(4, 32), (8, 32), (16, 32), (8, 64)]
+        for t in trials:
+            assert {"weights_artifact_id", "reconstructions_artifact_id", "samples_artifact_id",
+                    "interpolation_artifact_id", "history", "data_fingerprint"} <= set(t.user_attrs)
+
+    def test_second_run_does_not_exceed_n_and_a_larger_n_continues(self, searched, batches_dir):
+        tmp, common = searched
+        assert invoke("optimize", "--trials", 4, "--epochs", 2, "--data-dir", batches_dir, *TINY, *common) == 0
+        assert len(_study(tmp).get_trials()) == 4
+        assert invoke("optimize", "--trials", 5, "--epochs", 2, "--data-dir", batches_dir, *TINY, *common) == 0
+        trials = _study(tmp).get_trials()
+        assert len(trials) == 5 and trials[-1].state == TrialState.COMPLETE
+
+    def test_other_budget_is_refused(self, searched, batches_dir, cli):
+        tmp, common = searched
+        rc, _, err = cli("optimize", "--trials", 9, "--epochs", 3, "--data-dir", batches_dir, *TINY, *common)
+        assert rc == 2 and "another budget" in one_line_error(err) and "epochs is 2 there, 3 here" in err
+        assert len(_study(tmp).get_trials()) <= 5
+
+
+def _flaky_train(monkeypatch, failing_call: int, how: str):
+    """Make the failing_call-th training of this test go wrong: a NaN loss or an exception."""
+    calls = []
+    real_train, real_step = objective_module.train, train_module._step_loss
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) != failing_call:
+            return real_train(*args, **kwargs)
+        if how == "raise":
+            raise RuntimeError("simulated crash in training")
+        with monkeypatch.context() as m:
+            m.setattr(train_module, "_step_loss", lambda *a: real_step(*a) * float("nan"))
+            return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(objective_module, "train", flaky)
+
+
+@pytest.mark.parametrize("how, reason", [("nan", "non-finite loss"), ("raise", "simulated crash")])
+def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, batches_dir, monkeypatch, how, reason):
+    _flaky_train(monkeypatch, failing_call=2, how=how)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    rc = invoke("optimize", "--trials", 3, "--epochs", 1, "--data-dir", batches_dir, *TINY,
+                "--storage", storage, "--artifact-dir", tmp_path / "a")
+    assert rc == 0
+    trials = optuna.load_study(study_name="search", storage=storage).get_trials()
+    states = [t.state for t in trials]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 3
+    failed = next(t for t in trials if t.state == TrialState.FAIL)
+    assert failed.number == 1 and reason in failed.user_attrs["fail_reason"]
+
+
+def test_median_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir):
+    """Five finished trials with an impossibly good neg_elbo of 100 at every epoch: a real
+    trial is far worse and is pruned once the warm-up (2 epochs) is over, keeping its history."""
+    from vae_search.definitions import load_space
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="search", storage=storage)
+    space = load_space()
+    for i in range(5):
+        params = {"latent_dim": 8, "base_channels": 16, "beta": 1.0, "lr": 1e-3 * (i + 1)}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=space, value=100.0, intermediate_values={e: 100.0 for e in range(1, 5)}))
+    rc = invoke("optimize", "--trials", 6, "--epochs", 4, "--data-dir", batches_dir, *TINY,
+                "--storage", storage, "--artifact-dir", tmp_path / "a")
+    assert rc == 0
+    t = optuna.load_study(study_name="search", storage=storage).get_trials()[-1]
+    assert t.state == TrialState.PRUNED
+    assert t.user_attrs["pruned_at_epoch"] == 3 and len(t.user_attrs["history"]) == 3
+    assert t.user_attrs["neg_elbo"] == t.user_attrs["history"][-1]["neg_elbo"]
+    assert sorted(t.intermediate_values) == [1, 2, 3]
+
+
+def test_best_prints_the_selection(searched, cli):
+    tmp, common = searched
+    rc, out, err = cli("best", *common[:2])
+    assert rc == 0, err
+    study = _study(tmp)
+    best = min((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert f"trial {best.number}" in out
+    assert f"{best.user_attrs['neg_elbo']:.2f}" in out
+    assert f"{3072 / best.params['latent_dim']:.0f}x" in out
+    for word in ("vs B.1 baseline", "parameters", "KL", "over-fitting", "compression", "other top trials"):
+        assert word in out
+    assert "most recently written" in err  # no --study-name: said which study
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path, batches_dir, cli):
+    common = ("--storage", f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp_path / "a")
+    rc, out, err = cli("optimize", "--trials", 3, "--epochs", 1, "--objectives", "neg_elbo,params", "--study-name", "pareto",
+                       "--data-dir", batches_dir, *TINY, *common)
+    assert rc == 0, err
+    study = optuna.load_study(study_name="pareto", storage=common[1])
+    assert len(study.directions) == 2 and len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert "Pareto front" in out
+    front = {t.number for t in study.best_trials}
+    assert all(f"| {n} " in out or f"|{n} " in out or f" {n} |" in out for n in front)
+
+
+class TestInterpolate:
+    def test_png_of_the_expected_size_attached_to_the_study(self, searched, cli, tmp_path):
+        tmp, common = searched
+        rc, out, err = cli("interpolate", "--trial", "best", "--steps", 6, "--rows", 3, "--out", tmp_path / "fig", *common)
+        assert rc == 0, err
+        png = next(p for p in out.split() if p.endswith(".png"))
+        html = next(p for p in out.split() if p.endswith(".html"))
+        with Image.open(png) as im:  # make_grid: 32-pixel images with 2-pixel padding
+            assert im.size == (6 * 34 + 2, 3 * 34 + 2)
+        assert "plotly" in open(html).read()
+        names = {a.filename for a in optuna.artifacts.get_all_artifact_meta(_study(tmp))}
+        assert any(n.endswith("interpolation-random.png") for n in names)
+        assert any(n.endswith("interpolation-random.html") for n in names)
+
+    def test_images_mode(self, searched, cli, tmp_path, batches_dir):
+        _, common = searched
+        rc, out, err = cli("interpolate", "--trial", "0", "--mode", "images", "--data-dir", batches_dir, "--out", tmp_path, *common)
+        assert rc == 0, err
+        assert "trial-0-interpolation-images.png" in out
+
+    def test_trial_without_weights(self, tmp_path, batches_dir, cli):
+        storage = f"sqlite:///{tmp_path}/s.db"
+        study = optuna.create_study(study_name="s", storage=storage)
+        study.tell(study.ask(), state=TrialState.FAIL)
+        rc, _, err = cli("interpolate", "--trial", "0", "--storage", storage, "--artifact-dir", tmp_path / "a")
+        assert rc == 2 and "trial 0 has no weights (it is FAIL)" in one_line_error(err)
+
+    def test_unknown_trial_lists_those_with_weights(self, searched, cli):
+        _, common = searched
+        rc, _, err = cli("interpolate", "--trial", "99", *common)
+        assert rc == 2 and "no trial 99" in one_line_error(err) and "trials with weights: 0, 1, 2, 3" in err
+
+    def test_unknown_study(self, searched, cli):
+        _, common = searched
+        rc, _, err = cli("interpolate", "--study-name", "nope", *common)
+        assert rc == 2 and "no study named 'nope'" in one_line_error(err)
+
+
+def test_report_writes_its_files(searched, cli, tmp_path):
+    _, common = searched
+    rc, out, err = cli("report", "--study-name", "search", "--out", tmp_path, *common[:2])
+    assert rc == 0, err
+    folder = tmp_path / "search"
+    for name in ("trials.csv", "trials.md", "history.html", "importances.html", "parallel_coordinates.html",
+                 "neg_elbo_vs_params.html", "learning_curves.html", "plotly.min.js"):
+        assert (folder / name).stat().st_size > 0, name
+    import pandas as pd
+
+    df = pd.read_csv(folder / "trials.csv")
+    assert {"latent_dim", "base_channels", "beta", "lr", "neg_elbo", "recon_loss", "params"} <= set(df.columns)
+    assert not [c for c in df.columns if c.startswith("system_attrs")]
+    assert "learning curves" in (folder / "learning_curves.html").read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_study_attributes_and_artifacts(searched):
+    tmp, common = searched
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vae_search", "dashboard", "--port", str(port), *map(str, common)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                studies = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=2))["study_summaries"]
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.25)
+        else:
+            pytest.fail("the dashboard did not answer")
+        study = next(s for s in studies if s["study_name"] == "search")
+        detail = json.load(urllib.request.urlopen(f"{base}/api/studies/{study['study_id']}", timeout=10))
+        trial = next(t for t in detail["trials"] if t["state"] == "Complete")
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        assert {"neg_elbo", "recon_loss", "params", "history"} <= set(attrs)
+        pngs = [a for a in trial["artifacts"] if a["mimetype"] == "image/png"]
+        assert len(pngs) >= 3  # reconstructions, prior samples, interpolation
+        body = urllib.request.urlopen(
+            f"{base}/artifacts/{study['study_id']}/{trial['trial_id']}/{pngs[0]['artifact_id']}", timeout=10).read()
+        assert body[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class TestBadInput:
+    def test_missing_space_file(self, cli, tmp_path):
+        rc, _, err = cli("optimize", "--space", tmp_path / "none.toml", "--storage", f"sqlite:///{tmp_path}/s.db")
+        assert rc == 2 and "does not exist" in one_line_error(err)
+        assert not (tmp_path / "s.db").exists()
+
+    def test_malformed_space_file(self, cli, tmp_path):
+        bad = tmp_path / "bad.toml"
+        bad.write_text("[latent_dim\ntype = ")
+        rc, _, err = cli("optimize", "--space", bad, "--storage", f"sqlite:///{tmp_path}/s.db")
+        assert rc == 2 and "not valid TOML" in one_line_error(err)
+
+    def test_space_missing_a_parameter(self, cli, tmp_path):
+        bad = tmp_path / "bad.toml"
+        bad.write_text('[lr]\ntype = "float"\nlow = 1e-4\nhigh = 1e-2\n')
+        rc, _, err = cli("optimize", "--space", bad, "--storage", f"sqlite:///{tmp_path}/s.db")
+        assert rc == 2 and "missing latent_dim" in one_line_error(err)
+
+    @pytest.mark.parametrize("value", ["0", "-1", "many"])
+    def test_bad_trials(self, cli, tmp_path, value):
+        rc, _, err = cli("optimize", "--trials", value, "--storage", f"sqlite:///{tmp_path}/s.db")
+        assert rc == 2 and "--trials" in one_line_error(err)
+
+    def test_bad_objectives(self, cli, tmp_path):
+        rc, _, err = cli("optimize", "--objectives", "params", "--storage", f"sqlite:///{tmp_path}/s.db")
+        assert rc == 2 and "--objectives" in one_line_error(err)
+
+    def test_best_on_empty_storage(self, cli, tmp_path):
+        optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path}/s.db")
+        rc, _, err = cli("best", "--storage", f"sqlite:///{tmp_path}/s.db")
+        assert rc == 2 and "no complete trial" in one_line_error(err)
