@@ -92,13 +92,23 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
             grace_period=3 * heartbeat,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
         )
-    try:
-        return RDBStorage(url=url, engine_kwargs=engine_kwargs, **hb)
-    except ModuleNotFoundError as e:
-        raise UsageError(f"storage URL {_redact(url)!r} needs the Python package {e.name!r}; pip install it") from None
-    except Exception as e:  # sqlalchemy's OperationalError and friends: unreachable, refused, bad file
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise UsageError(f"cannot open storage {_redact(url)}: {reason}") from None
+    for attempt in range(5):
+        try:
+            return RDBStorage(url=url, engine_kwargs=engine_kwargs, **hb)
+        except ModuleNotFoundError as e:
+            raise UsageError(f"storage URL {_redact(url)!r} needs the Python package {e.name!r}; pip install it") from None
+        except Exception as e:  # sqlalchemy's OperationalError and friends: unreachable, refused, bad file
+            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            # Workers that open a new database at the same moment race to create its tables
+            # (the loser sees the winner's rows); once the tables exist, opening succeeds.
+            if attempt < 4 and any(m in reason for m in _CREATION_RACE):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise UsageError(f"cannot open storage {_redact(url)}: {reason}") from None
+    raise AssertionError("unreachable")
+
+
+_CREATION_RACE = ("UNIQUE constraint", "already exists", "duplicate key", "database is locked")
 
 
 def study_names(storage: BaseStorage) -> list[str]:
@@ -161,7 +171,8 @@ def create_or_load(
 @contextlib.contextmanager
 def _heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     """Record the trial's heartbeat in a thread while it runs (what study.optimize does)."""
-    interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+    # Duck-typed: studies wrap an RDBStorage in Optuna's cache, which forwards heartbeats.
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if not interval:
         yield
         return

@@ -1,0 +1,290 @@
+"""Crash-proof studies: interrupts, killed workers, several workers, bad input, files."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import one_line_error, wait_for, worker
+from vae_search.storage_io import atomic_write
+
+TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
+B1_POINTS = {(4, 32), (8, 32), (16, 32), (8, 64)}
+
+
+def _trials(storage: str, name: str = "b1") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def _safe_trials(storage: str, name: str = "b1") -> list[optuna.trial.FrozenTrial]:
+    try:
+        return _trials(storage, name)
+    except Exception:  # the study or its tables may not exist yet
+        return []
+
+
+def _point(t) -> tuple[int, int]:
+    return t.params["latent_dim"], t.params["base_channels"]
+
+
+def _assert_each_point_complete_once(trials) -> None:
+    complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == Counter({p: 1 for p in B1_POINTS}), complete
+
+
+@pytest.fixture
+def warm_cache(batches_dir, tmp_path):
+    """A decoded-data cache shared by the workers of one test (decoding is not under test)."""
+    from vae_search.data import load_cifar10
+
+    cache = tmp_path / "cache"
+    load_cifar10(batches_dir, cache_dir=cache)
+    return {"VAE_SEARCH_CACHE": str(cache)}
+
+
+# ---------------------------------------------------------------- interrupts
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_fails_the_running_trial_and_a_rerun_resumes(tmp_path, batches_dir, warm_cache, sig):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    args = ("grid", "--epochs", 40, "--data-dir", batches_dir, *TINY, "--storage", storage,
+            "--artifact-dir", tmp_path / "art")
+    proc = worker(*args, env=warm_cache)
+
+    def one_done_one_running():
+        ts = _safe_trials(storage)
+        return any(t.state == TrialState.COMPLETE for t in ts) and any(
+            t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in ts)
+
+    wait_for(one_done_one_running, what="a complete trial and a running one")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+
+    trials = _trials(storage)
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and interrupted[0].user_attrs["fail_reason"] == "interrupted"
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert done
+    for t in done:  # completed trials and their artifacts are intact
+        assert (tmp_path / "art" / t.user_attrs["weights_artifact_id"]).stat().st_size > 0
+
+    rerun = worker(*args, env=warm_cache)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    trials = _trials(storage)
+    _assert_each_point_complete_once(trials)
+    assert [t.number for t in trials if t.state == TrialState.COMPLETE][: len(done)] == [t.number for t in done]
+
+
+def test_killed_worker_is_detected_by_heartbeat_and_its_point_retried(tmp_path, batches_dir, warm_cache):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    args = ("grid", "--epochs", 30, "--heartbeat", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+            "--artifact-dir", tmp_path / "art")
+    victim = worker(*args, env=warm_cache)
+    running = wait_for(
+        lambda: [t for t in _safe_trials(storage) if t.state == TrialState.RUNNING and t.user_attrs.get("history")],
+        what="a running trial")[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert _trials(storage)[running.number].state == TrialState.RUNNING  # nobody told the storage
+
+    import time
+
+    time.sleep(3.5)  # the grace period: three missed beats
+    rescuer = worker(*args, env=warm_cache)
+    _, err = rescuer.communicate(timeout=300)
+    assert rescuer.returncode == 0, err
+    trials = _trials(storage)
+    assert trials[running.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == running.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and _point(retry[0]) == _point(running)
+    _assert_each_point_complete_once(trials)
+
+
+# ---------------------------------------------------------------- several workers
+
+
+def _two_workers(args, env):
+    procs = [worker(*args, env=env) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        assert "database is locked" not in err
+
+
+def test_two_grid_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    _two_workers(("grid", "--epochs", 3, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                  "--artifact-dir", tmp_path / "art"), warm_cache)
+    trials = _trials(storage)
+    _assert_each_point_complete_once(trials)
+    assert all(t.state == TrialState.COMPLETE or "duplicate" in t.user_attrs.get("fail_reason", "") for t in trials)
+
+
+def test_two_optimize_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    _two_workers(("optimize", "--trials", 6, "--epochs", 2, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                  "--artifact-dir", tmp_path / "art"), warm_cache)
+    trials = _trials(storage, "search")
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6
+
+
+@pytest.mark.postgres
+def test_two_grid_workers_on_postgresql(fresh_pg_db, tmp_path, batches_dir, warm_cache):
+    _two_workers(("grid", "--epochs", 3, "--data-dir", batches_dir, *TINY, "--storage", fresh_pg_db,
+                  "--artifact-dir", tmp_path / "art"), warm_cache)
+    _assert_each_point_complete_once(_trials(fresh_pg_db))
+
+
+@pytest.mark.postgres
+def test_two_optimize_workers_on_postgresql(fresh_pg_db, tmp_path, batches_dir, warm_cache):
+    _two_workers(("optimize", "--trials", 6, "--epochs", 2, "--data-dir", batches_dir, *TINY, "--storage", fresh_pg_db,
+                  "--artifact-dir", tmp_path / "art"), warm_cache)
+    trials = _trials(fresh_pg_db, "search")
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6
+
+
+def test_journal_file_storage(tmp_path, batches_dir, cli):
+    storage = f"journal:///{tmp_path}/studies.log"
+    rc, _, err = cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                     "--artifact-dir", tmp_path / "art")
+    assert rc == 0, err
+    from vae_search.study import open_storage
+
+    study = optuna.load_study(study_name="b1", storage=open_storage(storage))
+    _assert_each_point_complete_once(study.get_trials())
+
+
+# ---------------------------------------------------------------- reproducibility
+
+
+def test_same_seed_same_val_loss_through_the_cli(tmp_path, batches_dir, cli):
+    losses = []
+    for run in ("a", "b"):
+        storage = f"sqlite:///{tmp_path}/{run}.db"
+        rc, _, err = cli("grid", "--epochs", 2, "--seed", 7, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                         "--artifact-dir", tmp_path / run)
+        assert rc == 0, err
+        losses.append({_point(t): t.user_attrs["val_loss"] for t in _trials(storage)})
+    assert losses[0] == losses[1]  # to the last digit
+    t = _trials(f"sqlite:///{tmp_path}/a.db")[0]
+    assert {"torch", "optuna", "device", "data_fingerprint", "seed"} <= set(t.user_attrs)
+
+
+# ---------------------------------------------------------------- bad input leaves studies as they were
+
+
+@pytest.fixture
+def existing(tmp_path, batches_dir, cli):
+    """A storage with a complete one-epoch b1 study, and a way to check it did not change."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    rc, _, err = cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                     "--artifact-dir", tmp_path / "art")
+    assert rc == 0, err
+
+    def dump() -> list:
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            return [conn.execute(f"SELECT * FROM {t}").fetchall() for t in
+                    ("studies", "trials", "trial_params", "trial_values", "trial_user_attributes", "study_user_attributes")]
+
+    before = dump()
+    yield storage, tmp_path
+    assert dump() == before, "a failed command changed the study"
+
+
+class TestBadInput:
+    def test_unknown_storage_scheme(self, cli, tmp_path):
+        rc, _, err = cli("grid", "--storage", "redis://localhost/0")
+        line = one_line_error(err)
+        assert rc == 2 and "unknown scheme 'redis'" in line and "sqlite:///" in line
+
+    def test_unreachable_server(self, cli):
+        rc, _, err = cli("best", "--storage", "postgresql+psycopg://u:secret@127.0.0.1:1/db")
+        line = one_line_error(err)
+        assert rc == 2 and "cannot open storage" in line and "secret" not in line
+
+    def test_cuda_where_there_is_none(self, cli, existing, batches_dir):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        storage, tmp = existing
+        rc, _, err = cli("grid", "--device", "cuda", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                         "--artifact-dir", tmp / "art")
+        assert rc == 2 and "no CUDA device" in one_line_error(err)
+
+    def test_unknown_device(self, cli, existing):
+        storage, _ = existing
+        rc, _, err = cli("grid", "--device", "tpu", "--storage", storage)
+        assert rc == 2 and "--device" in one_line_error(err)
+
+    def test_unknown_study(self, cli, existing):
+        storage, _ = existing
+        for command in ("best", "report", "interpolate", "show"):
+            rc, _, err = cli(command, "--study-name", "nope", "--storage", storage)
+            assert rc == 2 and "no study named 'nope'" in one_line_error(err), command
+
+    def test_output_folder_that_cannot_be_written(self, cli, existing):
+        storage, tmp = existing
+        blocker = tmp / "a-file"
+        blocker.write_text("not a folder")
+        for args in (("report", "--out", blocker / "sub"), ("interpolate", "--out", blocker / "sub"),
+                     ("show", "--csv", blocker / "sub" / "t.csv")):
+            rc, _, err = cli(*args, "--study-name", "b1", "--storage", storage, *(("--artifact-dir", tmp / "art") if args[0] == "interpolate" else ()))
+            assert rc == 2 and str(blocker) in one_line_error(err), args
+
+    def test_artifact_dir_that_cannot_be_written(self, cli, existing, batches_dir):
+        storage, tmp = existing
+        (tmp / "a-file").write_text("x")
+        rc, _, err = cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                         "--artifact-dir", tmp / "a-file" / "art")
+        assert rc == 2 and "artifact folder" in one_line_error(err)
+
+    def test_unknown_preset_and_bad_numbers_leave_the_study(self, cli, existing):
+        storage, _ = existing
+        assert cli("grid", "--preset", "nope", "--storage", storage)[0] == 2
+        assert cli("grid", "--epochs", "0", "--storage", storage)[0] == 2
+        assert cli("optimize", "--trials", "-1", "--storage", storage)[0] == 2
+
+    def test_missing_checkpoint(self, cli, existing):
+        storage, tmp = existing
+        t = _trials(storage)[0]
+        (tmp / "art" / t.user_attrs["weights_artifact_id"]).unlink()
+        rc, _, err = cli("interpolate", "--trial", 0, "--study-name", "b1", "--storage", storage,
+                         "--artifact-dir", tmp / "art", "--out", tmp / "out")
+        assert rc == 2 and "missing" in one_line_error(err)
+
+    def test_corrupt_checkpoint(self, cli, existing):
+        storage, tmp = existing
+        t = _trials(storage)[1]
+        path = tmp / "art" / t.user_attrs["weights_artifact_id"]
+        path.write_bytes(path.read_bytes()[:1000])  # truncated, as by a crash mid-copy
+        rc, _, err = cli("interpolate", "--trial", 1, "--study-name", "b1", "--storage", storage,
+                         "--artifact-dir", tmp / "art", "--out", tmp / "out")
+        assert rc == 2 and "corrupt" in one_line_error(err)
+
+
+def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+
+    def crash(f):
+        f.write(b"half a ")
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, crash)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]  # no temporary left behind
+    atomic_write(target, lambda f: f.write(b"new"))
+    assert target.read_text() == "new"
+    assert Path(target).stat().st_mode & 0o777 != 0o600
