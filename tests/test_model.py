@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from vae_search.model import VAE, ModelConfig, SubPixelConvTranspose2d, count_parameters, vae_loss
+from vae_search.model import VAE, ModelConfig, count_parameters, vae_loss
 
 
 class TestArchitecture:
@@ -26,35 +26,6 @@ class TestArchitecture:
     def test_no_normalisation_layers(self):
         model = VAE(ModelConfig())
         assert not any(isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)) for m in model.modules())
-
-
-class TestSubPixel:
-    """The fast transposed convolution must be the plain layer in every observable way."""
-
-    def test_same_outputs_and_gradients_as_conv_transpose(self):
-        torch.manual_seed(0)
-        plain = nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1)
-        fast = SubPixelConvTranspose2d(6, 5)
-        fast.load_state_dict(plain.state_dict())
-        x = torch.randn(3, 6, 7, 9, requires_grad=True)
-        y_plain, y_fast = plain(x), fast(x)
-        assert y_fast.shape == y_plain.shape == (3, 5, 14, 18)
-        torch.testing.assert_close(y_fast, y_plain, atol=1e-5, rtol=1e-5)
-        g = torch.randn_like(y_plain)
-        gx_plain, gw_plain = torch.autograd.grad(y_plain, (x, plain.weight), g)
-        gx_fast, gw_fast = torch.autograd.grad(y_fast, (x, fast.weight), g)
-        torch.testing.assert_close(gx_fast, gx_plain, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(gw_fast, gw_plain, atol=1e-4, rtol=1e-4)
-
-    def test_same_state_dict_and_outputs_in_the_vae(self):
-        torch.manual_seed(1)
-        plain = VAE(ModelConfig(latent_dim=8, base_channels=16), subpixel=False)
-        fast = VAE(ModelConfig(latent_dim=8, base_channels=16), subpixel=True)
-        assert plain.state_dict().keys() == fast.state_dict().keys()
-        assert count_parameters(plain) == count_parameters(fast)
-        fast.load_state_dict(plain.state_dict())
-        x, eps = torch.rand(4, 3, 32, 32), torch.randn(4, 8)
-        torch.testing.assert_close(fast(x, eps)[0], plain(x, eps)[0], atol=1e-5, rtol=1e-5)
 
 
 class TestLoss:

@@ -124,16 +124,17 @@ def evaluate(
     recon + KL. z is sampled, with noise seeded by `seed`, so evaluations are repeatable."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    recon_sum = torch.zeros((), device=device, dtype=torch.float64)
-    kl_sum = torch.zeros((), device=device, dtype=torch.float64)
+    acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    recon_sum = torch.zeros((), device=device, dtype=acc)
+    kl_sum = torch.zeros((), device=device, dtype=acc)
     for chunk in images.split(VAL_CHUNK):
         x = chunk.float().div_(255).contiguous(memory_format=torch.channels_last)
         eps = torch.randn(len(x), model.config.latent_dim, generator=gen, device=device)
         with _autocast(device):
             logits, mu, logvar = model(x, eps)
         recon, kl = vae_loss(logits, x, mu, logvar)
-        recon_sum += recon.sum(dtype=torch.float64)
-        kl_sum += kl.sum(dtype=torch.float64)
+        recon_sum += recon.sum(dtype=acc)
+        kl_sum += kl.sum(dtype=acc)
     model.train()
     n = len(images)
     recon, kl = recon_sum.item() / n, kl_sum.item() / n
