@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +32,8 @@ from vae_search.definitions import load_space  # noqa: E402
 from vae_search.objective import RunSettings, make_objective  # noqa: E402
 
 
-def run(pruner: str, settings: RunSettings, trials: int, seed: int) -> dict:
-    study = optuna.create_study(sampler=st.make_sampler("tpe", seed), pruner=st.make_pruner(pruner, settings.epochs))
+def run(pruner: str, settings: RunSettings, trials: int, seed: int, **pruner_args) -> dict:
+    study = optuna.create_study(sampler=st.make_sampler("tpe", seed), pruner=st.make_pruner(pruner, settings.epochs, **pruner_args))
     start = time.perf_counter()
     st.run_optimize(study, make_objective(settings, load_space()), n_trials=trials,
                     on_trial_end=lambda t: print(f"  [{pruner}] trial {t.number}: {t.state.name.lower()} after "
@@ -55,27 +56,32 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--settings", default=f"{st.WARMUP_EPOCHS}:{st.STARTUP_TRIALS}",
+                    help="median pruner settings to compare, as WARMUP_EPOCHS:STARTUP_TRIALS[,...]; the first is "
+                         "reported in the JSON line (default: the tool's own)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 512 images, 8 trials of 4 epochs")
     args = ap.parse_args()
     if args.quick:
         args.train_images, args.val_images, args.trials, args.epochs = 512, 128, 8, 4
     data = _data(args.data_dir, None).limit(args.train_images, args.val_images)
-    import tempfile
-
     settings = RunSettings(data=data, epochs=args.epochs, batch_size=128, seed=args.seed, device=torch.device("cpu"),
                            store=artifact_store(Path(tempfile.mkdtemp(prefix="pruning-bench-"))), compile="auto")
     print(f"{len(data.train)} train / {len(data.test)} val images, {args.trials} trials of {args.epochs} epochs, TPE seed {args.seed}")
     unpruned = run("none", settings, args.trials, args.seed)
-    pruned = run("median", settings, args.trials, args.seed)
-    epochs_ratio = pruned["epochs"] / unpruned["epochs"]
-    best_gap = 100 * (pruned["best"] - unpruned["best"]) / unpruned["best"]
-    print(f"no pruner:  {unpruned['epochs']} epochs, best neg_elbo {unpruned['best']:.2f} ({unpruned['seconds']:.0f} s)")
-    print(f"median:     {pruned['epochs']} epochs ({pruned['pruned']} trials pruned), best neg_elbo {pruned['best']:.2f} "
-          f"({pruned['seconds']:.0f} s)")
-    print(f"epochs used {100 * epochs_ratio:.1f}% of unpruned; best {best_gap:+.2f}% against unpruned")
-    print(json.dumps({"epochs_unpruned": unpruned["epochs"], "epochs_pruned": pruned["epochs"],
-                      "epochs_ratio": round(epochs_ratio, 4), "best_unpruned": round(unpruned["best"], 3),
-                      "best_pruned": round(pruned["best"], 3), "best_gap_pct": round(best_gap, 4)}))
+    print(f"no pruner: {unpruned['epochs']} epochs, best neg_elbo {unpruned['best']:.2f} ({unpruned['seconds']:.0f} s)")
+    results = []
+    for setting in args.settings.split(","):
+        warmup, startup = (int(v) for v in setting.split(":"))
+        pruned = run("median", settings, args.trials, args.seed, warmup_epochs=warmup, startup_trials=startup)
+        ratio = pruned["epochs"] / unpruned["epochs"]
+        gap = 100 * (pruned["best"] - unpruned["best"]) / unpruned["best"]
+        print(f"median, warm-up {warmup} epochs, {startup} startup trials: {pruned['epochs']} epochs "
+              f"({pruned['pruned']} trials pruned), best neg_elbo {pruned['best']:.2f} ({pruned['seconds']:.0f} s): "
+              f"{100 * ratio:.1f}% of the epochs, best {gap:+.2f}% against unpruned", flush=True)
+        results.append({"warmup_epochs": warmup, "startup_trials": startup, "epochs_pruned": pruned["epochs"],
+                        "epochs_ratio": round(ratio, 4), "best_pruned": round(pruned["best"], 3), "best_gap_pct": round(gap, 4)})
+    print(json.dumps({"epochs_unpruned": unpruned["epochs"], "best_unpruned": round(unpruned["best"], 3),
+                      **results[0], "others": results[1:]}))
 
 
 if __name__ == "__main__":

@@ -133,6 +133,8 @@ def grid(
     from vae_search.ui import TrainingProgress, err, trial_line
 
     p = definitions.load_preset(preset)
+    if csv is not None:  # found out now, not after the training
+        _writable_parent(csv)
     storage_obj = st.open_storage(storage, heartbeat=heartbeat)
     epochs, batch_size, name = epochs or p.epochs, batch_size or p.batch_size, study_name or p.name
     st.check_budget(st.existing_study(storage_obj, name), {"epochs": epochs, "batch_size": batch_size}, record=False)

@@ -50,6 +50,11 @@ class Cifar10:
             h.update(t.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def showcase(self, n: int = 8) -> torch.Tensor:
+        """n test images spread evenly over the split (ImageFolder sorts by class, so the
+        first n would all be airplanes)."""
+        return self.test[torch.linspace(0, len(self.test) - 1, n).long()]
+
     def limit(self, train: int | None, val: int | None) -> Cifar10:
         return Cifar10(_subset(self.train, train), _subset(self.test, val), self.source)
 
@@ -70,11 +75,6 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "vae-search"
-
-
-def default_data_dir() -> Path | None:
-    env = os.environ.get("VAE_SEARCH_DATA")
-    return Path(env) if env else None
 
 
 def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) -> Cifar10:

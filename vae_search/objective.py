@@ -118,7 +118,7 @@ def make_objective(
         _set_metrics(trial, result.metrics)
         trial.set_user_attr("params", result.params)
         trial.set_user_attr("compiled", result.compiled)
-        save_trial_artifacts(trial, settings.store, model_config, train_config, result, settings.data.test[:8])
+        save_trial_artifacts(trial, settings.store, model_config, train_config, result, settings.data.showcase())
         values = {"neg_elbo": result.metrics["neg_elbo"], "params": float(result.params)}
         out = tuple(values[name] for name in settings.objectives)
         return out[0] if single else out

@@ -361,6 +361,7 @@ def run_optimize(
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 WARMUP_EPOCHS = 2  # the median pruner never stops a trial in its first epochs: early losses are noisy
+STARTUP_TRIALS = 5  # ... nor before this many trials have finished: it needs a reference
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -378,16 +379,24 @@ def make_sampler(name: str, seed: int, n_objectives: int = 1) -> optuna.samplers
     raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str, epochs: int, n_objectives: int = 1) -> optuna.pruners.BasePruner:
+def make_pruner(
+    name: str,
+    epochs: int,
+    n_objectives: int = 1,
+    *,
+    warmup_epochs: int = WARMUP_EPOCHS,
+    startup_trials: int = STARTUP_TRIALS,
+) -> optuna.pruners.BasePruner:
     """median (default): a trial stops when its neg_elbo after an epoch is worse than the
-    median of earlier trials at that epoch; it never prunes during the first `warmup`
-    epochs nor before 5 trials have finished, so early trials give it a fair reference."""
+    median of earlier trials at that epoch; it never prunes during the first
+    `warmup_epochs` epochs nor before `startup_trials` trials have finished, so early
+    trials give it a fair reference. benchmarks/pruning.py measures what it saves."""
     if name == "none" or n_objectives > 1:  # Optuna's pruners are single-objective
         return optuna.pruners.NopPruner()
     if name == "median":
-        # Steps are epoch numbers (1, 2, ...) and MedianPruner checks from step n_warmup_steps
-        # on, so WARMUP_EPOCHS + 1 keeps the first WARMUP_EPOCHS epochs safe.
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=WARMUP_EPOCHS + 1)
+        # Steps are epoch numbers (1, 2, ...) and MedianPruner prunes from step
+        # n_warmup_steps on, so warmup_epochs + 1 keeps the first warmup_epochs epochs safe.
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs + 1)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     raise UsageError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")

@@ -103,7 +103,15 @@ def _get_step(use_compile: bool) -> Callable:
     if not use_compile:
         return _step_loss
     if _compiled_step is None:
+        import os
+
         import torch._dynamo
+
+        from vae_search.data import default_cache_dir
+
+        # Inductor keeps compiled code on disk; beside our data cache it outlives /tmp
+        # clean-ups, so a new process reuses it instead of compiling again.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "inductor"))
 
         torch._dynamo.config.cache_size_limit = 64  # one entry per architecture seen
         _compiled_step = torch.compile(_step_loss)
