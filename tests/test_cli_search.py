@@ -273,3 +273,14 @@ class TestBadInput:
         optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path}/s.db")
         rc, _, err = cli("best", "--storage", f"sqlite:///{tmp_path}/s.db")
         assert rc == 2 and "no complete trial" in one_line_error(err)
+
+
+@pytest.mark.parametrize("sampler", ["random", "gp", "cmaes", "tpe"])
+def test_every_sampler_runs(tmp_path, batches_dir, sampler):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    rc = invoke("optimize", "--trials", 2, "--epochs", 1, "--sampler", sampler, "--pruner", "none", "--seed", 3,
+                "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "a")
+    assert rc == 0
+    trials = optuna.load_study(study_name="search", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert trials[0].params != trials[1].params

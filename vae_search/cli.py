@@ -238,7 +238,8 @@ def optimize(
 
     The objective is the validation neg_elbo per image (recon + KL), so trials with
     different beta compare on one scale. Every trial has the same budget (10 epochs unless
-    --epochs says otherwise). Failed trials (NaN loss, errors) are recorded with their
+    --epochs says otherwise); time_s is each trial's wall time for training plus validation
+    (compilation included). Failed trials (NaN loss, errors) are recorded with their
     reason and do not count towards --trials.
     """
     from vae_search import definitions
