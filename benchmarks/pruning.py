@@ -56,8 +56,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--settings", default=f"{st.WARMUP_EPOCHS}:{st.STARTUP_TRIALS}",
-                    help="median pruner settings to compare, as WARMUP_EPOCHS:STARTUP_TRIALS[,...]; the first is "
+    ap.add_argument("--settings", default=f"{st.WARMUP_EPOCHS}:{st.STARTUP_TRIALS}:{st.PRUNE_PERCENTILE:g}",
+                    help="pruner settings to compare, as WARMUP_EPOCHS:STARTUP_TRIALS:PERCENTILE[,...]; the first is "
                          "reported in the JSON line (default: the tool's own)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 512 images, 8 trials of 4 epochs")
     args = ap.parse_args()
@@ -71,14 +71,17 @@ def main() -> None:
     print(f"no pruner: {unpruned['epochs']} epochs, best neg_elbo {unpruned['best']:.2f} ({unpruned['seconds']:.0f} s)")
     results = []
     for setting in args.settings.split(","):
-        warmup, startup = (int(v) for v in setting.split(":"))
-        pruned = run("median", settings, args.trials, args.seed, warmup_epochs=warmup, startup_trials=startup)
+        warmup, startup, percentile = setting.split(":")
+        warmup, startup, percentile = int(warmup), int(startup), float(percentile)
+        pruned = run("median", settings, args.trials, args.seed, warmup_epochs=warmup, startup_trials=startup,
+                     percentile=percentile)
         ratio = pruned["epochs"] / unpruned["epochs"]
         gap = 100 * (pruned["best"] - unpruned["best"]) / unpruned["best"]
-        print(f"median, warm-up {warmup} epochs, {startup} startup trials: {pruned['epochs']} epochs "
+        print(f"pruner: warm-up {warmup} epochs, {startup} startup trials, percentile {percentile:g}: {pruned['epochs']} epochs "
               f"({pruned['pruned']} trials pruned), best neg_elbo {pruned['best']:.2f} ({pruned['seconds']:.0f} s): "
               f"{100 * ratio:.1f}% of the epochs, best {gap:+.2f}% against unpruned", flush=True)
-        results.append({"warmup_epochs": warmup, "startup_trials": startup, "epochs_pruned": pruned["epochs"],
+        results.append({"warmup_epochs": warmup, "startup_trials": startup, "percentile": percentile,
+                        "epochs_pruned": pruned["epochs"],
                         "epochs_ratio": round(ratio, 4), "best_pruned": round(pruned["best"], 3), "best_gap_pct": round(gap, 4)})
     print(json.dumps({"epochs_unpruned": unpruned["epochs"], "best_unpruned": round(unpruned["best"], 3),
                       **results[0], "others": results[1:]}))

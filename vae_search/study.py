@@ -362,6 +362,7 @@ def run_optimize(
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 WARMUP_EPOCHS = 2  # the median pruner never stops a trial in its first epochs: early losses are noisy
 STARTUP_TRIALS = 5  # ... nor before this many trials have finished: it needs a reference
+PRUNE_PERCENTILE = 50.0  # a trial goes on while it is in the better half at every epoch
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -386,9 +387,11 @@ def make_pruner(
     *,
     warmup_epochs: int = WARMUP_EPOCHS,
     startup_trials: int = STARTUP_TRIALS,
+    percentile: float = PRUNE_PERCENTILE,
 ) -> optuna.pruners.BasePruner:
     """median (default): a trial stops when its neg_elbo after an epoch is worse than the
-    median of earlier trials at that epoch; it never prunes during the first
+    median (the `percentile`-th percentile; 50 is Optuna's MedianPruner) of earlier trials
+    at that epoch; it never prunes during the first
     `warmup_epochs` epochs nor before `startup_trials` trials have finished, so early
     trials give it a fair reference. benchmarks/pruning.py measures what it saves."""
     if name == "none" or n_objectives > 1:  # Optuna's pruners are single-objective
@@ -396,7 +399,9 @@ def make_pruner(
     if name == "median":
         # Steps are epoch numbers (1, 2, ...) and MedianPruner prunes from step
         # n_warmup_steps on, so warmup_epochs + 1 keeps the first warmup_epochs epochs safe.
-        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs + 1)
+        return optuna.pruners.PercentilePruner(
+            percentile, n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs + 1
+        )
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     raise UsageError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
