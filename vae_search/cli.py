@@ -299,6 +299,7 @@ def _print_best(study, storage_obj) -> None:
     from optuna.trial import TrialState
     from rich.console import Console
 
+    from vae_search.report import markdown
     from vae_search.selection import pareto_front, select_best
 
     out = Console(width=None if Console().is_terminal else 200)
@@ -307,7 +308,7 @@ def _print_best(study, storage_obj) -> None:
     if len(study.directions) > 1:
         front = pareto_front(study)
         out.print(f"Pareto front of study {study.study_name!r} (neg_elbo against parameters), {len(front)} trials:")
-        out.print(front.to_markdown(index=False, floatfmt=".6g"))
+        out.print(markdown(front))
         return
     sel = select_best(study, storage_obj)
     out.print(f"best trial of study {study.study_name!r}: trial {sel.trial.number}")
@@ -315,7 +316,7 @@ def _print_best(study, storage_obj) -> None:
         out.print(f"  - {reason}")
     if sel.others is not None:
         out.print("other top trials:")
-        out.print(sel.others.to_markdown(index=False, floatfmt=".6g"))
+        out.print(markdown(sel.others))
 
 
 @app.command()

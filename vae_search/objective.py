@@ -15,7 +15,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from vae_search.artifacts import save_trial_artifacts
 from vae_search.data import Cifar10
-from vae_search.model import ModelConfig
+from vae_search.model import VAE, ModelConfig, count_parameters
 from vae_search.train import NonFiniteLoss, TrainConfig, train
 
 OBJECTIVES = ("neg_elbo", "params")  # what --objectives may name
@@ -89,6 +89,8 @@ def make_objective(
         )
         for key, value in provenance.items():
             trial.set_user_attr(key, value)
+        # known before training, so pruned and failed trials carry it too
+        trial.set_user_attr("params", count_parameters(VAE(model_config)))
         history: list[dict[str, float]] = []
 
         def on_epoch(metrics: dict[str, float]) -> None:
@@ -116,7 +118,6 @@ def make_objective(
             trial.set_user_attr("fail_reason", f"non-finite loss: {e}")
             raise
         _set_metrics(trial, result.metrics)
-        trial.set_user_attr("params", result.params)
         trial.set_user_attr("compiled", result.compiled)
         save_trial_artifacts(trial, settings.store, model_config, train_config, result, settings.data.showcase())
         values = {"neg_elbo": result.metrics["neg_elbo"], "params": float(result.params)}

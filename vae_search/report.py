@@ -84,10 +84,20 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return df
 
 
+def markdown(df: pd.DataFrame) -> str:
+    """A markdown table with integers as integers and floats to six significant digits.
+    (pandas' to_markdown hands tabulate numpy scalars, which it prints as floats.)"""
+    from tabulate import tabulate
+
+    rows = df.astype(object).where(df.notna(), None).values.tolist()
+    rows = [[v.item() if hasattr(v, "item") else v for v in row] for row in rows]
+    return tabulate(rows, headers=list(df.columns), tablefmt="pipe", floatfmt=".6g", intfmt=",", missingval="")
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     cols = [c for c in ("number", "state", "latent_dim", "base_channels", "beta", "lr", "neg_elbo", "recon_loss", "kl",
                         "val_loss", "params", "time_s", "epochs_run") if c in df]
-    return df[cols].to_markdown(index=False, floatfmt=".6g")
+    return markdown(df[cols])
 
 
 def figures(study: optuna.Study) -> dict[str, plotly.graph_objects.Figure]:  # noqa: F821
