@@ -62,7 +62,7 @@ class TestOptimize:
         assert len(_study(tmp).get_trials()) == 4
         assert invoke("optimize", "--trials", 5, "--epochs", 2, "--data-dir", batches_dir, *TINY, *common) == 0
         trials = _study(tmp).get_trials()
-        assert len(trials) == 5 and trials[-1].state == TrialState.COMPLETE
+        assert len(trials) == 5 and trials[-1].state in (TrialState.COMPLETE, TrialState.PRUNED)
 
     def test_other_budget_is_refused(self, searched, batches_dir, cli):
         tmp, common = searched
