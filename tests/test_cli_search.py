@@ -106,8 +106,8 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, batches_dir, m
 def test_median_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir):
     """Five finished trials with an impossibly good neg_elbo of 100 at every epoch: a real
     trial is far worse and is pruned once the warm-up is over, keeping its history."""
-    from vae_search.study import WARMUP_EPOCHS
     from vae_search.definitions import load_space
+    from vae_search.study import WARMUP_EPOCHS
 
     storage = f"sqlite:///{tmp_path}/s.db"
     study = optuna.create_study(study_name="search", storage=storage)

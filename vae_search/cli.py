@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from vae_search import study as st_defaults
 from vae_search.errors import UsageError
 
 app = typer.Typer(
@@ -68,14 +69,16 @@ Heartbeat = Annotated[
 ]
 
 
-def _storage_default() -> str:
-    from vae_search.study import DEFAULT_STORAGE
-
-    return os.environ.get("VAE_SEARCH_STORAGE", DEFAULT_STORAGE)
+DEFAULT_STORAGE = os.environ.get("VAE_SEARCH_STORAGE", st_defaults.DEFAULT_STORAGE)
+DEFAULT_ARTIFACTS = Path(os.environ.get("VAE_SEARCH_ARTIFACTS", st_defaults.DEFAULT_ARTIFACT_DIR))
 
 
-DEFAULT_STORAGE = _storage_default()
-DEFAULT_ARTIFACTS = Path(os.environ.get("VAE_SEARCH_ARTIFACTS", "studies/artifacts"))
+def _stdout():
+    """A console for tables: a file or pipe gets 200 columns, not rich's default 80."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
 
 
 def _settings(
@@ -170,15 +173,10 @@ def show(
 
 
 def _print_grid_table(study, preset, csv: Optional[Path]) -> None:
-    from rich.console import Console
-
     from vae_search.report import grid_rich_table, grid_table, write_csv
 
     df = grid_table(study, preset)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # a file or pipe: no reason to wrap at 80 columns
-    console.print(grid_rich_table(df, f"{preset.title} — study {study.study_name!r}"))
+    _stdout().print(grid_rich_table(df, f"{preset.title} — study {study.study_name!r}"))
     if csv is not None:
         _writable_parent(csv)
         write_csv(df, csv)
@@ -197,17 +195,8 @@ def _writable_parent(path: Path) -> None:
 # ---------------------------------------------------------------- optimize
 
 
-class SamplerName(StrEnum):
-    tpe = "tpe"
-    random = "random"
-    gp = "gp"
-    cmaes = "cmaes"
-
-
-class PrunerName(StrEnum):
-    median = "median"
-    hyperband = "hyperband"
-    none = "none"
+SamplerName = StrEnum("SamplerName", {n: n for n in st_defaults.SAMPLERS})
+PrunerName = StrEnum("PrunerName", {n: n for n in st_defaults.PRUNERS})
 
 
 @app.command()
@@ -297,12 +286,11 @@ def _load(storage: str, study_name: Optional[str]):
 
 def _print_best(study, storage_obj) -> None:
     from optuna.trial import TrialState
-    from rich.console import Console
 
     from vae_search.report import markdown
     from vae_search.selection import pareto_front, select_best
 
-    out = Console(width=None if Console().is_terminal else 200)
+    out = _stdout()
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise UsageError(f"study {study.study_name!r} has no complete trial yet")
     if len(study.directions) > 1:

@@ -13,7 +13,8 @@ from vae_search.definitions import Preset
 from vae_search.storage_io import atomic_write
 
 
-def _pct(measured: float, reported: float) -> float:
+def pct(measured: float, reported: float) -> float:
+    """Difference of `measured` from `reported`, in percent of `reported`."""
     return 100.0 * (measured - reported) / reported
 
 
@@ -39,7 +40,7 @@ def grid_table(study: optuna.Study, preset: Preset) -> pd.DataFrame:
         for key in ("val_loss", "recon_loss", "time_s", "params"):
             row[key] = a.get(key)
             row[f"{key}_report"] = r.get(key)
-            row[f"{key}_diff_pct"] = _pct(a[key], r[key]) if key in a and r.get(key) else None
+            row[f"{key}_diff_pct"] = pct(a[key], r[key]) if key in a and r.get(key) else None
         row["kl"] = a.get("kl")
         rows.append(row)
     return pd.DataFrame(rows)

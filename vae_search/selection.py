@@ -10,6 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.errors import UsageError
 from vae_search.model import IMAGE_VALUES
+from vae_search.report import pct
 
 BASELINE = {"latent_dim": 8, "base_channels": 32}  # the report's Config 2
 
@@ -19,10 +20,6 @@ class Selection:
     trial: FrozenTrial
     reasons: list[str] = field(default_factory=list)
     others: pd.DataFrame | None = None
-
-
-def _pct(a: float, b: float) -> float:
-    return 100.0 * (a - b) / b
 
 
 def find_baseline(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[FrozenTrial, str] | None:
@@ -60,7 +57,7 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
     for t in done[1:top]:
         rows.append({
             "trial": t.number, **t.params, "neg_elbo": t.user_attrs["neg_elbo"],
-            "neg_elbo_vs_best_pct": _pct(t.user_attrs["neg_elbo"], a["neg_elbo"]),
+            "neg_elbo_vs_best_pct": pct(t.user_attrs["neg_elbo"], a["neg_elbo"]),
             "recon_loss": t.user_attrs["recon_loss"], "params": t.user_attrs["params"],
         })
     if rows:
@@ -74,20 +71,20 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
         bt, where = base
         b = bt.user_attrs
         reasons.append(
-            f"vs B.1 baseline (latent 8, base 32; trial {bt.number} of study {where!r}): neg_elbo {_pct(a['neg_elbo'], b['neg_elbo']):+.2f}%, "
-            f"recon loss {_pct(a['recon_loss'], b['recon_loss']):+.2f}%"
+            f"vs B.1 baseline (latent 8, base 32; trial {bt.number} of study {where!r}): neg_elbo {pct(a['neg_elbo'], b['neg_elbo']):+.2f}%, "
+            f"recon loss {pct(a['recon_loss'], b['recon_loss']):+.2f}%"
         )
         reasons.append(
-            f"size: {a['params']:,} parameters, {_pct(a['params'], b['params']):+.1f}% against the baseline's {b['params']:,}"
+            f"size: {a['params']:,} parameters, {pct(a['params'], b['params']):+.1f}% against the baseline's {b['params']:,}"
         )
-        reasons.append(f"time: {a['time_s']:.1f} s to train and validate ({_pct(a['time_s'], b['time_s']):+.1f}% against the baseline)")
+        reasons.append(f"time: {a['time_s']:.1f} s to train and validate ({pct(a['time_s'], b['time_s']):+.1f}% against the baseline)")
     else:
         reasons.append(f"size: {a['params']:,} parameters")
         reasons.append(f"time: {a['time_s']:.1f} s to train and validate")
     reasons.append(f"KL: {a['kl']:.2f} nats per image (0 would mean posterior collapse)")
     gap = a["val_loss"] - a["train_loss"]
     reasons.append(
-        f"over-fitting: train loss {a['train_loss']:.2f}, val loss {a['val_loss']:.2f}, gap {gap:+.2f} ({_pct(a['val_loss'], a['train_loss']):+.2f}%)"
+        f"over-fitting: train loss {a['train_loss']:.2f}, val loss {a['val_loss']:.2f}, gap {gap:+.2f} ({pct(a['val_loss'], a['train_loss']):+.2f}%)"
     )
     reasons.append(f"compression: {IMAGE_VALUES} values -> {p['latent_dim']} latents, {IMAGE_VALUES / p['latent_dim']:.0f}x")
     return Selection(trial=best, reasons=reasons, others=pd.DataFrame(rows) if rows else None)

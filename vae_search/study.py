@@ -242,6 +242,11 @@ def _finish(
 # ---------------------------------------------------------------- the grid
 
 
+def _params_of(t: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters; a WAITING trial has them only as its enqueued fixed_params."""
+    return t.params or t.system_attrs.get("fixed_params", {})
+
+
 def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == v for k, v in b.items())
 
@@ -251,7 +256,7 @@ def enqueue_missing_points(study: optuna.Study, preset: Preset) -> int:
     live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
     added = 0
     for point in preset.points:
-        if not any(_same_params(t.params or t.system_attrs.get("fixed_params", {}), point.params) for t in live):
+        if not any(_same_params(_params_of(t), point.params) for t in live):
             study.enqueue_trial(point.params, user_attrs={"config": point.config})
             added += 1
     return added
@@ -267,10 +272,6 @@ def _pop_waiting(study: optuna.Study) -> optuna.Trial | None:
         except UpdateFinishedTrialError:
             continue
     return None
-
-
-def _params_of(t: FrozenTrial) -> dict[str, Any]:
-    return t.params or t.system_attrs.get("fixed_params", {})
 
 
 def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:

@@ -20,7 +20,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,7 +52,6 @@ class TrainResult:
     history: list[dict[str, float]]  # one dict like `metrics` per epoch
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     params: int = 0
-    device: str = "cpu"
     compiled: bool = False
 
 
@@ -221,7 +220,6 @@ def train(
         history=history,
         state_dict=state,
         params=count_parameters(model),
-        device=str(device),
         compiled=use_compile,
     )
 
@@ -230,6 +228,3 @@ def _adam_kwargs(device: torch.device) -> dict:
     # fused Adam is one kernel for all parameters on CPU and CUDA; MPS takes foreach.
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 
-
-def config_dict(model_config: ModelConfig, config: TrainConfig) -> dict:
-    return {**asdict(model_config), **asdict(config)}
