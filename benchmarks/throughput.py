@@ -1,17 +1,25 @@
-"""Training throughput: the textbook PyTorch loop against vae-search's own training path.
+"""Training throughput: the textbook PyTorch loop against vae-search's own training path,
+one process and a whole local study.
 
-    python benchmarks/throughput.py --data-dir data/cifar10-jpeg      # about 5 minutes
+    python benchmarks/throughput.py --data-dir data/cifar10-jpeg      # 15-30 minutes on 2 cores
     python benchmarks/throughput.py --quick                           # smoke run, generated data
 
-In one process, on the same images and the same architecture, alternates timed repetitions of
+In one run, on the same images and the same architecture:
   (a) the textbook loop: a Dataset holding decoded uint8 images that returns
       ToTensor()(PIL image) per item (as torchvision's CIFAR10 does), DataLoader(batch_size=128,
-      shuffle=True, num_workers=2), the eager model, Adam,
-      BCE on sigmoid outputs, loss.item() every step;
-  (b) vae_search.train.train(), exactly as `grid` and `optimize` run it.
-Throughput is measured after a warm-up (compilation for (b), worker start-up for (a)). Then
-one full epoch of each from the same initial weights, evaluated with the same function, and
-the peak memory of a trial of (b) in a fresh process. The last line is one JSON object.
+      shuffle=True, num_workers=2), the eager model, Adam, BCE on sigmoid outputs,
+      loss.item() every step; one process with all cores (the baseline);
+  (b) vae_search.train.train() in one process with all cores, exactly as a trial runs it,
+      in fp32 and in the default precision (`--precision auto`: bf16 where the CPU has
+      AVX512_BF16 or AMX, else fp32, when the two are the same it is measured once);
+  (c) the study: the default number of local workers (`--jobs`, one process per core with one
+      torch thread each), each running train() for a fixed number of steps after its
+      warm-up; every worker's images over the wall time from the common start to the last
+      worker's end.
+(a) and (b) alternate over repetitions; throughput is measured after a warm-up (compilation
+for (b) and (c), DataLoader start-up for (a)). Then one full epoch of (a) and of (b) in each
+precision from the same seed, evaluated with the same function (the losses must agree within
+noise), and the peak memory of a full-data trial process. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -36,9 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vae_search.data import Cifar10, load_cifar10  # noqa: E402
 from vae_search.model import VAE, ModelConfig  # noqa: E402
-from vae_search.train import TrainConfig, evaluate, train  # noqa: E402
+from vae_search.train import TrainConfig, _should_compile, evaluate, resolve_precision, train  # noqa: E402
+from vae_search.workers import default_jobs, threads_per_worker  # noqa: E402
 
 BATCH = 128
+# What `--compile auto` does for a full-data trial (10 epochs of 50,000 images) on this machine.
+FULL_TRIAL_COMPILES = _should_compile("auto", torch.device("cpu"), 500_000)
 
 
 # ---------------------------------------------------------------- (a) the textbook loop
@@ -96,9 +107,11 @@ def textbook_epoch(model_config: ModelConfig, data: Cifar10, seed: int) -> float
 # ---------------------------------------------------------------- (b) vae-search's path
 
 
-def vae_search_images_per_s(model_config: ModelConfig, data: Cifar10, warmup: int, batches: int) -> float:
-    """Times the batches of train() itself between two progress callbacks (which train()
-    makes every PROGRESS_EVERY batches); validation and compilation fall outside."""
+def _timed_train(model_config: ModelConfig, data: Cifar10, warmup: int, batches: int, precision: str,
+                 start_barrier=None) -> tuple[float, float, float]:
+    """train() itself for warmup + batches steps, stamped by its progress callback (made
+    every batch here); returns (images/s, start, end) of the timed batches. With a barrier,
+    every worker starts its timed batches at the same moment."""
     from vae_search import train as train_module
 
     n_images = (warmup + batches + 1) * BATCH
@@ -106,28 +119,72 @@ def vae_search_images_per_s(model_config: ModelConfig, data: Cifar10, warmup: in
     stamps: dict[int, float] = {}
 
     def on_batch(epoch, batch, n_batches, loss):
+        if batch == warmup + 1 and start_barrier is not None:
+            loss.item()  # the warm-up's work is done before the common start
+            start_barrier.wait()
         stamps[batch] = time.perf_counter()
 
     every = train_module.PROGRESS_EVERY
     train_module.PROGRESS_EVERY = 1
     try:
-        train(model_config, TrainConfig(epochs=1), subset, compile=True, on_batch=on_batch)
+        train(model_config, TrainConfig(epochs=1), subset, compile=FULL_TRIAL_COMPILES, precision=precision, on_batch=on_batch)
     finally:
         train_module.PROGRESS_EVERY = every
     first, last = warmup + 1, warmup + batches + 1
-    return batches * BATCH / (stamps[last] - stamps[first])
+    return batches * BATCH / (stamps[last] - stamps[first]), stamps[first], stamps[last]
 
 
-def _one_trial_epoch(model_config: ModelConfig, data_dir: str | None, quick_n: int | None, seed: int, queue) -> None:
+def vae_search_images_per_s(model_config: ModelConfig, data: Cifar10, warmup: int, batches: int,
+                            precision: str = "fp32") -> float:
+    """Times the batches of train() itself; validation and compilation fall outside."""
+    return _timed_train(model_config, data, warmup, batches, precision)[0]
+
+
+def _study_worker(model_config, data_dir, quick_n, threads, warmup, batches, precision, barrier, queue) -> None:
+    torch.set_num_threads(threads)
+    rate, start, end = _timed_train(model_config, _data(data_dir, quick_n), warmup, batches, precision, barrier)
+    queue.put((rate, start, end))
+
+
+def study_images_per_s(model_config, data_dir, quick_n, jobs, warmup, batches, precision) -> tuple[float, list[float]]:
+    """(c): `jobs` worker processes as `--jobs` starts them, one torch thread each where the
+    cores allow; all workers' timed images over the wall time from their common start to
+    the last one's end."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(jobs), ctx.Queue()
+    threads = threads_per_worker(jobs)
+    procs = [ctx.Process(target=_study_worker, args=(model_config, data_dir, quick_n, threads, warmup, batches, precision,
+                                                     barrier, queue)) for _ in range(jobs)]
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    start, end = min(r[1] for r in results), max(r[2] for r in results)
+    return jobs * batches * BATCH / (end - start), [r[0] for r in results]
+
+
+def _one_trial_epoch(model_config: ModelConfig, data_dir: str | None, quick_n: int | None, seed: int, precision: str,
+                     queue) -> None:
     """One epoch of train() in a fresh process: its loss and the process's peak memory."""
     data = _data(data_dir, quick_n)
     start = time.perf_counter()
-    result = train(model_config, TrainConfig(epochs=1, seed=seed), data, compile=True)
+    result = train(model_config, TrainConfig(epochs=1, seed=seed), data, compile=FULL_TRIAL_COMPILES, precision=precision)
     queue.put({
         "neg_elbo": result.metrics["neg_elbo"],
         "time_s": time.perf_counter() - start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     })
+
+
+def trial_epoch(model_config: ModelConfig, data_dir: str | None, quick_n: int | None, precision: str) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_one_trial_epoch, args=(model_config, data_dir, quick_n, 0, precision, queue))
+    child.start()
+    out = queue.get()
+    child.join()
+    return out
 
 
 # ---------------------------------------------------------------- the machine's yardsticks
@@ -171,11 +228,12 @@ def _data(data_dir: str | None, quick_n: int | None) -> Cifar10:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", help="CIFAR-10 folder (ImageFolder or cifar-10-batches-py); generated images otherwise")
+    ap.add_argument("--data-dir", help="CIFAR-10 folder or archive (ImageFolder or cifar-10-batches-py); generated images otherwise")
     ap.add_argument("--latent-dim", type=int, default=16)
     ap.add_argument("--base-channels", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions of each loop, alternated")
-    ap.add_argument("--batches", type=int, default=60, help="timed batches per repetition")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions of (a) and (b), alternated")
+    ap.add_argument("--batches", type=int, default=60, help="timed batches per repetition (and per study worker)")
+    ap.add_argument("--jobs", type=int, help="study workers for (c) (default: what --jobs defaults to here)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2,048 images, 1 repetition of 10 batches")
     args = ap.parse_args()
     quick_n = 2048 if args.quick else None
@@ -183,52 +241,73 @@ def main() -> None:
 
     model_config = ModelConfig(latent_dim=args.latent_dim, base_channels=args.base_channels)
     data = _data(args.data_dir, quick_n)
+    cpu = torch.device("cpu")
+    default = resolve_precision("auto", cpu)
+    precisions = ["fp32"] if default == "fp32" else ["fp32", default]
+    jobs = args.jobs or default_jobs(cpu)
     print(f"data: {len(data.train)} train / {len(data.test)} val images ({data.source}); model latent "
           f"{model_config.latent_dim} base {model_config.base_channels}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+          f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; default "
+          f"precision {default}; default jobs {jobs}; compiled {FULL_TRIAL_COMPILES}", flush=True)
 
     # (a)'s model and loader persist across repetitions, like one long training run
     torch.manual_seed(0)
     tb_model = VAE(model_config)
     tb_opt = torch.optim.Adam(tb_model.parameters(), lr=3e-3)
     loader = DataLoader(InMemoryCifar(data.train), batch_size=BATCH, shuffle=True, num_workers=2, persistent_workers=True)
-    tb_rates, vs_rates = [], []
+    tb_rates: list[float] = []
+    vs_rates: dict[str, list[float]] = {p: [] for p in precisions}
     for rep in range(repeats):
         tb_rates.append(textbook_images_per_s(tb_model, tb_opt, loader, warmup if rep == 0 else 2, batches))
-        vs_rates.append(vae_search_images_per_s(model_config, data, warmup, batches))
-        print(f"repetition {rep + 1}: textbook {tb_rates[-1]:.0f} img/s, vae-search {vs_rates[-1]:.0f} img/s", flush=True)
-    baseline, ours = statistics.median(tb_rates), statistics.median(vs_rates)
+        for p in precisions:
+            vs_rates[p].append(vae_search_images_per_s(model_config, data, warmup, batches, p))
+        print(f"repetition {rep + 1}: textbook {tb_rates[-1]:.0f} img/s, vae-search "
+              + ", ".join(f"{p} {vs_rates[p][-1]:.0f}" for p in precisions) + " img/s", flush=True)
+    del loader
+    baseline = statistics.median(tb_rates)
+    ours = {p: statistics.median(v) for p, v in vs_rates.items()}
+
+    print(f"study: {jobs} worker process(es), {threads_per_worker(jobs)} thread(s) each, {batches} timed batches each, "
+          f"{default} ...", flush=True)
+    study_rate, per_worker = study_images_per_s(model_config, args.data_dir, quick_n, jobs, warmup, batches, default)
+    print(f"study: {study_rate:.0f} img/s in all (workers {', '.join(f'{r:.0f}' for r in per_worker)} img/s)", flush=True)
 
     flops = flops_per_image(model_config)
     peak = gemm_flops()
-    fraction = ours * flops / peak
-    print(f"training FLOPs per image {flops / 1e6:.1f} MFLOP; vae-search {ours * flops / 1e9:.1f} GFLOP/s; "
-          f"fp32 GEMM {peak / 1e9:.1f} GFLOP/s; fraction {fraction:.3f}", flush=True)
+    fraction = ours["fp32"] * flops / peak
+    print(f"training FLOPs per image {flops / 1e6:.1f} MFLOP; vae-search fp32 {ours['fp32'] * flops / 1e9:.1f} GFLOP/s; "
+          f"study {study_rate * flops / 1e9:.1f} GFLOP/s; fp32 GEMM {peak / 1e9:.1f} GFLOP/s (all threads)", flush=True)
 
     print("one epoch of each from the same seed ...", flush=True)
     start = time.perf_counter()
     loss_tb = textbook_epoch(model_config, data, seed=0)
     tb_epoch_s = time.perf_counter() - start
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_one_trial_epoch, args=(model_config, args.data_dir, quick_n, 0, queue))
-    child.start()
-    trial = queue.get()
-    child.join()
-    print(f"val neg_elbo after one epoch: textbook {loss_tb:.2f} ({tb_epoch_s:.0f} s), vae-search "
-          f"{trial['neg_elbo']:.2f} ({trial['time_s']:.0f} s incl. compilation and validation); "
-          f"difference {100 * (trial['neg_elbo'] - loss_tb) / loss_tb:+.2f}%", flush=True)
-    print(f"peak memory: vae-search trial process {trial['peak_rss_mb']:.0f} MB; this process "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
-    print(f"speedup {ours / baseline:.2f}x (median of {repeats}: textbook {baseline:.0f} img/s, vae-search {ours:.0f} img/s)")
+    epochs = {p: trial_epoch(model_config, args.data_dir, quick_n, p) for p in dict.fromkeys(["fp32", "bf16"])}
+    for p, r in epochs.items():
+        print(f"val neg_elbo after one epoch: vae-search {p} {r['neg_elbo']:.2f} ({r['time_s']:.0f} s incl. compilation "
+              f"and validation), {100 * (r['neg_elbo'] - loss_tb) / loss_tb:+.2f}% against the textbook's {loss_tb:.2f} "
+              f"({tb_epoch_s:.0f} s)", flush=True)
+    peak_rss = max(r["peak_rss_mb"] for r in epochs.values())
+    print(f"peak memory of a trial process: {peak_rss:.0f} MB", flush=True)
+    print(f"speedup {ours[default] / baseline:.2f}x in one process, study {study_rate / baseline:.2f}x "
+          f"(textbook {baseline:.0f} img/s)")
     print(json.dumps({
         "baseline_img_s": round(baseline, 1),
-        "vae_search_img_s": round(ours, 1),
-        "speedup": round(ours / baseline, 3),
+        "vae_search_img_s": round(ours[default], 1),
+        "speedup": round(ours[default] / baseline, 3),
         "gemm_fraction": round(fraction, 4),
         "loss_baseline": round(loss_tb, 3),
-        "loss_vae_search": round(trial["neg_elbo"], 3),
-        "peak_rss_mb_trial": round(trial["peak_rss_mb"], 1),
+        "loss_vae_search": round(epochs[default]["neg_elbo"], 3),
+        "peak_rss_mb_trial": round(peak_rss, 1),
+        "vae_search_fp32_img_s": round(ours["fp32"], 1),
+        "vae_search_default_img_s": round(ours[default], 1),
+        "precision": default,
+        "jobs": jobs,
+        "study_img_s": round(study_rate, 1),
+        "study_speedup": round(study_rate / baseline, 3),
+        "loss_fp32": round(epochs["fp32"]["neg_elbo"], 3),
+        "loss_bf16": round(epochs["bf16"]["neg_elbo"], 3),
+        "compiled": FULL_TRIAL_COMPILES,
     }))
 
 

@@ -12,15 +12,22 @@ import pytest
 import torch
 from PIL import Image
 
+# Tests call the CLI in-process (and patch it) and start their own workers: one process per
+# command unless a test passes --jobs. Set at import, so module-scoped fixtures see it too.
+os.environ["VAE_SEARCH_JOBS"] = "1"
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    """Each test caches decoded data in its own folder and never reads VAE_SEARCH_DATA or
-    a study database from the environment."""
+    """Each test caches decoded data in its own folder, never reads VAE_SEARCH_DATA or a
+    study database from the environment, and trains in one process unless it asks for
+    --jobs (the tests call the CLI in-process and patch it)."""
     monkeypatch.setenv("VAE_SEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.delenv("VAE_SEARCH_DATA", raising=False)
+    for name in ("VAE_SEARCH_DATA", "VAE_SEARCH_STORAGE", "VAE_SEARCH_ARTIFACTS"):
+        monkeypatch.delenv(name, raising=False)
+
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
@@ -114,13 +121,11 @@ def one_line_error(err: str) -> str:
 
 # ---------------------------------------------------------------- workers and PostgreSQL
 
-import glob  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
+
+from tests.pgserver import free_port  # noqa: E402,F401  (tests import it from here)
 
 
 def worker(*args, env: dict | None = None, **popen) -> subprocess.Popen:
@@ -141,67 +146,30 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.2, what: str =
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for this test session (tests/pgserver.py), stopped at the
+    end. Skips (with the reason) only where the server binaries are not installed; .ci/run
+    installs them."""
+    from tests.pgserver import PgServer, Unavailable
 
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
+    try:
+        server = PgServer()
+    except Unavailable as e:
+        pytest.skip(str(e))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
-    """A real PostgreSQL server for this test session: initdb in a temporary folder, on
-    127.0.0.1 at a free port, stopped at the end. Skips (with the reason) only where the
-    server binaries are not installed; .ci/run installs them."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
-    # PostgreSQL refuses to run as root: run it as the 'postgres' user when we are root.
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        import pwd
-
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    root = tempfile.mkdtemp(prefix="vae-search-pg-")
-    if as_user:
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-    data, port = os.path.join(root, "data"), free_port()
-    subprocess.run([*as_user, initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run(
-        [*as_user, pg_ctl, "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60", "start",
-         "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"],
-        check=True, capture_output=True,
-    )
-    try:
-        import psycopg
-
-        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
-            conn.execute("CREATE DATABASE vae")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/vae"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+def postgres_url(pg_server):
+    return pg_server.create_database("vae")
 
 
 @pytest.fixture
-def fresh_pg_db(postgres_url):
+def fresh_pg_db(pg_server):
     """A new empty database on the session's server for one test."""
-    import psycopg
-
-    base, _ = postgres_url.rsplit("/", 1)
-    name = f"t{int(time.time() * 1e6)}"
-    with psycopg.connect(base.replace("postgresql+psycopg://", "postgresql://") + "/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"{base}/{name}"
+    return pg_server.create_database(f"t{int(time.time() * 1e6)}")

@@ -26,7 +26,7 @@ def grid_run(tmp_path_factory, batches_dir):
     args = ["grid", "--preset", "b1", *QUICK, "--data-dir", str(batches_dir), "--storage", storage,
             "--artifact-dir", str(tmp / "artifacts"), "--csv", str(tmp / "b1.csv")]
     proc = subprocess.run([sys.executable, "-m", "vae_search", *args], capture_output=True, text=True,
-                          env={**__import__("os").environ, "VAE_SEARCH_CACHE": str(tmp / "cache")})
+                          env={**__import__("os").environ, "VAE_SEARCH_CACHE": str(tmp / "cache"), "VAE_SEARCH_JOBS": "1"})
     return tmp, storage, args, proc
 
 

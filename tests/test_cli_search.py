@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from html import unescape
 import socket
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 import urllib.request
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 from PIL import Image
@@ -36,7 +39,8 @@ def searched(tmp_path_factory, batches_dir):
     """A 4-trial search with the B.1 points enqueued first, 2 epochs each."""
     tmp = tmp_path_factory.mktemp("search")
     common = ("--storage", f"sqlite:///{tmp}/s.db", "--artifact-dir", tmp / "artifacts")
-    rc = invoke("optimize", "--trials", 4, "--epochs", 2, "--include-preset", "b1", "--data-dir", batches_dir, *TINY, *common)
+    rc = invoke("optimize", "--trials", 4, "--epochs", 2, "--include-preset", "b1", "--pruner", "none", "--data-dir", batches_dir,
+                *TINY, *common)
     assert rc == 0
     return tmp, common
 
@@ -93,7 +97,7 @@ def _flaky_train(monkeypatch, failing_call: int, how: str):
 def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, batches_dir, monkeypatch, how, reason):
     _flaky_train(monkeypatch, failing_call=2, how=how)
     storage = f"sqlite:///{tmp_path}/s.db"
-    rc = invoke("optimize", "--trials", 3, "--epochs", 1, "--data-dir", batches_dir, *TINY,
+    rc = invoke("optimize", "--trials", 3, "--epochs", 1, "--pruner", "none", "--data-dir", batches_dir, *TINY,
                 "--storage", storage, "--artifact-dir", tmp_path / "a")
     assert rc == 0
     trials = optuna.load_study(study_name="search", storage=storage).get_trials()
@@ -103,25 +107,30 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, batches_dir, m
     assert failed.number == 1 and reason in failed.user_attrs["fail_reason"]
 
 
-def test_median_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir):
+@pytest.mark.parametrize("pruner", ["median", "percentile", "sha", "hyperband"])
+def test_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir, pruner):
     """Five finished trials with an impossibly good neg_elbo of 100 at every epoch: a real
-    trial is far worse and is pruned once the warm-up is over, keeping its history."""
+    trial is far worse and is pruned at the first epoch the pruner acts on, keeping its history."""
     from vae_search.definitions import load_space
-    from vae_search.study import WARMUP_EPOCHS
+    from vae_search.study import make_pruner
 
     storage = f"sqlite:///{tmp_path}/s.db"
-    study = optuna.create_study(study_name="search", storage=storage)
+    # The reference trials go through the pruner as real ones do (successive halving keeps
+    # its rungs in the trials' system attributes).
+    study = optuna.create_study(study_name="search", storage=storage, pruner=make_pruner(pruner, 4))
     space = load_space()
-    for i in range(5):
-        params = {"latent_dim": 8, "base_channels": 16, "beta": 1.0, "lr": 1e-3 * (i + 1)}
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=space, value=100.0, intermediate_values={e: 100.0 for e in range(1, 5)}))
-    rc = invoke("optimize", "--trials", 6, "--epochs", 4, "--data-dir", batches_dir, *TINY,
+    for _ in range(5):
+        trial = study.ask(fixed_distributions=space)
+        for epoch in range(1, 5):
+            trial.report(100.0, epoch)
+            trial.should_prune()
+        study.tell(trial, 100.0)
+    rc = invoke("optimize", "--trials", 6, "--epochs", 4, "--pruner", pruner, "--data-dir", batches_dir, *TINY,
                 "--storage", storage, "--artifact-dir", tmp_path / "a")
     assert rc == 0
     t = optuna.load_study(study_name="search", storage=storage).get_trials()[-1]
     assert t.state == TrialState.PRUNED
-    first = WARMUP_EPOCHS + 1  # the first epoch the pruner may act on
+    first = 1  # every pruner here may act from the first epoch (README, Performance)
     assert t.user_attrs["pruned_at_epoch"] == first and len(t.user_attrs["history"]) == first
     assert t.user_attrs["neg_elbo"] == t.user_attrs["history"][-1]["neg_elbo"]
     assert sorted(t.intermediate_values) == list(range(1, first + 1))
@@ -137,9 +146,19 @@ def test_best_prints_the_selection(searched, cli):
     assert f"trial {best.number}" in out
     assert f"{best.user_attrs['neg_elbo']:.2f}" in out
     assert f"{3072 / best.params['latent_dim']:.0f}x" in out
-    for word in ("vs B.1 baseline", "parameters", "KL", "over-fitting", "compression", "other top trials"):
+    for word in ("vs B.1 baseline", "parameters", "KL", "over-fitting", "compression", "other top configurations"):
         assert word in out
     assert "most recently written" in err  # no --study-name: said which study
+    # the other top configurations are rounded like the main lines, not to six decimals
+    lines = [line.strip().strip("|").split("|") for line in out.split("other top configurations:")[1].strip().splitlines()]
+    header, rows = [h.strip() for h in lines[0]], lines[2:]
+    assert rows
+    for row in rows:
+        cells = dict(zip(header, (c.strip() for c in row), strict=True))
+        for key in ("beta", "lr"):  # 4 significant digits, as in the main lines
+            assert len(cells[key].replace("0.", "").lstrip("0").replace(".", "")) <= 4, cells
+        for key in ("neg_elbo", "vs_best_pct", "recon_loss"):  # 2 decimals
+            assert len(cells[key].split(".")[-1]) <= 2, cells
 
 
 def test_two_objectives_give_a_pareto_front(tmp_path, batches_dir, cli):
@@ -155,18 +174,21 @@ def test_two_objectives_give_a_pareto_front(tmp_path, batches_dir, cli):
 
 
 class TestInterpolate:
-    def test_png_of_the_expected_size_attached_to_the_study(self, searched, cli, tmp_path):
+    def test_png_attached_and_figure_on_the_dashboard(self, searched, cli, tmp_path):
         tmp, common = searched
         rc, out, err = cli("interpolate", "--trial", "best", "--steps", 6, "--rows", 3, "--out", tmp_path / "fig", *common)
         assert rc == 0, err
         png = next(p for p in out.split() if p.endswith(".png"))
-        html = next(p for p in out.split() if p.endswith(".html"))
         with Image.open(png) as im:  # make_grid: 32-pixel images with 2-pixel padding
             assert im.size == (6 * 34 + 2, 3 * 34 + 2)
-        assert "plotly" in open(html).read()
+        assert not list((tmp_path / "fig").glob("*.html"))  # no multi-megabyte HTML per figure
         names = {a.filename for a in optuna.artifacts.get_all_artifact_meta(_study(tmp))}
         assert any(n.endswith("interpolation-random.png") for n in names)
-        assert any(n.endswith("interpolation-random.html") for n in names)
+        study = _study(tmp)
+        attrs = study._storage.get_study_system_attrs(study._study_id)
+        figures = {k: v for k, v in attrs.items() if k.startswith("dashboard:plot_data:")}
+        assert any("interpolation-random" in k for k in figures)
+        assert sum(len(v) for v in figures.values()) < 300_000  # the pixels as one PNG, not a JSON array
 
     def test_images_mode(self, searched, cli, tmp_path, batches_dir):
         _, common = searched
@@ -192,20 +214,36 @@ class TestInterpolate:
         assert rc == 2 and "no study named 'nope'" in one_line_error(err)
 
 
-def test_report_writes_its_files(searched, cli, tmp_path):
-    _, common = searched
-    rc, out, err = cli("report", "--study-name", "search", "--out", tmp_path, *common[:2])
+def test_report_writes_one_document(searched, cli, tmp_path, batches_dir):
+    tmp, common = searched
+    rc, out, err = cli("report", "--study-name", "search", "--out", tmp_path, "--data-dir", batches_dir, *common)
     assert rc == 0, err
     folder = tmp_path / "search"
-    for name in ("trials.csv", "trials.md", "history.html", "importances.html", "parallel_coordinates.html",
-                 "neg_elbo_vs_params.html", "learning_curves.html", "plotly.min.js"):
-        assert (folder / name).stat().st_size > 0, name
-    import pandas as pd
+    html = (folder / "report.html").read_text()
+    md = (folder / "report.md").read_text()
+    # one file that opens offline: plotly.js inlined once, pictures embedded, nothing fetched
+    from plotly.offline import get_plotlyjs
 
+    assert html.count(get_plotlyjs()) == 1
+    page = html.replace(get_plotlyjs(), "")
+    assert "src='http" not in page and 'src="http' not in page and "cdn.plot.ly" not in page
+    assert html.count("data:image/png;base64,") >= 4  # B.3 random and image pairs, reconstructions, samples
+    for part in ("B.2 Final architecture selection", "B.3 Latent space interpolation", "time_to_quality", "learning_curves",
+                 "history", "importances", "neg_elbo_vs_params"):
+        assert part in html, part
+    # report.md: the same parts, its PNGs beside it
+    pngs = re.findall(r"\]\(([^)]+\.png)\)", md)
+    assert {"interpolation-random.png", "interpolation-images.png", "history.png", "time_to_quality.png",
+            "learning_curves.png"} <= set(pngs)
+    for name in pngs:
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    with Image.open(folder / "time_to_quality.png") as im:
+        assert im.size[0] >= 800
+    best_text = cli("best", "--study-name", "search", *common)[1]
+    headline = best_text.splitlines()[0]
+    assert headline in md and headline in unescape(html)  # B.2 is the text of `best`
     df = pd.read_csv(folder / "trials.csv")
     assert {"latent_dim", "base_channels", "beta", "lr", "neg_elbo", "recon_loss", "params"} <= set(df.columns)
-    assert not [c for c in df.columns if c.startswith("system_attrs")]
-    assert "learning curves" in (folder / "learning_curves.html").read_text()
 
 
 def _free_port() -> int:
@@ -214,8 +252,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dashboard_serves_study_attributes_and_artifacts(searched):
+def test_dashboard_serves_study_attributes_and_artifacts(searched, cli, tmp_path):
+    """What a user reads in optuna-dashboard, through its own HTTP API on loopback: the metric
+    name, the note `best` writes on the study and the chosen trial, the interpolation figure,
+    every trial's attributes, images and learning curve."""
     tmp, common = searched
+    assert cli("best", "--study-name", "search", *common)[0] == 0
+    assert cli("best", "--study-name", "search", *common)[0] == 0  # a second run replaces its note, not adds one
+    assert cli("interpolate", "--study-name", "search", "--out", tmp_path, *common)[0] == 0
+    chosen = min((t for t in _study(tmp).get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vae_search", "dashboard", "--port", str(port), *map(str, common)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -232,6 +277,15 @@ def test_dashboard_serves_study_attributes_and_artifacts(searched):
             pytest.fail("the dashboard did not answer")
         study = next(s for s in studies if s["study_name"] == "search")
         detail = json.load(urllib.request.urlopen(f"{base}/api/studies/{study['study_id']}", timeout=10))
+        assert detail["objective_names"] == ["neg_elbo"]
+        note = detail["note"]["body"]
+        assert note.count(f"best of study 'search': trial {chosen.number}") == 1 and "margin:" in note
+        by_number = {t["number"]: t for t in detail["trials"]}
+        assert f"trial {chosen.number}" in by_number[chosen.number]["note"]["body"]
+        figures = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
+        assert figures[f"trial-{chosen.number}-interpolation-random"]["data"][0]["type"] == "image"
+        assert detail["has_intermediate_values"]
+        assert all(len(t["intermediate_values"]) == 2 for t in detail["trials"])  # the learning curves, 2 epochs
         trial = next(t for t in detail["trials"] if t["state"] == "Complete")
         attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
         assert {"neg_elbo", "recon_loss", "params", "history"} <= set(attrs)

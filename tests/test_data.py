@@ -126,3 +126,59 @@ class TestErrors:
         monkeypatch.setattr(data_module.datasets.CIFAR10, "download", offline)
         with pytest.raises(UsageError, match="could not download CIFAR-10.*--data-dir"):
             load_cifar10(None, cache_dir=tmp_path / "cache")
+
+
+class TestArchives:
+    """--data-dir takes the official cifar-10-python.tar.gz and a .tar.gz of an ImageFolder."""
+
+    def test_official_layout_archive(self, tmp_path):
+        import tarfile
+
+        make_batches(tmp_path / "src", n_train=20, n_test=10)
+        archive = tmp_path / "cifar-10-python.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+        d = load_cifar10(archive, cache_dir=tmp_path / "cache")
+        assert d.train.shape == (20, 3, 32, 32) and d.source == str(archive)
+        assert d.fingerprint == load_cifar10(tmp_path / "src").fingerprint
+
+    def test_image_folder_archive_is_unpacked_once(self, tmp_path, monkeypatch):
+        import tarfile
+
+        root = make_image_folder(tmp_path / "imgs", n_train=20, n_test=10, fmt="jpg")
+        archive = tmp_path / "cifar10-jpeg.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:  # as the shared copy: train/ and test/ at the top
+            tar.add(root / "train", arcname="train")
+            tar.add(root / "test", arcname="test")
+        first = load_cifar10(archive, cache_dir=tmp_path / "cache")
+        assert first.train.shape == (20, 3, 32, 32)
+        monkeypatch.setattr(tarfile, "open", lambda *a, **k: (_ for _ in ()).throw(AssertionError("unpacked again")))
+        assert load_cifar10(archive, cache_dir=tmp_path / "cache").fingerprint == first.fingerprint
+
+    @pytest.mark.parametrize("evil", ["../escape.txt", "/tmp/absolute-escape.txt", "link"])
+    def test_unsafe_member_is_refused(self, tmp_path, evil):
+        import io
+        import tarfile
+
+        archive = tmp_path / "evil.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            info = tarfile.TarInfo(evil)
+            if evil == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+                info = tarfile.TarInfo("link/inside.txt")  # written through the link
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        # refused ("unsafe member"), or made harmless (a leading "/" is stripped: it lands inside
+        # the cache, where it is no CIFAR-10 layout)
+        with pytest.raises(UsageError, match="unsafe member|no layout"):
+            load_cifar10(archive, cache_dir=tmp_path / "cache")
+        assert not (tmp_path / "escape.txt").exists() and not os.path.exists("/tmp/absolute-escape.txt")
+        if evil != "/tmp/absolute-escape.txt":
+            assert not list((tmp_path / "cache" / "unpacked").iterdir())  # nothing half-unpacked is kept
+
+    def test_not_an_archive(self, tmp_path):
+        bogus = tmp_path / "data.tar.gz"
+        bogus.write_bytes(b"not gzip at all")
+        with pytest.raises(UsageError, match="cannot be unpacked"):
+            load_cifar10(bogus, cache_dir=tmp_path / "cache")

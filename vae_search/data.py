@@ -1,6 +1,10 @@
 """CIFAR-10 into uint8 tensors, from any of the layouts users have.
 
 Sources, tried in this order for `load_cifar10(data_dir)`:
+  - `data_dir` a .tar.gz (.tgz, .tar) of either layout below, such as the official
+    `cifar-10-python.tar.gz` or the shared JPEG copy: unpacked once into the cache folder
+    (safely: tarfile's "data" filter refuses members that would land outside it, links out
+    of it and device files), then read as that layout;
   - `data_dir` holding `cifar-10-batches-py/` (or being that folder): torchvision's pickles;
   - `data_dir` holding `train/<class>/*` and `test/<class>/*`: an ImageFolder copy, such as
     the JPEG copy in ../shared/data;
@@ -17,6 +21,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +37,9 @@ from vae_search.storage_io import atomic_write
 BATCHES_DIR = "cifar-10-batches-py"
 LAYOUTS = (
     f"accepted layouts: a '{BATCHES_DIR}' folder (torchvision's CIFAR-10 pickles), "
-    "or an ImageFolder with train/<class>/*.jpg|png and test/<class>/*.jpg|png"
+    "an ImageFolder with train/<class>/*.jpg|png and test/<class>/*.jpg|png, or a .tar.gz of either"
 )
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 @dataclass
@@ -85,6 +93,9 @@ def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) ->
     data_dir = Path(data_dir).expanduser()
     if not data_dir.exists():
         raise UsageError(f"data folder {data_dir} does not exist; {LAYOUTS}")
+    if data_dir.is_file() and data_dir.name.endswith(ARCHIVE_SUFFIXES):
+        data = load_cifar10(_unpacked(data_dir, cache_dir), cache_dir)
+        return Cifar10(data.train, data.test, str(data_dir))
     if not data_dir.is_dir():
         raise UsageError(f"data path {data_dir} is not a folder; {LAYOUTS}")
     batches = data_dir if data_dir.name == BATCHES_DIR else data_dir / BATCHES_DIR
@@ -107,6 +118,37 @@ def _download(cache_dir: Path) -> Cifar10:
             f"internet pass --data-dir (or set VAE_SEARCH_DATA); {LAYOUTS}"
         ) from None
     return _cached(root / BATCHES_DIR, cache_dir, _read_batches)
+
+
+def _unpacked(archive: Path, cache_dir: Path) -> Path:
+    """The archive unpacked into the cache (once; a later call finds it), as the folder that
+    holds the layout (an archive may wrap it in one top folder)."""
+    st = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    dest = cache_dir / "unpacked" / f"{archive.name}-{key}"
+    if not dest.is_dir():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpacking-"))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")  # no absolute paths, no "..", no links out, no devices
+        except tarfile.FilterError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UsageError(f"archive {archive} has an unsafe member ({e}); not unpacked") from None
+        except (tarfile.TarError, EOFError, OSError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UsageError(f"archive {archive} cannot be unpacked ({type(e).__name__}: {e}); {LAYOUTS}") from None
+        try:
+            tmp.rename(dest)  # atomic: a worker unpacking at the same moment loses the race harmlessly
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    root = dest
+    while not (root / BATCHES_DIR).is_dir() and not (root / "train").is_dir():
+        subdirs = [d for d in root.iterdir() if d.is_dir()]
+        if len(subdirs) != 1 or root.name == BATCHES_DIR:
+            break
+        root = subdirs[0]
+    return root
 
 
 def _source_key(path: Path) -> str:

@@ -18,6 +18,9 @@ from optuna.distributions import (
 from vae_search.errors import UsageError
 
 PARAM_NAMES = ("latent_dim", "base_channels", "beta", "lr")
+# A space file may also search these (they become trial parameters instead of the study's
+# budget; without them in the file, every trial uses --batch-size and a constant lr).
+OPTIONAL_PARAMS = ("batch_size", "lr_schedule")
 _REPO_STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 
@@ -132,15 +135,15 @@ def load_space(path: Path | None = None) -> dict[str, BaseDistribution]:
     path = Path(path) if path else default_space_path()
     raw = _read_toml(path, "search-space file")
     missing = [n for n in PARAM_NAMES if n not in raw]
-    unknown = [n for n in raw if n not in PARAM_NAMES]
+    unknown = [n for n in raw if n not in PARAM_NAMES + OPTIONAL_PARAMS]
     if missing or unknown:
         raise UsageError(
-            f"search-space file {path} must define exactly {', '.join(PARAM_NAMES)}"
+            f"search-space file {path} must define {', '.join(PARAM_NAMES)} (and may define {', '.join(OPTIONAL_PARAMS)})"
             + (f"; missing {', '.join(missing)}" if missing else "")
             + (f"; unknown {', '.join(unknown)}" if unknown else "")
         )
     space: dict[str, BaseDistribution] = {}
-    for name in PARAM_NAMES:
+    for name in [n for n in PARAM_NAMES + OPTIONAL_PARAMS if n in raw]:
         spec = raw[name]
         try:
             kind = spec["type"]
@@ -158,4 +161,10 @@ def load_space(path: Path | None = None) -> dict[str, BaseDistribution]:
                 raise ValueError(f"type must be int, float or categorical, not {kind!r}")
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"search-space file {path}: [{name}] is malformed ({type(e).__name__}: {e})") from None
+    from vae_search.train import LR_SCHEDULES  # what the trainer can do
+
+    schedules = space.get("lr_schedule")
+    if schedules is not None and (not isinstance(schedules, CategoricalDistribution)
+                                  or not set(schedules.choices) <= set(LR_SCHEDULES)):
+        raise UsageError(f"search-space file {path}: [lr_schedule] must be categorical over {', '.join(LR_SCHEDULES)}")
     return space

@@ -1,5 +1,5 @@
-"""`vae-search interpolate`: a trial's latent interpolation as PNG and plotly HTML, written
-to a folder and attached to the study."""
+"""`vae-search interpolate`: a trial's latent interpolation as a PNG (written to a folder and
+attached to the study) and an interactive plotly figure on the study's dashboard page."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from optuna.trial import FrozenTrial
 
 from vae_search.images import interpolate, save_png
 from vae_search.model import VAE
-from vae_search.report import write_html
 
 
 def figure(frames: torch.Tensor, title: str):
@@ -22,7 +21,8 @@ def figure(frames: torch.Tensor, title: str):
     rows, steps = frames.shape[:2]
     # (rows, steps, 3, 32, 32) -> one (rows*32, steps*32, 3) picture
     img = frames.permute(0, 3, 1, 4, 2).reshape(rows * 32, steps * 32, 3).mul(255).round().byte().numpy()
-    fig = px.imshow(img, title=title)
+    # binary_string: the pixels travel as one PNG inside the figure (tens of kB, not megabytes)
+    fig = px.imshow(img, title=title, binary_string=True)
     fig.update_xaxes(tickvals=[16 + 32 * i for i in range(steps)], ticktext=[f"t={i / (steps - 1):.2f}" for i in range(steps)])
     fig.update_yaxes(tickvals=[16 + 32 * i for i in range(rows)], ticktext=[f"pair {i + 1}" for i in range(rows)])
     return fig
@@ -40,13 +40,16 @@ def write_interpolation(
     mode: str,
     seed: int,
     images: torch.Tensor | None = None,
-) -> list[Path]:
+) -> Path:
+    """The PNG (returned, and attached to the study) and the dashboard figure, which a rerun
+    for the same trial and mode replaces."""
+    from optuna_dashboard import save_plotly_graph_object
+
     frames = interpolate(model, rows=rows, steps=steps, mode=mode, seed=seed, images_u8=images)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{study.study_name}-trial-{trial.number}-interpolation-{mode}"
     png = save_png(frames.flatten(0, 1), out_dir / f"{stem}.png", nrow=steps)
     title = f"trial {trial.number}: {mode} interpolation, latent {model.config.latent_dim}, base {model.config.base_channels}"
-    html = write_html(figure(frames, title), out_dir / f"{stem}.html")
-    for path in (png, html):
-        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
-    return [png, html]
+    upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=study)
+    save_plotly_graph_object(study, figure(frames, title), graph_object_id=f"trial-{trial.number}-interpolation-{mode}")
+    return png

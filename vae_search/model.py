@@ -82,9 +82,14 @@ class VAE(nn.Module):
         self, x: torch.Tensor, eps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x in [0, 1] (B, 3, 32, 32); eps ~ N(0, I) (B, L), passed in so that the random
-        stream is the caller's (seeded, and identical between eager and compiled code)."""
+        stream is the caller's (seeded, and identical between eager and compiled code).
+
+        Under bf16 autocast the convolutions and linears run in bfloat16, but the
+        reparameterisation stays fp32: mu and logvar are cast up before exp and the sum (the
+        decoder's first linear casts z down again)."""
         mu, logvar = self.encode(x)
-        z = mu + eps * torch.exp(0.5 * logvar)
+        mu, logvar = mu.float(), logvar.float()  # no-ops in fp32
+        z = mu + eps.float() * torch.exp(0.5 * logvar)
         return self.decode_logits(z), mu, logvar
 
 

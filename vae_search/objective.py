@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -35,14 +35,19 @@ class RunSettings:
     device: torch.device
     store: FileSystemArtifactStore
     compile: bool | str = "auto"
+    precision: str = "fp32"  # resolved: fp32 or bf16
     objectives: tuple[str, ...] = ("neg_elbo",)
     on_batch_factory: OnBatchFactory | None = None
+    jobs: int = 1  # worker processes of the command that runs the trials (time_s is read with it)
+    threads: int = field(default_factory=torch.get_num_threads)  # torch threads of this worker
 
     def provenance(self) -> dict[str, Any]:
         return {
             "epochs": self.epochs,
             "batch_size": self.batch_size,
-            "seed": self.seed,
+            "precision": self.precision,
+            "jobs": self.jobs,
+            "threads": self.threads,
             "device": str(self.device),
             "device_name": _device_name(self.device),
             "torch": torch.__version__,
@@ -80,15 +85,20 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         params = {name: suggest(trial, name, dist) for name, dist in distributions.items()}
         model_config = ModelConfig(latent_dim=int(params["latent_dim"]), base_channels=int(params["base_channels"]))
+        # A grid point or a confirmation run carries its own seed; a search trial takes --seed.
+        seed = int(trial.user_attrs.get("seed", settings.seed))
         train_config = TrainConfig(
             epochs=settings.epochs,
-            batch_size=settings.batch_size,
+            batch_size=int(params.get("batch_size", settings.batch_size)),  # searched where the space has it
             lr=float(params["lr"]),
             beta=float(params["beta"]),
-            seed=settings.seed,
+            seed=seed,
+            lr_schedule=str(params.get("lr_schedule", "constant")),
         )
         for key, value in provenance.items():
             trial.set_user_attr(key, value)
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("batch_size", train_config.batch_size)
         # known before training, so pruned and failed trials carry it too
         trial.set_user_attr("params", count_parameters(VAE(model_config)))
         history: list[dict[str, float]] = []
@@ -111,6 +121,7 @@ def make_objective(
                 settings.data,
                 device=settings.device,
                 compile=settings.compile,
+                precision=settings.precision,
                 on_epoch=on_epoch,
                 on_batch=on_batch,
             )

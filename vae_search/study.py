@@ -1,14 +1,17 @@
-"""Optuna glue: storages, studies, and the loops that run trials on them.
+"""Optuna glue: studies, and the loops that run trials on them.
 
 Why a loop of our own instead of `study.optimize`:
-  - a grid point must run exactly once even with several workers, and Optuna's GridSampler
-    can repeat points under concurrency (optuna issues #2039, #4627). So each grid point is
-    enqueued as a WAITING trial, and a worker only ever *pops* waiting trials (the storage
-    makes WAITING -> RUNNING atomic); it never creates one of its own;
+  - a grid point, now (parameters, seed), must run exactly once even with several workers,
+    and Optuna's GridSampler can repeat points under concurrency (optuna issues #2039,
+    #4627). So each point is enqueued as a WAITING trial, and a worker only ever *pops*
+    waiting trials (the storage makes WAITING -> RUNNING atomic); it never creates one;
   - `--trials N` means "the study reaches N finished trials", counted across all workers,
     before a trial starts and again after it is created (so two workers racing for the last
-    slot do not both run it).
-Heartbeats, stale-trial failing and the retry callback are Optuna's own (RDB storages).
+    slot do not both run it);
+  - a worker with nothing left to start waits while other workers' trials run (where
+    heartbeats tell a live worker from a dead one), so that a point or a slot of a worker
+    that dies is retried and the command ends with the study complete.
+Heartbeats and the retry of stale trials are Optuna's own (RDB storages; see storages.py).
 """
 
 from __future__ import annotations
@@ -18,25 +21,34 @@ import datetime
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.definitions import Preset
-from vae_search.errors import UsageError
+from vae_search.errors import RunError, UsageError
+from vae_search.storages import (  # noqa: F401  (re-exported: the CLI opens storages through here)
+    DEFAULT_HEARTBEAT,
+    STORAGE_HELP,
+    StorageUnavailable,
+    fail_stale_trials,
+    heartbeat_interval,
+    open_storage,
+    redact,
+)
 
 DEFAULT_STORAGE = "sqlite:///studies/vae-search.db"
 DEFAULT_ARTIFACT_DIR = Path("studies/artifacts")
-DEFAULT_HEARTBEAT = 30  # seconds between heartbeats of a running trial (RDB storages)
-SQLITE_TIMEOUT = 120  # seconds a writer waits for SQLite's lock instead of failing "locked"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --trials
-STORAGE_HELP = "sqlite:///FILE, postgresql+psycopg://USER:PASS@HOST:PORT/DB, mysql+pymysql://..., or journal:///FILE.log"
+OBJECTIVE_NAMES = {1: ["neg_elbo"], 2: ["neg_elbo", "params"]}  # shown by the dashboard and plots
+MAX_WAIT_POLL = 10.0  # seconds between looks at other workers' trials while waiting for them
+NO_PRUNING = optuna.pruners.NopPruner()  # grids and confirmations: every run trains its whole budget
 
 Objective = Callable[[optuna.Trial], float | Sequence[float]]
 
@@ -45,70 +57,7 @@ warnings.filterwarnings("ignore", category=ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
-# ---------------------------------------------------------------- storages and studies
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
-
-
-def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_exist: bool = False) -> BaseStorage:
-    """An Optuna storage for `url`. RDB storages get heartbeats (a killed worker's trial is
-    failed by the next worker after 3 missed beats, and re-queued once by the retry callback).
-    `must_exist`: for read-only commands, a SQLite or journal file that is not there is an
-    error rather than a new, empty database."""
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "journal":
-        path = Path(url.split(":", 1)[1].removeprefix("//"))
-        if must_exist and not path.is_file():
-            raise UsageError(f"no study journal at {path}; run grid or optimize first")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
-        raise UsageError(f"storage URL {_redact(url)!r} has an unknown scheme {scheme!r}; use {STORAGE_HELP}")
-    engine_kwargs: dict[str, Any] = {}
-    if scheme == "sqlite":
-        path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            if must_exist and not Path(path).is_file():
-                raise UsageError(f"no study database at {path}; run grid or optimize first, or pass --storage")
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UsageError(f"cannot create the folder of {path}: {e.strerror}") from None
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
-    else:
-        engine_kwargs["pool_pre_ping"] = True
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    hb = {}
-    if heartbeat:
-        hb = dict(
-            heartbeat_interval=heartbeat,
-            grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
-    for attempt in range(5):
-        try:
-            return RDBStorage(url=url, engine_kwargs=engine_kwargs, **hb)
-        except ModuleNotFoundError as e:
-            raise UsageError(f"storage URL {_redact(url)!r} needs the Python package {e.name!r}; pip install it") from None
-        except Exception as e:  # sqlalchemy's OperationalError and friends: unreachable, refused, bad file
-            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-            # Workers that open a new database at the same moment race to create its tables
-            # (the loser sees the winner's rows); once the tables exist, opening succeeds.
-            if attempt < 4 and any(m in reason for m in _CREATION_RACE):
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            raise UsageError(f"cannot open storage {_redact(url)}: {reason}") from None
-    raise AssertionError("unreachable")
-
-
-_CREATION_RACE = ("UNIQUE constraint", "already exists", "duplicate key", "database is locked")
+# ---------------------------------------------------------------- studies
 
 
 def study_names(storage: BaseStorage) -> list[str]:
@@ -122,7 +71,7 @@ def load_study(storage: BaseStorage, name: str | None) -> optuna.Study:
     if not names:
         raise UsageError("the storage holds no study yet; run `vae-search grid` or `vae-search optimize` first")
     if name is None:
-        name = most_recent_study(storage, names)
+        name = most_recent_study(storage, [n for n in names if not n.endswith(CONFIRM_SUFFIX)] or names)
     elif name not in names:
         raise UsageError(f"no study named {name!r}; studies in this storage: {', '.join(sorted(names))}")
     return optuna.load_study(study_name=name, storage=storage)
@@ -139,6 +88,10 @@ def most_recent_study(storage: BaseStorage, names: list[str]) -> str:
         return max(stamps, default=datetime.datetime.min)
 
     return max(names, key=last_write)
+
+
+def existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
+    return optuna.load_study(study_name=name, storage=storage) if name in study_names(storage) else None
 
 
 def create_or_load(
@@ -162,7 +115,32 @@ def create_or_load(
         raise UsageError(
             f"study {name!r} already exists with directions {have}; use another --study-name for {len(directions)} objective(s)"
         )
+    if study.metric_names is None:  # the dashboard and every plot say neg_elbo, not "Objective 0"
+        study.set_metric_names(OBJECTIVE_NAMES[len(directions)])
     return study
+
+
+def check_budget(study: optuna.Study | None, budget: dict[str, Any], record: bool = True) -> None:
+    """Every trial of a study has the same budget (epochs, batch size, data, precision), or
+    their losses would not compare. The first run records it; later runs must match on the
+    keys given (so a cheap check on epochs and batch size can run before the data is loaded).
+    A key the recorded budget lacks (a study from before it existed) is added, not refused."""
+    if study is None:
+        return
+    recorded = study.user_attrs.get("budget")
+    if recorded is None:
+        if record:
+            study.set_user_attr("budget", budget)
+        return
+    diff = {k: (recorded.get(k), v) for k, v in budget.items() if k in recorded and recorded.get(k) != v}
+    if diff:
+        said = "; ".join(f"{k} is {old} there, {new} here" for k, (old, new) in diff.items())
+        raise UsageError(
+            f"study {study.study_name!r} was run with another budget ({said}); "
+            "use the same options or another --study-name"
+        )
+    if record and any(k not in recorded for k in budget):
+        study.set_user_attr("budget", {**recorded, **budget})
 
 
 # ---------------------------------------------------------------- running one trial
@@ -171,8 +149,7 @@ def create_or_load(
 @contextlib.contextmanager
 def _heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     """Record the trial's heartbeat in a thread while it runs (what study.optimize does)."""
-    # Duck-typed: studies wrap an RDBStorage in Optuna's cache, which forwards heartbeats.
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    interval = heartbeat_interval(storage)
     if not interval:
         yield
         return
@@ -194,17 +171,14 @@ def _heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the RUNNING trials of dead workers (no heartbeat for the grace period); the
-    storage's retry callback re-queues their parameters as WAITING trials."""
-    optuna.storages.fail_stale_trials(study)
-
-
 def execute(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
     """Run the objective on a RUNNING trial and record how it ended. A pruned trial is
     PRUNED; an exception makes it FAIL with the reason in user attribute `fail_reason` (and
     the loop goes on); Ctrl-C or SIGTERM makes it FAIL with reason "interrupted" and is
-    re-raised, so the command stops with every finished trial intact."""
+    re-raised, so the command stops with every finished trial intact; so is a RunError (a
+    full artifact disk): the trial FAILs with its message and the worker stops. A database
+    that stays down (StorageUnavailable) stops the worker without a word to the database:
+    the trial stays RUNNING until the heartbeat check fails and re-queues it."""
     storage = trial.storage
     values: float | Sequence[float] | None = None
     with _heartbeat(storage, trial._trial_id):
@@ -213,13 +187,19 @@ def execute(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> F
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
+        except StorageUnavailable:
+            raise
         except KeyboardInterrupt:
             _finish(study, trial, TrialState.FAIL, reason="interrupted")
             raise
+        except RunError as e:
+            _finish(study, trial, TrialState.FAIL, reason=str(e))
+            raise
         except Exception as e:
             state = TrialState.FAIL
-            if "fail_reason" not in storage.get_trial(trial._trial_id).user_attrs:
-                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+            with contextlib.suppress(UpdateFinishedTrialError):  # failed as stale meanwhile: _finish sees it
+                if "fail_reason" not in storage.get_trial(trial._trial_id).user_attrs:
+                    trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
     return _finish(study, trial, state, values=values)
 
 
@@ -239,33 +219,67 @@ def _finish(
         return trial.storage.get_trial(trial._trial_id)
 
 
-# ---------------------------------------------------------------- the grid
+# ---------------------------------------------------------------- points: (parameters, seed), each run once
+
+
+@dataclass(frozen=True)
+class Point:
+    """One training run that a grid or a confirmation owes: these parameters with this seed."""
+
+    params: dict[str, Any]
+    seed: int
+    user_attrs: dict[str, Any] = field(default_factory=dict)  # e.g. the report's config number
+
+
+def grid_points(preset: Preset, seeds: Iterable[int]) -> list[Point]:
+    """Every preset point with every seed, point by point."""
+    return [Point(p.params, s, {"config": p.config}) for p in preset.points for s in seeds]
+
+
+def seeds_from(first: int, count: int) -> list[int]:
+    """`--seed first --seeds count`: first, first+1, ..., first+count-1."""
+    return list(range(first, first + count))
 
 
 def _params_of(t: FrozenTrial) -> dict[str, Any]:
-    """A trial's parameters; a WAITING trial has them only as its enqueued fixed_params."""
-    return t.params or t.system_attrs.get("fixed_params", {})
+    """A trial's parameters: its enqueued fixed_params (all a WAITING trial has), with what it
+    has suggested so far. A trial that has just started has suggested only some of them:
+    alone they would not match its point, and another worker would queue the point again."""
+    return {**t.system_attrs.get("fixed_params", {}), **t.params}
 
 
-def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a.get(k) == v for k, v in b.items())
+def trial_seed(t: FrozenTrial, default: int | None = None) -> int | None:
+    return t.user_attrs.get("seed", default)
 
 
-def enqueue_missing_points(study: optuna.Study, preset: Preset) -> int:
-    """Queue every grid point that has no COMPLETE, RUNNING or WAITING trial yet."""
+def _is_point(t: FrozenTrial, point: Point, default_seed: int) -> bool:
+    params = _params_of(t)
+    return all(params.get(k) == v for k, v in point.params.items()) and trial_seed(t, default_seed) == point.seed
+
+
+def enqueue_missing_points(study: optuna.Study, points: Sequence[Point], default_seed: int = 0) -> int:
+    """Queue every point that has no COMPLETE, RUNNING or WAITING trial yet. A trial without
+    a recorded seed (from before seeds existed) counts as `default_seed`."""
     live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
     added = 0
-    for point in preset.points:
-        if not any(_same_params(_params_of(t), point.params) for t in live):
-            study.enqueue_trial(point.params, user_attrs={"config": point.config})
+    for point in points:
+        if not any(_is_point(t, point, default_seed) for t in live):
+            study.enqueue_trial(point.params, user_attrs={**point.user_attrs, "seed": point.seed})
             added += 1
     return added
 
 
+def _cost(t: FrozenTrial) -> tuple[float, float, int]:
+    """Sort key putting the slowest point first: convolutions cost ~ base_channels^2, then
+    latent size; ties in trial order. Longest-first keeps every worker busy to the end."""
+    p = _params_of(t)
+    return (-float(p.get("base_channels", 0)), -float(p.get("latent_dim", 0)), t.number)
+
+
 def _pop_waiting(study: optuna.Study) -> optuna.Trial | None:
     storage = study._storage
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    for t in sorted(waiting, key=_cost):
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
                 return optuna.Trial(study, t._trial_id)
@@ -274,13 +288,14 @@ def _pop_waiting(study: optuna.Study) -> optuna.Trial | None:
     return None
 
 
-def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
-    """The number of another trial that owns this trial's grid point: a COMPLETE one, or a
-    live one with a lower number. Two workers that enqueued the same missing point at the
-    same moment both pop a trial for it; the higher-numbered one stands down."""
-    mine = _params_of(trial.storage.get_trial(trial._trial_id))
+def _duplicate_of(study: optuna.Study, trial: optuna.Trial, default_seed: int) -> int | None:
+    """The number of another trial that owns this trial's point: a COMPLETE one, or a live
+    one with a lower number. Two workers that enqueued the same missing point at the same
+    moment both pop a trial for it; the higher-numbered one stands down."""
+    frozen = trial.storage.get_trial(trial._trial_id)
+    mine = Point(_params_of(frozen), trial_seed(frozen, default_seed))
     for t in study.get_trials(deepcopy=False):
-        if t.number == trial.number or not _same_params(_params_of(t), mine):
+        if t.number == trial.number or not _is_point(t, mine, default_seed):
             continue
         if t.state == TrialState.COMPLETE or (
             t.state in (TrialState.RUNNING, TrialState.WAITING) and t.number < trial.number
@@ -289,22 +304,42 @@ def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
     return None
 
 
-def run_grid(
+def _wait_for_others(study: optuna.Study, on_wait: Callable[[list[int]], None] | None) -> bool:
+    """Where heartbeats tell live workers from dead ones, wait a little while other trials
+    run (one of them may fail and come back as a retry); False when there is nothing to wait
+    for (no other trial running, or no heartbeats: then a dead worker's trial would never end)."""
+    interval = heartbeat_interval(study._storage)
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if not interval or not running:
+        return False
+    if on_wait:
+        on_wait(running)
+    time.sleep(min(float(interval), MAX_WAIT_POLL))
+    return True
+
+
+def run_points(
     study: optuna.Study,
-    preset: Preset,
+    points: Sequence[Point],
     objective: Objective,
+    *,
+    default_seed: int = 0,
     on_trial_end: Callable[[FrozenTrial], None] | None = None,
+    on_wait: Callable[[list[int]], None] | None = None,
 ) -> int:
-    """Complete the preset's missing points; return how many trials this worker ran."""
+    """Complete the points that have no COMPLETE trial; return how many trials this worker
+    ran. With several workers, each point still completes exactly once."""
     fail_stale_trials(study)
-    enqueue_missing_points(study, preset)
+    enqueue_missing_points(study, points, default_seed)
     ran = 0
     while True:
         fail_stale_trials(study)
         trial = _pop_waiting(study)
         if trial is None:
+            if _wait_for_others(study, on_wait):
+                continue
             return ran
-        owner = _duplicate_of(study, trial)
+        owner = _duplicate_of(study, trial, default_seed)
         if owner is not None:
             _finish(study, trial, TrialState.FAIL, reason=f"duplicate of trial {owner}; not run")
             continue
@@ -329,6 +364,7 @@ def run_optimize(
     timeout: float | None = None,
     max_consecutive_failures: int = 5,
     on_trial_end: Callable[[FrozenTrial], None] | None = None,
+    on_wait: Callable[[list[int]], None] | None = None,
 ) -> int:
     """Run trials until the study has `n_trials` finished (COMPLETE or PRUNED) trials,
     counting every worker's, or `timeout` seconds pass. Failed trials do not count."""
@@ -336,13 +372,18 @@ def run_optimize(
     ran = failures = 0
     while True:
         fail_stale_trials(study)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if finished_count(study) + len(running) >= n_trials:
-            return ran
         if timeout is not None and time.monotonic() - start >= timeout:
             return ran
+        finished = finished_count(study)
+        if finished >= n_trials:
+            return ran
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if finished + len(running) >= n_trials:  # the last slots are taken: wait, one may come free
+            if _wait_for_others(study, on_wait):
+                continue
+            return ran
         if failures >= max_consecutive_failures:
-            raise RuntimeError(f"{failures} trials in a row failed; see their fail_reason attributes")
+            raise RunError(f"{failures} trials in a row failed; see their fail_reason (vae-search show or the dashboard)")
         trial = study.ask()
         ahead = [
             t for t in study.get_trials(deepcopy=False)
@@ -350,7 +391,7 @@ def run_optimize(
         ]
         if len(ahead) >= n_trials:  # another worker took the last slot meanwhile
             _finish(study, trial, TrialState.FAIL, reason=f"surplus: the study already had {n_trials} trials")
-            return ran
+            continue
         frozen = execute(study, trial, objective)
         ran += 1
         failures = failures + 1 if frozen.state == TrialState.FAIL else 0
@@ -358,20 +399,40 @@ def run_optimize(
             on_trial_end(frozen)
 
 
-# ---------------------------------------------------------------- samplers, pruners, budget
+# ---------------------------------------------------------------- confirmation runs
+
+CONFIRM_SUFFIX = "-confirm"
+
+
+def confirm_study_name(name: str) -> str:
+    """Confirmation runs of study NAME live in the companion study NAME-confirm: the search's
+    sampler never sees them and they never count towards its --trials."""
+    return name + CONFIRM_SUFFIX
+
+
+def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    return sorted(done, key=lambda t: (t.values[0], t.number))[:k]
+
+
+def confirm_points(trials: Sequence[FrozenTrial], seeds: int) -> list[Point]:
+    """For each trial, the seeds after its own (seed+1 ... seed+seeds-1), so that with the
+    original each has `seeds` runs."""
+    return [
+        Point(dict(t.params), s, {"source_trial": t.number})
+        for t in trials
+        for s in seeds_from(int(trial_seed(t, 0)) + 1, seeds - 1)
+    ]
+
+
+# ---------------------------------------------------------------- samplers and pruners
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
-# Measured with benchmarks/pruning.py (README, Performance): on this problem the ranking
-# after one epoch already predicts the ranking after ten, so pruning may start at epoch 1;
-# a 2-epoch warm-up after 5 trials spent 81% of the epochs of a real search, none and 3
-# trials 59%, with the same best trial.
-WARMUP_EPOCHS = 0  # epochs in which no trial is pruned
-STARTUP_TRIALS = 3  # trials that finish unpruned first, as the reference
-PRUNE_PERCENTILE = 50.0  # a trial goes on while it is in the better half at every epoch
-PRUNERS = ("median", "hyperband", "none")
 
 
 def make_sampler(name: str, seed: int, n_objectives: int = 1) -> optuna.samplers.BaseSampler:
+    # TPE in Optuna 5 is multivariate with the constant liar by default: parallel workers
+    # do not all sample next to the same running trial.
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
@@ -385,52 +446,50 @@ def make_sampler(name: str, seed: int, n_objectives: int = 1) -> optuna.samplers
     raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(
-    name: str,
-    epochs: int,
-    n_objectives: int = 1,
-    *,
-    warmup_epochs: int = WARMUP_EPOCHS,
-    startup_trials: int = STARTUP_TRIALS,
-    percentile: float = PRUNE_PERCENTILE,
-) -> optuna.pruners.BasePruner:
-    """median (default): a trial stops when its neg_elbo after an epoch is worse than the
-    median (the `percentile`-th percentile; 50 is Optuna's MedianPruner) of earlier trials
-    at that epoch; it never prunes during the first
-    `warmup_epochs` epochs nor before `startup_trials` trials have finished, so early
-    trials give it a fair reference. benchmarks/pruning.py measures what it saves."""
+# Pruners, each with the settings benchmarks/pruning.py measured (README, Performance). On
+# this problem the ranking after one epoch already predicts the ranking after ten, so all of
+# them may act from the first epoch. A spec is NAME or NAME:KEY=VALUE:... (the benchmark's).
+PRUNERS = ("sha", "median", "percentile", "hyperband", "none")
+DEFAULT_PRUNER = "sha"
+PRUNER_DEFAULTS: dict[str, dict[str, float]] = {
+    # a trial goes on while it is in the better half (median) / quarter (percentile 25) of
+    # the earlier trials at every epoch, once `startup` trials have finished unpruned
+    "median": {"p": 50.0, "startup": 3, "warmup": 0},
+    "percentile": {"p": 25.0, "startup": 3, "warmup": 0},
+    # asynchronous successive halving: rungs at epochs min, min*rf, min*rf^2...; a trial
+    # passes a rung when it is in the best 1/rf of the trials that reached it
+    "sha": {"min": 1, "rf": 3},
+    "hyperband": {"min": 1, "rf": 3},
+    "none": {},
+}
+
+
+def parse_pruner(spec: str) -> tuple[str, dict[str, float]]:
+    """"sha:rf=4" -> ("sha", {"min": 1, "rf": 4.0})."""
+    name, *pairs = spec.split(":")
+    if name not in PRUNER_DEFAULTS:
+        raise UsageError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
+    settings = dict(PRUNER_DEFAULTS[name])
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in settings:
+            raise UsageError(f"pruner {name!r} has no setting {key!r}; it has {', '.join(settings) or 'none'}")
+        try:
+            settings[key] = float(value)
+        except ValueError:
+            raise UsageError(f"pruner setting {pair!r}: {value!r} is not a number") from None
+    return name, settings
+
+
+def make_pruner(spec: str, epochs: int, n_objectives: int = 1) -> optuna.pruners.BasePruner:
+    """The pruner for a spec (see PRUNER_DEFAULTS); steps are epoch numbers 1, 2, ..."""
+    name, s = parse_pruner(spec)
     if name == "none" or n_objectives > 1:  # Optuna's pruners are single-objective
         return optuna.pruners.NopPruner()
-    if name == "median":
-        # Steps are epoch numbers (1, 2, ...) and MedianPruner prunes from step
-        # n_warmup_steps on, so warmup_epochs + 1 keeps the first warmup_epochs epochs safe.
-        return optuna.pruners.PercentilePruner(
-            percentile, n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs + 1
-        )
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    raise UsageError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
-
-
-def existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
-    return optuna.load_study(study_name=name, storage=storage) if name in study_names(storage) else None
-
-
-def check_budget(study: optuna.Study | None, budget: dict[str, Any], record: bool = True) -> None:
-    """Every trial of a study has the same budget (epochs, batch size, data), or their losses
-    would not compare. The first run records it; later runs must match on the keys given
-    (so a cheap check on epochs and batch size can run before the data is loaded)."""
-    if study is None:
-        return
-    recorded = study.user_attrs.get("budget")
-    if recorded is None:
-        if record:
-            study.set_user_attr("budget", budget)
-        return
-    diff = {k: (recorded.get(k), v) for k, v in budget.items() if recorded.get(k) != v}
-    if diff:
-        said = "; ".join(f"{k} is {old} there, {new} here" for k, (old, new) in diff.items())
-        raise UsageError(
-            f"study {study.study_name!r} was run with another budget ({said}); "
-            "use the same options or another --study-name"
-        )
+    if name in ("median", "percentile"):
+        # PercentilePruner prunes from step n_warmup_steps on: warmup + 1 keeps the first
+        # `warmup` epochs safe.
+        return optuna.pruners.PercentilePruner(s["p"], n_startup_trials=int(s["startup"]), n_warmup_steps=int(s["warmup"]) + 1)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=int(s["min"]), reduction_factor=int(s["rf"]))
+    return optuna.pruners.HyperbandPruner(min_resource=int(s["min"]), max_resource=epochs, reduction_factor=int(s["rf"]))

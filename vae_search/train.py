@@ -9,8 +9,13 @@ uint8 tensor on the device and batches are slices of a seeded permutation; the m
 channels_last; the step (uint8 -> float, forward, loss) is compiled with `torch.compile`
 once per architecture and process (inductor caches the code on disk for the next process);
 Adam is fused; there is no host synchronisation in the loop (the running loss stays a
-tensor); validation runs in large chunks under `torch.inference_mode()`. On CUDA the
-forward runs in bf16 autocast with the loss in fp32.
+tensor); validation runs in large chunks under `torch.inference_mode()`.
+
+Precision: "bf16" autocasts the model's convolutions and linears to bfloat16; the
+reparameterisation, the loss (BCE with logits, KL) and its reduction stay fp32, and so do
+the weights and Adam's states. "auto" picks bf16 only where the device does it natively
+(CUDA with bf16 support; CPUs with AVX512_BF16 or AMX, by torch's own checks): elsewhere
+bf16 is emulated and many times slower than fp32.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from vae_search.model import VAE, ModelConfig, count_parameters, vae_loss
 COMPILE_MIN_IMAGES = 200_000
 VAL_CHUNK = 2500  # images per validation forward pass
 PROGRESS_EVERY = 10  # batches between progress callbacks
+PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
 
 
 @dataclass
@@ -44,6 +51,7 @@ class TrainConfig:
     lr: float = 3e-3  # Adam learning rate
     beta: float = 1.0  # weight of the KL term in the training loss
     seed: int = 0  # seeds weights, batch order and the reparameterisation noise
+    lr_schedule: str = "constant"  # constant | cosine (from lr to 0) | onecycle (peak lr), per step
 
 
 @dataclass
@@ -53,6 +61,7 @@ class TrainResult:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     params: int = 0
     compiled: bool = False
+    precision: str = "fp32"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -75,21 +84,38 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware, by torch's own checks."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False  # MPS: bf16 autocast exists, but we have not measured it
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """fp32 or bf16 for `name` in PRECISIONS on `device`."""
+    if name not in PRECISIONS:
+        raise UsageError(f"--precision {name}: unknown precision; use {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return name
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
 def _step_loss(
-    model: VAE, x_u8: torch.Tensor, eps: torch.Tensor, beta: torch.Tensor
+    model: VAE, x_u8: torch.Tensor, eps: torch.Tensor, beta: torch.Tensor, bf16: bool = False
 ) -> torch.Tensor:
-    """Mean over the batch of recon + beta*KL. x_u8 is (B, 3, 32, 32) uint8."""
+    """Mean over the batch of recon + beta*KL. x_u8 is (B, 3, 32, 32) uint8. The forward
+    may run in bf16 autocast; the loss is computed in fp32 (vae_loss casts up)."""
     x = x_u8.float().div_(255).contiguous(memory_format=torch.channels_last)
-    with _autocast(x.device):
+    with _autocast(x.device, bf16):
         logits, mu, logvar = model(x, eps)
     recon, kl = vae_loss(logits, x, mu, logvar)
     return (recon + beta * kl).mean()
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 _compiled_step: Callable | None = None
@@ -117,18 +143,29 @@ def _get_step(use_compile: bool) -> Callable:
     return _compiled_step
 
 
+def compile_pays(device: torch.device) -> bool:
+    """Where compiling the step was measured to pay for itself (README, Performance): CPUs
+    with AVX-512 (+18% for base 32) and CUDA (not measured here; compiling fuses the loss and
+    the elementwise work there as well). On an AVX2-only CPU the compiled step measured 2-3%
+    slower than eager, so compiling only costs its ~20 s per architecture."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def _should_compile(compile: bool | str, device: torch.device, images: int) -> bool:
     if compile == "auto":
-        return device.type != "mps" and images >= COMPILE_MIN_IMAGES
+        return compile_pays(device) and images >= COMPILE_MIN_IMAGES
     return bool(compile) and device.type != "mps"
 
 
 @torch.inference_mode()
 def evaluate(
-    model: VAE, images: torch.Tensor, beta: float, seed: int, device: torch.device
+    model: VAE, images: torch.Tensor, beta: float, seed: int, device: torch.device, precision: str = "fp32"
 ) -> dict[str, float]:
     """Per-image means over `images` (uint8, on `device`) of recon, KL, recon + beta*KL and
-    recon + KL. z is sampled, with noise seeded by `seed`, so evaluations are repeatable."""
+    recon + KL. z is sampled, with noise seeded by `seed`, so evaluations are repeatable.
+    The forward runs in the training's precision; the sums are fp64 (fp32 on MPS)."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
@@ -137,7 +174,7 @@ def evaluate(
     for chunk in images.split(VAL_CHUNK):
         x = chunk.float().div_(255).contiguous(memory_format=torch.channels_last)
         eps = torch.randn(len(x), model.config.latent_dim, generator=gen, device=device)
-        with _autocast(device):
+        with _autocast(device, precision == "bf16"):
             logits, mu, logvar = model(x, eps)
         recon, kl = vae_loss(logits, x, mu, logvar)
         recon_sum += recon.sum(dtype=acc)
@@ -155,6 +192,7 @@ def train(
     *,
     device: torch.device | str = "cpu",
     compile: bool | str = "auto",
+    precision: str = "fp32",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_batch: Callable[[int, int, int, torch.Tensor], None] | None = None,
 ) -> TrainResult:
@@ -162,10 +200,12 @@ def train(
     stop; `on_batch(epoch, batch, n_batches, loss)` runs every PROGRESS_EVERY batches (loss is
     a tensor: reading it synchronises, which the caller may choose to do).
 
+    `precision` is "fp32" or "bf16" (resolve "auto" with `resolve_precision` first).
     Raises NonFiniteLoss when the training loss of an epoch is NaN or infinite.
     """
     start = time.perf_counter()
     device = torch.device(device) if isinstance(device, str) else device
+    bf16 = resolve_precision(precision, device) == "bf16"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
@@ -176,6 +216,7 @@ def train(
     val_images = data.test.to(device)
     n, bs = len(train_images), config.batch_size
     n_batches = math.ceil(n / bs)
+    scheduler = _scheduler(opt, config, config.epochs * n_batches)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     perm_gen = torch.Generator().manual_seed(config.seed)  # batch order, identical on any device
     beta = torch.tensor(config.beta, device=device)
@@ -190,23 +231,25 @@ def train(
             idx = perm[i * bs : (i + 1) * bs]
             eps = torch.randn(len(idx), model_config.latent_dim, generator=gen, device=device)
             try:
-                loss = step(model, train_images[idx], eps, beta)
+                loss = step(model, train_images[idx], eps, beta, bf16)
             except Exception as e:  # inductor needs a C++ compiler; without one, run eager
                 if step is _step_loss:
                     raise
                 warnings.warn(f"torch.compile failed ({type(e).__name__}); training eager", stacklevel=2)
                 step, use_compile = _step_loss, False
-                loss = step(model, train_images[idx], eps, beta)
+                loss = step(model, train_images[idx], eps, beta, bf16)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if scheduler is not None:
+                scheduler.step()
             loss_sum += loss.detach() * len(idx)
             if on_batch is not None and (i % PROGRESS_EVERY == 0 or i == n_batches - 1):
                 on_batch(epoch, i + 1, n_batches, loss.detach())
         train_loss = loss_sum.item() / n  # the one synchronisation per epoch
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
-        metrics = evaluate(model, val_images, config.beta, config.seed + 1, device)
+        metrics = evaluate(model, val_images, config.beta, config.seed + 1, device, "bf16" if bf16 else "fp32")
         metrics.update(epoch=epoch, train_loss=train_loss, time_s=time.perf_counter() - start)
         if not math.isfinite(metrics["val_loss"]):
             raise NonFiniteLoss(f"validation loss became {metrics['val_loss']} in epoch {epoch}")
@@ -221,7 +264,19 @@ def train(
         state_dict=state,
         params=count_parameters(model),
         compiled=use_compile,
+        precision="bf16" if bf16 else "fp32",
     )
+
+
+def _scheduler(opt: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    """The learning-rate schedule, stepped once per batch (None: constant)."""
+    if config.lr_schedule == "constant":
+        return None
+    if config.lr_schedule == "cosine":  # from lr down to 0 at the last step
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if config.lr_schedule == "onecycle":  # warm up to lr over 30% of the steps, then anneal
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps)
+    raise UsageError(f"unknown lr_schedule {config.lr_schedule!r}; use {', '.join(LR_SCHEDULES)}")
 
 
 def _adam_kwargs(device: torch.device) -> dict:

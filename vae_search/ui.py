@@ -56,11 +56,22 @@ class TrainingProgress:
 
         return on_batch
 
+    def waiting(self, running: list[int]) -> None:
+        """Nothing left to start here; other workers' trials are still running."""
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        label = f"waiting for trial(s) {', '.join(map(str, running))} of other workers"
+        self.task = self.progress.add_task(label, total=None, loss="-")
+
 
 def trial_line(t: FrozenTrial) -> str:
     p = t.params
     cfg = f"L={p.get('latent_dim')} b={p.get('base_channels')} beta={p.get('beta', 0):.3g} lr={p.get('lr', 0):.3g}"
+    extra = {k: p[k] for k in ("batch_size", "lr_schedule") if k in p}
+    cfg += "".join(f" {k}={v}" for k, v in extra.items())
     a = t.user_attrs
+    if "seed" in a:
+        cfg += f" seed={a['seed']}"
     if t.state == TrialState.COMPLETE:
         return f"trial {t.number} {cfg}: neg_elbo {a['neg_elbo']:.2f} recon {a['recon_loss']:.2f} ({a['time_s']:.0f} s)"
     if t.state == TrialState.PRUNED:

@@ -1,0 +1,220 @@
+"""Faults at scale: workers killed at random and a database restart, then a count of what was
+lost or duplicated (both must be 0).
+
+    python benchmarks/chaos.py                          # about 5 minutes of kills, 4 workers
+    python benchmarks/chaos.py --minutes 1 --workers 3  # the short run the test suite makes
+
+Starts a real PostgreSQL server (tests/pgserver.py, the test fixtures' way: initdb in a
+temporary folder, 127.0.0.1) and tiny generated CIFAR-10 data, then W worker processes of the
+real CLI on one storage with a 2 s heartbeat: two on `grid --preset b1 --seeds 2`, the rest on
+`optimize --trials 12`. For `--minutes`, a supervisor SIGKILLs a random worker every few
+seconds (exponential gaps, seeded) and starts a replacement of the same kind; at half time it
+restarts the server (fast shutdown, start). Then it stops killing and the workers finish on
+their own (a worker that stops with an error is started again).
+
+At the end it checks the studies: every grid (point, seed) COMPLETE exactly once, exactly 12
+finished search trials, no trial left RUNNING, and every COMPLETE trial's weights load and
+re-evaluate to its stored metrics. The last line is one JSON object with the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.pgserver import PgServer  # noqa: E402
+
+GRID_SEEDS = 2
+SEARCH_TRIALS = 12
+
+
+def make_data(root: Path, n_train: int, n_test: int) -> Path:
+    """A tiny ImageFolder of PNGs (train/<class>/*, test/<class>/*) with some structure."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    base = np.stack([xx, yy, 1 - xx], axis=-1)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            img = np.clip(base * rng.uniform(0.3, 1.0, size=(1, 1, 3)) + rng.normal(0, 0.08, (32, 32, 3)), 0, 1)
+            d = root / split / f"class{i % 10}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img * 255).astype(np.uint8)).save(d / f"{i:04d}.png")
+    return root
+
+
+class Fleet:
+    """The workers: their roles, processes, and what happened to them."""
+
+    def __init__(self, commands: dict[str, list[str]], roles: list[str], env: dict, logs: Path) -> None:
+        self.commands, self.env, self.logs = commands, env, logs
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.restarted: set[int] = set()  # pids of failed workers already replaced
+        self.started = self.errors = 0
+        for role in roles:
+            self.start(role)
+
+    def start(self, role: str) -> None:
+        self.started += 1
+        log = open(self.logs / f"worker-{self.started:03d}-{role}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "vae_search", *self.commands[role]], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append((role, proc))
+
+    def live(self) -> list[tuple[str, subprocess.Popen]]:
+        return [(r, p) for r, p in self.procs if p.poll() is None]
+
+    def reap(self) -> None:
+        """Restart a worker that stopped with an error (a database that was down when it
+        started, say); one that finished its work stays finished."""
+        for role, proc in list(self.procs):
+            if proc.poll() not in (None, 0, -signal.SIGKILL) and proc.pid not in self.restarted:
+                self.restarted.add(proc.pid)
+                self.errors += 1
+                time.sleep(1)
+                self.start(role)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=5.0, help="how long the supervisor kills workers")
+    ap.add_argument("--workers", type=int, default=4, help="workers at a time: 2 on the grid, the rest on the search")
+    ap.add_argument("--kill-every", type=float, default=5.0, help="mean seconds between kills")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--images", type=int, default=768, help="training images (a quarter as many for validation)")
+    ap.add_argument("--heartbeat", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, artifacts)")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="vae-search-chaos-"))
+    (tmp / "logs").mkdir()
+    server = PgServer()
+    server.start()
+    start = time.monotonic()
+    try:
+        storage = server.create_database("chaos")
+        data = make_data(tmp / "data", args.images, args.images // 4)
+        env = {**os.environ, "VAE_SEARCH_CACHE": str(tmp / "cache"), "VAE_SEARCH_JOBS": "1", "OMP_NUM_THREADS": "1",
+               "VAE_SEARCH_OUTAGE_S": "60", "PYTHONUNBUFFERED": "1"}
+        from vae_search.data import load_cifar10
+
+        load_cifar10(data, cache_dir=tmp / "cache")  # decoded once, not by every worker
+        common = ["--epochs", str(args.epochs), "--batch-size", "64", "--data-dir", str(data), "--storage", storage,
+                  "--artifact-dir", str(tmp / "artifacts"), "--heartbeat", str(args.heartbeat), "--compile", "off"]
+        commands = {"grid": ["grid", "--preset", "b1", "--seeds", str(GRID_SEEDS), *common],
+                    "search": ["optimize", "--trials", str(SEARCH_TRIALS), *common]}
+        roles = ["grid", "grid", *["search"] * max(1, args.workers - 2)][: max(args.workers, 3)]
+        fleet = Fleet(commands, roles, env, tmp / "logs")
+        killed = restarts = 0
+        deadline = start + 60 * args.minutes
+        restart_at = start + 30 * args.minutes
+        next_kill = time.monotonic() + rng.expovariate(1 / args.kill_every)
+        print(f"chaos: {len(roles)} workers on {storage.rsplit('@', 1)[1]} for {args.minutes:g} min, a kill every "
+              f"~{args.kill_every:g} s, one server restart; logs in {tmp / 'logs'}", flush=True)
+        while time.monotonic() < deadline and fleet.live():
+            now = time.monotonic()
+            if restarts == 0 and now >= restart_at:
+                server.restart()
+                restarts += 1
+                print(f"  {now - start:5.0f} s: PostgreSQL restarted", flush=True)
+            if now >= next_kill:
+                role, victim = rng.choice(fleet.live())
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                killed += 1
+                fleet.start(role)
+                next_kill = now + rng.expovariate(1 / args.kill_every)
+            fleet.reap()
+            time.sleep(0.2)
+        if restarts == 0:  # the work ended before half time: restart anyway, so the count is honest
+            server.restart()
+            restarts += 1
+        print(f"  {time.monotonic() - start:5.0f} s: {killed} kills; no more kills, waiting for the workers to finish",
+              flush=True)
+        finish_deadline = time.monotonic() + max(600, 120 * args.minutes)
+        while fleet.live() and time.monotonic() < finish_deadline:
+            fleet.reap()
+            time.sleep(0.5)
+        hung = len(fleet.live())
+        for _, p in fleet.live():
+            p.kill()
+        result = check(storage, data, tmp / "artifacts", tmp / "cache")
+        result.update(killed=killed, restarts=restarts, worker_errors=fleet.errors, workers_started=fleet.started,
+                      hung=hung, wall_s=round(time.monotonic() - start, 1))
+        print(f"grid: {result['grid_complete']} of {result['grid_points']} (point, seed) complete; search: "
+              f"{result['search_finished']} of {SEARCH_TRIALS} finished; {result['running_left']} RUNNING left; "
+              f"{result['weights_checked']} checkpoints re-evaluated, {result['bad_weights']} bad; "
+              f"{result['retried']} trials failed and retried; {killed} workers killed, {restarts} server restart(s)")
+        keys = ("killed", "retried", "restarts", "lost", "duplicates", "complete", "wall_s", "running_left", "bad_weights",
+                "hung", "worker_errors")
+        print(json.dumps({k: result[k] for k in keys}))
+    finally:
+        server.cleanup()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check(storage_url: str, data_dir: Path, artifact_dir: Path, cache: Path) -> dict:
+    """What the studies hold, against what the workers owed."""
+    import optuna
+    import torch
+    from optuna.trial import TrialState
+
+    from vae_search.artifacts import artifact_store, load_model
+    from vae_search.data import load_cifar10
+    from vae_search.definitions import load_preset
+    from vae_search.train import evaluate
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid = optuna.load_study(study_name="b1", storage=storage_url).get_trials()
+    search = optuna.load_study(study_name="search", storage=storage_url).get_trials()
+    owed = Counter({(p.params["latent_dim"], p.params["base_channels"], s): 0
+                    for p in load_preset("b1").points for s in range(GRID_SEEDS)})
+    for t in grid:
+        if t.state == TrialState.COMPLETE:
+            owed[(t.params["latent_dim"], t.params["base_channels"], t.user_attrs["seed"])] += 1
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in search)
+    lost = sum(1 for n in owed.values() if n == 0) + max(0, SEARCH_TRIALS - finished)
+    duplicates = sum(n - 1 for n in owed.values() if n > 1) + max(0, finished - SEARCH_TRIALS)
+    data = load_cifar10(data_dir, cache_dir=cache)
+    store, bad, checked = artifact_store(artifact_dir), 0, 0
+    for t in [t for t in grid + search if t.state == TrialState.COMPLETE]:
+        try:
+            model = load_model(store, t)
+            a = t.user_attrs
+            again = evaluate(model, data.test, t.params["beta"], int(a["seed"]) + 1, torch.device("cpu"))
+            ok = abs(again["neg_elbo"] - a["neg_elbo"]) <= 1e-5 * abs(a["neg_elbo"])  # float noise of thread counts
+        except Exception as e:  # a missing or corrupt checkpoint
+            print(f"  trial {t.number}: {e}", flush=True)
+            ok = False
+        checked += 1
+        bad += not ok
+    everything = grid + search
+    return {
+        "grid_points": len(owed), "grid_complete": sum(1 for n in owed.values() if n >= 1), "search_finished": finished,
+        "lost": lost + bad, "duplicates": duplicates, "bad_weights": bad, "weights_checked": checked,
+        "complete": sum(t.state == TrialState.COMPLETE for t in everything),
+        "running_left": sum(t.state == TrialState.RUNNING for t in everything),
+        "retried": sum("retried as trial" in t.user_attrs.get("fail_reason", "") for t in everything),
+    }
+
+
+if __name__ == "__main__":
+    main()

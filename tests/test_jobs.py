@@ -1,0 +1,108 @@
+"""`--jobs N`: local worker processes on one study, stopped together, surviving one that dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import wait_for, worker
+from vae_search.workers import worker_argv
+
+TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
+B1_POINTS = {(4, 32), (8, 32), (16, 32), (8, 64)}
+
+
+def _trials(storage: str, name: str = "b1"):
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    except Exception:  # not created yet
+        return []
+
+
+def _point(t):
+    return t.params["latent_dim"], t.params["base_channels"], t.user_attrs.get("seed")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.fixture
+def warm_cache(batches_dir, tmp_path):
+    from vae_search.data import load_cifar10
+
+    load_cifar10(batches_dir, cache_dir=tmp_path / "cache")
+    return {"VAE_SEARCH_CACHE": str(tmp_path / "cache")}
+
+
+def test_worker_argv_replaces_jobs():
+    assert worker_argv(["grid", "--jobs", "3", "--seeds", "2"]) == ["grid", "--seeds", "2", "--jobs", "1"]
+    assert worker_argv(["grid", "--jobs=3"]) == ["grid", "--jobs", "1"]
+
+
+def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    proc = worker("grid", "--jobs", 2, "--seeds", 2, "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                  "--artifact-dir", tmp_path / "art", env=warm_cache)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    trials = _trials(storage)
+    complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == Counter({(*p, s): 1 for p in B1_POINTS for s in (0, 1)}), complete
+    assert {t.user_attrs["jobs"] for t in trials} == {2} and {t.user_attrs["threads"] for t in trials} == {max(1, os.cpu_count() // 2)}
+    assert "[worker 1]" in err and "[worker 2]" in err  # both trained, and said so through the parent
+    assert "1843.23" in out  # the parent printed the table
+
+
+@pytest.mark.parametrize("whom", ["parent", "group"])
+def test_ctrl_c_stops_every_worker_and_leaves_no_running_trial(tmp_path, batches_dir, warm_cache, whom):
+    """SIGINT to the parent alone (kill -INT) or to the whole process group (a terminal's Ctrl-C)."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    proc = worker("grid", "--jobs", 2, "--epochs", 60, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                  "--artifact-dir", tmp_path / "art", env=warm_cache, start_new_session=True)
+    try:
+        wait_for(lambda: sum(t.state == TrialState.RUNNING and bool(t.user_attrs.get("history")) for t in _trials(storage)) == 2,
+                 what="two running trials")
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(([(t.number, t.state.name, t.params.get("latent_dim"), t.params.get("base_channels"),
+                                len(t.user_attrs.get("history", [])), t.user_attrs.get("fail_reason")) for t in _trials(storage)],
+                              proc.communicate()[1][-3000:])) from None
+    if whom == "parent":
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    trials = _trials(storage)
+    table = [(t.number, t.state.name, t.params, t.system_attrs, t.user_attrs.get("fail_reason")) for t in trials]
+    assert not [t for t in trials if t.state == TrialState.RUNNING], table
+    assert [t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL] == ["interrupted"] * 2, (table, err)
+
+
+def test_a_worker_that_dies_does_not_stop_the_others(tmp_path, batches_dir, warm_cache):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    proc = worker("grid", "--jobs", 2, "--epochs", 8, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                  "--artifact-dir", tmp_path / "art", env=warm_cache)
+    wait_for(lambda: len(_children(proc.pid)) == 2 and any(
+        t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage)), what="a running trial")
+    victim = _children(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err  # the exit code says a worker failed ...
+    assert "died (SIGKILL)" in err and "Traceback" not in err
+    trials = _trials(storage)
+    complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == Counter({(*p, 0): 1 for p in B1_POINTS})  # ... and the other worker completed the grid
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "died (SIGKILL)" in failed[0].user_attrs["fail_reason"]
+    retry = int(failed[0].user_attrs["fail_reason"].rsplit("retried as trial ", 1)[1])
+    assert trials[retry].state == TrialState.COMPLETE and _point(trials[retry]) == _point(failed[0])
