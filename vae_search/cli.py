@@ -59,7 +59,7 @@ DataDir = Annotated[
     Optional[Path],
     typer.Option(
         envvar="VAE_SEARCH_DATA",
-        help="CIFAR-10 as a cifar-10-batches-py folder, an ImageFolder (train/<class>/*, test/<class>/*), or a "
+        help="CIFAR-10 as a cifar-10-batches-py folder, an ImageFolder (train/CLASS/*.jpg, test/CLASS/*.jpg), or a "
         ".tar.gz of either (the official cifar-10-python.tar.gz, ../shared/data/cifar10-jpeg.tar.gz), unpacked once "
         "into the cache. Default: torchvision's download into the cache folder.",
     ),
@@ -165,7 +165,7 @@ def _run_trials(
     from vae_search.ui import TrainingProgress, err, trial_line
 
     if workers.worker_identity() is not None:  # a worker: report to the parent, print nothing
-        with workers.reporter() or _NoReporter() as rep:
+        with workers.reporter() as rep:
             settings.on_batch_factory = rep.factory
             return loop(on_trial_end=lambda t: rep.trial_end(t.state.name, t.number, trial_line(t)), on_wait=rep.waiting)
     n = min(jobs or workers.default_jobs(settings.device), max(1, total - done))
@@ -174,13 +174,10 @@ def _run_trials(
             settings.on_batch_factory = progress.factory
             return loop(on_trial_end=lambda t: err.print(trial_line(t)), on_wait=progress.waiting)
 
-    def on_death(number: int, trial_id: int, reason: str, retry: bool) -> str | None:
-        return fail_and_retry(study, trial_id, reason, retry=retry)
-
     err.print(f"{n} workers, {workers.threads_per_worker(n)} torch thread(s) each")
     started = datetime.datetime.now()
     rc = workers.run_workers(_argv, n, device=settings.device, console=err, total=total, done=done, counts=counts,
-                             title=title, on_death=on_death)
+                             title=title, on_death=lambda trial_id, reason, retry: fail_and_retry(study, trial_id, reason, retry))
     if rc == 130:
         raise KeyboardInterrupt
     if rc != 0:
@@ -189,23 +186,6 @@ def _run_trials(
     # what the workers trained: the trials that ended during this run
     return sum(1 for t in study.get_trials(deepcopy=False) if t.datetime_complete and t.datetime_complete >= started
                and "duplicate of trial" not in t.user_attrs.get("fail_reason", ""))
-
-
-class _NoReporter:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def factory(self, *args: object) -> None:
-        return None
-
-    def trial_end(self, *args: object) -> None:
-        pass
-
-    def waiting(self, *args: object) -> None:
-        pass
 
 
 def _is_worker() -> bool:

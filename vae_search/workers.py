@@ -136,9 +136,10 @@ class PipeReporter:
         self.send("wait", running=running)
 
 
-def reporter() -> PipeReporter | None:
+def reporter() -> PipeReporter:
+    """The worker's line to its parent (nowhere, for a worker started by hand)."""
     fd = os.environ.get(PROGRESS_FD_ENV)
-    return PipeReporter(int(fd)) if fd else None
+    return PipeReporter(int(fd) if fd else os.open(os.devnull, os.O_WRONLY))
 
 
 # ---------------------------------------------------------------- in the parent: start, watch, stop
@@ -195,14 +196,14 @@ def run_workers(
     done: int,
     counts: Callable[[str], bool],
     title: str,
-    on_death: Callable[[int, int, str, bool], str | None],
+    on_death: Callable[[int, str, bool], str | None],
 ) -> int:
     """Run `jobs` workers of the command `argv` and return the command's exit code.
 
     `total`/`done`: the study's target and what it has already (grid points, finished
     trials); `counts(state)` says whether a trial that ended in `state` counts towards it;
-    `on_death(trial_number, trial_id, reason, retry)` fails a dead worker's trial (and
-    re-queues it if `retry`) and returns what became of it, for the message."""
+    `on_death(trial_id, reason, retry)` fails a dead worker's trial (and re-queues it if
+    `retry`) and returns what became of it, for the message."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     threads = threads_per_worker(jobs)
@@ -291,7 +292,7 @@ def run_workers(
 
 
 def _supervise(workers: list[Worker], stopping: threading.Event, console: Any,
-               on_death: Callable[[int, int, str, bool], str | None], lock: threading.Lock) -> int:
+               on_death: Callable[[int, str, bool], str | None], lock: threading.Lock) -> int:
     codes: dict[int, int] = {}
     stop_deadline: float | None = None
     killed: set[int] = set()
@@ -305,12 +306,12 @@ def _supervise(workers: list[Worker], stopping: threading.Event, console: Any,
             with lock:
                 trial = w.trial
             if w.index in killed and trial is not None:  # it did not stop when asked: its trial is ours to fail
-                on_death(trial[0], trial[1], "interrupted", False)
+                on_death(trial[1], "interrupted", False)
             elif rc < 0 and not stopping.is_set():
                 name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
                 said = f"worker {w.index} died ({name})"
                 if trial is not None:
-                    fate = on_death(trial[0], trial[1], said, True)
+                    fate = on_death(trial[1], said, True)
                     said += f" while running trial {trial[0]}" + (f"; {fate}" if fate else "")
                 console.print(f"vae-search: {said}; the other workers go on", markup=False, highlight=False)
         if stopping.is_set():
