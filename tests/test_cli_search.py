@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from html import unescape
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from html import unescape
 
 import optuna
 import pandas as pd
