@@ -42,8 +42,9 @@ FIGURE_TEXT = {
 @dataclass
 class Section:
     title: str
-    text: list[str] = field(default_factory=list)  # markdown paragraphs / list items
+    text: list[str] = field(default_factory=list)  # markdown paragraphs / list items, before the table
     table_md: str | None = None
+    after: list[str] = field(default_factory=list)  # paragraphs / list items after the table
     images: list[tuple[str, bytes, str]] = field(default_factory=list)  # (file name, PNG bytes, caption)
     figures: list[tuple[str, object, str]] = field(default_factory=list)  # (name, plotly figure, caption)
 
@@ -71,8 +72,8 @@ def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Section | 
     s.table_md = grid_markdown(df)
     verdicts = grid_verdicts(grid, preset)
     if verdicts:
-        s.text.append("**B.2 statements of the report, computed** (Welch's t-test at 5% over seeds):")
-        s.text += [f"- {v}" for v in verdicts]
+        s.after.append("**The report's B.2 statements, computed** (Welch's t-test at 5% over seeds):")
+        s.after += [f"- {v}" for v in verdicts]
     return s
 
 
@@ -233,12 +234,10 @@ def _markdown(title: str, sections: list[Section], pngs: list[Path]) -> str:
     lines = [f"# {title}", ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
-        for t in s.text:
-            lines += [t, ""] if not t.startswith("- ") else [t]
-        if s.text and s.text[-1].startswith("- "):
-            lines.append("")
+        lines += _md_paragraphs(s.text)
         if s.table_md:
             lines += [s.table_md, ""]
+        lines += _md_paragraphs(s.after)
         for name, _, caption in s.images:
             lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
         for name, _, caption in s.figures:
@@ -247,6 +246,16 @@ def _markdown(title: str, sections: list[Section], pngs: list[Path]) -> str:
             else:
                 lines += [f"*{caption}* (in report.html)", ""]
     return "\n".join(lines)
+
+
+def _md_paragraphs(text: list[str]) -> list[str]:
+    """Paragraphs separated by blank lines; consecutive "- " items as one list."""
+    lines: list[str] = []
+    for i, t in enumerate(text):
+        lines.append(t)
+        if not t.startswith("- ") or i + 1 == len(text) or not text[i + 1].startswith("- "):
+            lines.append("")
+    return lines
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -262,19 +271,10 @@ def _html(title: str, sections: list[Section]) -> str:
              f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body><h1>{html.escape(title)}</h1>"]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
-        items: list[str] = []
-        for t in s.text:
-            if t.startswith("- "):
-                items.append(f"<li>{_inline(t[2:])}</li>")
-                continue
-            if items:
-                parts.append("<ul>" + "".join(items) + "</ul>")
-                items = []
-            parts.append(f"<p>{_inline(t)}</p>")
-        if items:
-            parts.append("<ul>" + "".join(items) + "</ul>")
+        parts += _html_paragraphs(s.text)
         if s.table_md:
             parts.append(_md_table_html(s.table_md))
+        parts += _html_paragraphs(s.after)
         for name, data, caption in s.images:
             src = "data:image/png;base64," + base64.b64encode(data).decode()
             width = "" if "interpolation" not in name else " width='680'"
@@ -285,6 +285,22 @@ def _html(title: str, sections: list[Section]) -> str:
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _html_paragraphs(text: list[str]) -> list[str]:
+    parts: list[str] = []
+    items: list[str] = []
+    for t in text:
+        if t.startswith("- "):
+            items.append(f"<li>{_inline(t[2:])}</li>")
+            continue
+        if items:
+            parts.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        parts.append(f"<p>{_inline(t)}</p>")
+    if items:
+        parts.append("<ul>" + "".join(items) + "</ul>")
+    return parts
 
 
 def _inline(text: str) -> str:

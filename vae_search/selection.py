@@ -166,14 +166,27 @@ class Selection:
     others: pd.DataFrame | None = None
 
 
+def _preset_of(study: optuna.Study) -> Preset | None:
+    """A grid study's preset (its candidates are then named by the report's config numbers)."""
+    if study.user_attrs.get("kind") != "grid":
+        return None
+    from vae_search.definitions import load_preset
+
+    try:
+        return load_preset(study.user_attrs.get("preset", "b1"))
+    except UsageError:
+        return None
+
+
 def find_baseline(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[Candidate, str] | None:
     """The (latent 8, base 32, beta 1) configuration: in this study if it has one, else in study b1."""
     def match(c: Candidate) -> bool:
         return all(c.params.get(k) == v for k, v in BASELINE.items())
 
-    found = [(c, study.study_name) for c in candidates(study) if match(c)]
+    found = [(c, study.study_name) for c in candidates(study, _preset_of(study)) if match(c)]
     if not found and study.study_name != "b1" and "b1" in optuna.get_all_study_names(storage=storage):
-        found = [(c, "b1") for c in candidates(optuna.load_study(study_name="b1", storage=storage)) if match(c)]
+        b1 = optuna.load_study(study_name="b1", storage=storage)
+        found = [(c, "b1") for c in candidates(b1, _preset_of(b1)) if match(c)]
     return min(found, key=lambda f: f[0].mean()) if found else None
 
 
