@@ -46,6 +46,9 @@ def test_four_complete_trials_with_every_attribute(grid_run):
         assert t.intermediate_values and set(t.intermediate_values) == {1}
         assert t.user_attrs["epochs"] == 1 and len(t.user_attrs["history"]) == 1
     assert {(t.params["latent_dim"], t.params["base_channels"]) for t in trials} == set(EXPECTED_PARAMS)
+    # stderr is a pipe, not a terminal: a line per epoch (a log file has no live progress bar)
+    assert sorted(line.split(" L=")[0] for line in proc.stderr.splitlines() if line.endswith(" epoch 1/1")) == \
+        sorted(f"trial {t.number}" for t in trials), proc.stderr
 
 
 def test_table_beside_the_report(grid_run):

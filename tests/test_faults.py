@@ -223,6 +223,12 @@ def test_grpc_url_without_a_proxy_is_one_line(cli):
     assert rc == 2 and "no storage proxy answers there" in one_line_error(err)
 
 
+@pytest.mark.parametrize("backend", ["grpc://127.0.0.1:13000", "journal:///{tmp}/s.log"])
+def test_the_proxy_refuses_what_it_cannot_serve(backend, tmp_path, cli):
+    rc, _, err = cli("storage-proxy", "--storage", backend.format(tmp=tmp_path), "--port", free_port())
+    assert rc == 2 and ("not another proxy" in one_line_error(err) or "not a journal file" in one_line_error(err))
+
+
 # ---------------------------------------------------------------- chaos, short
 
 

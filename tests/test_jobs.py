@@ -58,6 +58,8 @@ def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache)
     assert complete == Counter({(*p, s): 1 for p in B1_POINTS for s in (0, 1)}), complete
     assert {t.user_attrs["jobs"] for t in trials} == {2} and {t.user_attrs["threads"] for t in trials} == {max(1, os.cpu_count() // 2)}
     assert "[worker 1]" in err and "[worker 2]" in err  # both trained, and said so through the parent
+    epochs = [line for line in err.splitlines() if " epoch " in line and line.startswith("[worker ")]
+    assert len(epochs) == 8, err  # 8 trials of 1 epoch; not a terminal: one line per epoch instead of a live bar
     assert "1843.23" in out  # the parent printed the table
 
 

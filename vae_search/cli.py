@@ -668,6 +668,8 @@ def storage_proxy(
 
     if storage.lower().startswith("grpc:"):
         raise UsageError("--storage of storage-proxy is the database it serves, not another proxy")
+    if storage.lower().startswith("journal:"):
+        raise UsageError("Optuna's storage proxy serves a database (sqlite, postgresql, mysql), not a journal file")
     # A heartbeat-free storage: nobody beats through the proxy, so the proxy itself must not fail trials as stale.
     backend = optuna.storages.get_storage(st.open_storage(storage, heartbeat=None))
     err.print(f"Optuna gRPC storage proxy on {host}:{port} for {st.redact(storage)} (Ctrl-C stops it)")

@@ -46,6 +46,8 @@ class TrainingProgress:
         self.task = self.progress.add_task(label, total=None, loss="-")
 
         def on_batch(epoch: int, batch: int, n_batches: int, loss: torch.Tensor) -> None:
+            if not err.is_terminal and batch == 1:  # no live bar in a log file: one line per epoch
+                err.print(f"{label} epoch {epoch}/{config.epochs}", markup=False, highlight=False)
             self.progress.update(
                 self.task,
                 description=f"{label} epoch {epoch}/{config.epochs}",

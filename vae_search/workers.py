@@ -153,6 +153,7 @@ class Worker:
     task: Any = None
     trial: tuple[int, int] | None = None  # (number, trial_id) of the trial it is running
     ended: set[int] = field(default_factory=set)
+    label: str = ""  # the trial and epoch it last reported
     readers: list[threading.Thread] = field(default_factory=list)
 
 
@@ -240,6 +241,9 @@ def run_workers(
             w.trial = (ev["trial"], ev["trial_id"])
             progress.update(w.task, description=f"worker {w.index}: {ev['label']}", completed=0, total=None, info="")
         elif kind == "batch":
+            if not console.is_terminal and ev["label"] != w.label:  # a log file gets one line per epoch
+                console.print(f"[worker {w.index}] {ev['label']}", markup=False, highlight=False)
+            w.label = ev["label"]
             progress.update(w.task, description=f"worker {w.index}: {ev['label']}", completed=ev["batch"],
                             total=ev["n"], info=f"loss {ev['loss']}")
         elif kind == "end":
