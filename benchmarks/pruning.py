@@ -104,7 +104,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", default="0,1,2", help="TPE seeds, one repetition each")
     ap.add_argument("--pruners", default=f"none,{st.DEFAULT_PRUNER},median,percentile,hyperband",
-                    help="pruner specs (NAME or NAME:KEY=VALUE:..., see vae_search/study.py); none is the reference")
+                    help="pruner specs to run (NAME or NAME:KEY=VALUE:..., see vae_search/study.py); "
+                         "none, the unpruned reference, is needed once per seed")
     ap.add_argument("--parallel", type=int, default=2, help="runs at once, one process each (one per core)")
     ap.add_argument("--out", default="benchmarks/results/pruning", help="folder of the runs' JSON results")
     ap.add_argument("--quick", action="store_true", help="smoke run: 512 generated images, 6 trials of 3 epochs")
@@ -114,9 +115,7 @@ def main() -> None:
         args.train_images, args.val_images, args.trials, args.epochs = 512, 128, 6, 3
         out = Path(tempfile.mkdtemp(prefix="pruning-quick-"))
     out.mkdir(parents=True, exist_ok=True)
-    pruners = [p for p in args.pruners.split(",") if p]
-    if "none" not in pruners:
-        pruners.insert(0, "none")
+    pruners = [p for p in args.pruners.split(",") if p]  # the runs to make (those not in --out yet)
     seeds = [int(s) for s in args.seeds.split(",")]
     for p in pruners:
         st.parse_pruner(p)  # a bad spec fails now, not after hours
@@ -132,7 +131,9 @@ def main() -> None:
             _file(out, r["pruner"], r["seed"]).write_text(json.dumps(r))
             print(f"{r['pruner']} seed {r['seed']}: {r['epochs']} epochs, {r['pruned']} of {r['trials']} trials pruned, "
                   f"best {r['best']:.2f} (trial {r['best_trial']}), {r['seconds'] / 60:.1f} min", flush=True)
-    print(json.dumps(summary(out, pruners, seeds, st.DEFAULT_PRUNER)))
+    # The summary compares every pruner found in --out with the unpruned run of its seed.
+    found = sorted({json.loads(p.read_text())["pruner"] for p in out.glob("*.json")} | set(pruners))
+    print(json.dumps(summary(out, found, seeds, st.DEFAULT_PRUNER)))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_best_says_beyond_noise_for_a_clear_winner(tmp_path, cli):
     assert rc == 0, err
     text = " ".join(out.split())
     assert "best of study 'b1': config 3 (3 seeds)" in text
-    assert "config 3 is best by 1.71% over config 2 (beyond seed noise: Welch's t-test p =" in text
+    assert "config 3 is best by 1.74% over config 2 (beyond seed noise: Welch's t-test p =" in text
     # the report's "more parameters gave a higher loss" is inside the noise here
     assert "'more parameters gave a higher loss' (config 4, 3.7x the parameters of config 2): does not hold" in text
     assert "config 4 against the baseline config 2: val loss +0.02% (within seed noise" in text

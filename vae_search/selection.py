@@ -121,7 +121,7 @@ def welch_p(a: Candidate, b: Candidate, key: str = "neg_elbo") -> float | None:
 
 def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo") -> str:
     """The winner's margin over another candidate, in plain words with the test."""
-    margin = -pct(winner.mean(key), other.mean(key))  # how much lower the winner is, in % of the other
+    margin = pct(other.mean(key), winner.mean(key))  # how much higher the other is, in % of the winner (as in "others")
     p = welch_p(winner, other, key)
     if p is None:
         return (f"{winner.label} is best by {margin:.2f}% over {other.label}, but with "
