@@ -127,7 +127,7 @@ def test_welch_p_matches_scipy_and_needs_two_runs():
     assert welch_p(a, b) == pytest.approx(ttest_ind([1, 2, 3], [4, 5, 7], equal_var=False).pvalue)
     single = cand([1.0], 3)
     assert welch_p(a, single) is None
-    assert "cannot be told from seed noise" in compare(single, b)
+    assert "but with 1 and 3 runs the margin cannot be told from seed noise" in compare(single, b)
 
 
 # ---------------------------------------------------------------- confirm
@@ -241,3 +241,14 @@ def test_lr_schedules(schedule, start, peak, end):
     assert lrs[0] / 1e-3 == pytest.approx(start, abs=1e-3)
     assert max(lrs) / 1e-3 == pytest.approx(peak, rel=1e-2)
     assert lrs[-1] / 1e-3 == pytest.approx(end, abs=0.02)
+
+
+def test_a_grid_with_some_points_unseeded_says_so(tmp_path, cli):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    _synthetic_grid(storage, {1: [1912.0], 2: [1872.0], 3: [1840.0, 1841.0], 4: [1872.5, 1871.5]})
+    rc, out, err = cli("best", "--study-name", "b1", "--storage", storage)
+    assert rc == 0, err
+    text = " ".join(out.split())
+    assert "seeds per point: 1 to 2 (some points have one seed" in text
+    # the runner-up (config 2) has one run: no test, and the message says how many runs each side has
+    assert "config 3 is best by 1.71% over config 2, but with 2 and 1 runs the margin cannot be told" in text

@@ -124,9 +124,9 @@ def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo") -> str:
     margin = pct(other.mean(key), winner.mean(key))  # how much higher the other is, in % of the winner (as in "others")
     p = welch_p(winner, other, key)
     if p is None:
-        return (f"{winner.label} is best by {margin:.2f}% over {other.label}, but with "
-                f"{'one run' if min(winner.n, other.n) == 1 else 'few runs'} each the margin cannot be told from seed "
-                f"noise (`vae-search confirm` / `grid --seeds 3` add seeds)")
+        runs = "one run each" if winner.n == other.n == 1 else f"{winner.n} and {other.n} runs"
+        return (f"{winner.label} is best by {margin:.2f}% over {other.label}, but with {runs} the margin cannot be "
+                f"told from seed noise (`vae-search confirm` / `grid --seeds 3` add seeds)")
     if p < ALPHA:
         return (f"{winner.label} is best by {margin:.2f}% over {other.label} (beyond seed noise: Welch's t-test "
                 f"p = {p:.3g}, n = {winner.n} and {other.n})")
@@ -266,9 +266,10 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
     key = "val_loss"
     ranked = sorted(by_config.values(), key=lambda c: c.mean(key))
     best = ranked[0]
-    n_min = min(c.n for c in by_config.values())
-    lines = [f"seeds per point: {n_min}" + (" (one seed: differences cannot be told from seed noise; run grid --seeds 3)"
-                                             if n_min < 2 else "")]
+    n_min, n_max = min(c.n for c in by_config.values()), max(c.n for c in by_config.values())
+    lines = [f"seeds per point: {n_min if n_min == n_max else f'{n_min} to {n_max}'}"
+             + (f" ({'one seed' if n_max < 2 else 'some points have one seed'}: their differences cannot be told "
+                f"from seed noise; run grid --seeds 3)" if n_min < 2 else "")]
     lines.append(f"best: {best.label} (latent {best.params['latent_dim']}, base {best.params['base_channels']}), "
                  f"val loss {best.text(key)}; {compare(best, ranked[1], key)}")
     if preset.baseline in by_config:
