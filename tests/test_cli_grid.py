@@ -153,3 +153,15 @@ class TestBadInput:
         rc, _, err = cli("show", "--storage", f"sqlite:///{tmp_path}/none.db")
         assert rc == 2 and "no study database" in one_line_error(err)
         assert not (tmp_path / "none.db").exists()
+
+
+def test_report_of_a_grid_is_small_and_reproduces_b1_to_b3(grid_run, cli, tmp_path):
+    _, storage, args, _ = grid_run
+    artifacts = args[args.index("--artifact-dir") + 1]
+    rc, _, err = cli("report", "--study-name", "b1", "--out", tmp_path, "--storage", storage, "--artifact-dir", artifacts)
+    assert rc == 0, err
+    html = (tmp_path / "b1" / "report.html").read_text()
+    for part in ("B.1 Architecture configuration comparison", "B.2 Final architecture selection",
+                 "B.3 Latent space interpolation", "1843.23", "1,131,859"):
+        assert part in html, part
+    assert "Plotly" not in html and len(html) < 1_000_000  # no figure, so no 4.5 MB of plotly.js

@@ -267,8 +267,10 @@ li{margin:0.2em 0}"""
 def _html(title: str, sections: list[Section]) -> str:
     from plotly.offline import get_plotlyjs
 
+    # plotly.js (about 4.5 MB) once, and only where a figure needs it (a grid's report has none)
+    script = f"<script>{get_plotlyjs()}</script>" if any(s.figures for s in sections) else ""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body><h1>{html.escape(title)}</h1>"]
+             f"<style>{_CSS}</style>{script}</head><body><h1>{html.escape(title)}</h1>"]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         parts += _html_paragraphs(s.text)
