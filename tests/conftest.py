@@ -93,18 +93,28 @@ def image_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("imagefolder"))
 
 
+# Tiny training runs: a fixed subset of the generated data, small batches, no compilation.
+TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
+
+
+def invoke(*args: object) -> int:
+    """Run the CLI in this process and return its exit code."""
+    from vae_search.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
 @pytest.fixture
 def cli(capfd):
     """Run the CLI in this process: cli("grid", "--epochs", "1", ...) -> (rc, out, err)."""
-    from vae_search.cli import main
 
-    def run(*args: str) -> tuple[int, str, str]:
+    def run(*args: object) -> tuple[int, str, str]:
         capfd.readouterr()
-        try:
-            main([str(a) for a in args])
-            rc = 0
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else 1
+        rc = invoke(*args)
         out, err = capfd.readouterr()
         return rc, out, err
 

@@ -17,21 +17,9 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from tests.conftest import one_line_error
+from tests.conftest import TINY, invoke, one_line_error
 from vae_search import objective as objective_module
 from vae_search import train as train_module
-
-TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
-
-
-def invoke(*args) -> int:
-    from vae_search.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import free_port, one_line_error, wait_for, worker
+from tests.conftest import TINY, free_port, one_line_error, wait_for, worker
 
-TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
 B1 = {(4, 32), (8, 32), (16, 32), (8, 64)}
 ROOT = Path(__file__).resolve().parent.parent
 

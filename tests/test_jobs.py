@@ -11,10 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import wait_for, worker
+from tests.conftest import TINY, wait_for, worker
 from vae_search.workers import worker_argv
 
-TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
 B1_POINTS = {(4, 32), (8, 32), (16, 32), (8, 64)}
 
 

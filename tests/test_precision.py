@@ -4,7 +4,7 @@ import optuna
 import pytest
 import torch
 
-from tests.conftest import one_line_error
+from tests.conftest import TINY, one_line_error
 from vae_search import train as train_module
 from vae_search.data import load_cifar10
 from vae_search.errors import UsageError
@@ -12,7 +12,6 @@ from vae_search.model import VAE, ModelConfig
 from vae_search.train import TrainConfig, native_bf16, resolve_precision, train
 
 SMALL = ModelConfig(latent_dim=4, base_channels=8)
-TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import one_line_error, wait_for, worker
+from tests.conftest import TINY, one_line_error, wait_for, worker
 from vae_search.storage_io import atomic_write
 
-TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
 B1_POINTS = {(4, 32), (8, 32), (16, 32), (8, 64)}
 
 

@@ -10,22 +10,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tests.conftest import one_line_error
+from tests.conftest import TINY, invoke, one_line_error
 from vae_search.definitions import load_preset
 from vae_search.selection import Candidate, compare, welch_p
 
-TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
 B1 = {(4, 32), (8, 32), (16, 32), (8, 64)}
-
-
-def invoke(*args) -> int:
-    from vae_search.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
-    return 0
 
 
 @pytest.fixture(scope="module")

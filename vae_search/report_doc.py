@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,8 +308,6 @@ def _html_paragraphs(text: list[str]) -> list[str]:
 
 def _inline(text: str) -> str:
     """Markdown's **bold** and `code` in an otherwise escaped line."""
-    import re
-
     out = html.escape(text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
