@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from throughput import _data  # noqa: E402
 
+from vae_search import samplers  # noqa: E402
 from vae_search import study as st  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def run(pruner: str, seed: int, args: dict) -> dict:
     data = _data(args["data_dir"], args["quick_n"]).limit(args["train_images"], args["val_images"])
     settings = RunSettings(data=data, epochs=args["epochs"], batch_size=128, seed=seed, device=torch.device("cpu"),
                            store=artifact_store(Path(tempfile.mkdtemp(prefix="pruning-bench-"))), compile="auto")
-    study = optuna.create_study(sampler=st.make_sampler("tpe", seed), pruner=st.make_pruner(pruner, args["epochs"]))
+    study = optuna.create_study(sampler=samplers.make_sampler("tpe", seed), pruner=samplers.make_pruner(pruner, args["epochs"]))
     start = time.perf_counter()
     st.run_optimize(study, make_objective(settings, load_space()), n_trials=args["trials"])
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", default="0,1,2", help="TPE seeds, one repetition each")
-    ap.add_argument("--pruners", default=f"none,{st.DEFAULT_PRUNER},median,percentile,hyperband",
+    ap.add_argument("--pruners", default=f"none,{samplers.DEFAULT_PRUNER},median,percentile,hyperband",
                     help="pruner specs to run (NAME or NAME:KEY=VALUE:..., see vae_search/study.py); "
                          "none, the unpruned reference, is needed once per seed")
     ap.add_argument("--parallel", type=int, default=2, help="runs at once, one process each (one per core)")
@@ -118,7 +119,7 @@ def main() -> None:
     pruners = [p for p in args.pruners.split(",") if p]  # the runs to make (those not in --out yet)
     seeds = [int(s) for s in args.seeds.split(",")]
     for p in pruners:
-        st.parse_pruner(p)  # a bad spec fails now, not after hours
+        samplers.parse_pruner(p)  # a bad spec fails now, not after hours
     shared = {"data_dir": args.data_dir, "quick_n": 2048 if args.quick else None, "train_images": args.train_images,
               "val_images": args.val_images, "trials": args.trials, "epochs": args.epochs}
     todo = [(p, s) for s in seeds for p in pruners if not _file(out, p, s).exists()]
@@ -133,7 +134,7 @@ def main() -> None:
                   f"best {r['best']:.2f} (trial {r['best_trial']}), {r['seconds'] / 60:.1f} min", flush=True)
     # The summary compares every pruner found in --out with the unpruned run of its seed.
     found = sorted({json.loads(p.read_text())["pruner"] for p in out.glob("*.json")} | set(pruners))
-    print(json.dumps(summary(out, found, seeds, st.DEFAULT_PRUNER)))
+    print(json.dumps(summary(out, found, seeds, samplers.DEFAULT_PRUNER)))
 
 
 if __name__ == "__main__":

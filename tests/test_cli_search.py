@@ -100,7 +100,7 @@ def test_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir, pruner):
     """Five finished trials with an impossibly good neg_elbo of 100 at every epoch: a real
     trial is far worse and is pruned at the first epoch the pruner acts on, keeping its history."""
     from vae_search.definitions import load_space
-    from vae_search.study import make_pruner
+    from vae_search.samplers import make_pruner
 
     storage = f"sqlite:///{tmp_path}/s.db"
     # The reference trials go through the pruner as real ones do (successive halving keeps

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from vae_search import samplers
 from vae_search import study as st_defaults
 from vae_search.errors import RunError, UsageError
 
@@ -325,8 +326,7 @@ def _writable_parent(path: Path) -> None:
 # ---------------------------------------------------------------- optimize / confirm
 
 
-SamplerName = StrEnum("SamplerName", {n: n for n in st_defaults.SAMPLERS})
-PrunerName = StrEnum("PrunerName", {n: n for n in st_defaults.PRUNERS})
+SamplerName = StrEnum("SamplerName", {n: n for n in samplers.SAMPLERS})
 
 
 @app.command()
@@ -336,11 +336,16 @@ def optimize(
     timeout: Annotated[Optional[float], typer.Option(min=0, help="Stop starting trials after this many seconds.")] = None,
     space: Annotated[Optional[Path], typer.Option(help="Search-space TOML (default studies/search.toml; "
                                                   "studies/search-wide.toml is wider and may search batch_size and lr_schedule).")] = None,
-    sampler: Annotated[SamplerName, typer.Option(case_sensitive=False, help="Sampler, seeded with --seed.")] = SamplerName.tpe,
-    pruner: Annotated[PrunerName, typer.Option(
-        case_sensitive=False, help="Pruner on the per-epoch val neg_elbo: sha (successive halving, rungs at epochs 1, 3, 9), "
-        "median, percentile (best quarter), hyperband, none; the default is what benchmarks/pruning.py measured best.")
-    ] = PrunerName[st_defaults.DEFAULT_PRUNER],
+    sampler: Annotated[SamplerName, typer.Option(
+        case_sensitive=False, help="Sampler. Trial n draws from its own stream, seeded with (--seed, n): workers, restarts "
+        "and other machines never propose the same points, and one worker from an empty study repeats exactly.")
+    ] = SamplerName.tpe,
+    pruner: Annotated[str, typer.Option(
+        help="Pruner on the per-epoch val neg_elbo, NAME or NAME:KEY=VALUE:...: sha (successive halving, rungs at epochs "
+        "1 and 3), hyperband, median, percentile (best quarter), patient (median after an epoch without progress), "
+        "none; none of them prunes after epoch `until`. The default is what benchmarks/pruning.py --replay measured "
+        "best (docs/performance.md).")
+    ] = samplers.DEFAULT_PRUNER,
     include_preset: Annotated[Optional[str], typer.Option(help="Enqueue this preset's points first (b1: start from the report's grid).")] = None,
     objectives: Annotated[str, typer.Option(help="neg_elbo, or neg_elbo,params for a two-objective study (loss against size) whose "
                                             "best is a Pareto front; pruning does not apply to two objectives.")] = "neg_elbo",
@@ -381,8 +386,12 @@ def optimize(
     storage_obj = st.open_storage(storage, heartbeat=heartbeat)
     epochs = epochs or 10
     batch_size = batch_size or 128
-    smp = st.make_sampler(sampler.value, seed, len(objs))
-    prn = st.make_pruner(pruner.value, epochs, len(objs))
+    smp = samplers.make_sampler(sampler.value, seed, len(objs))
+    prn = samplers.make_pruner(pruner, epochs, len(objs))
+    size = samplers.space_size(distributions)
+    if size is not None and size < trials:
+        raise UsageError(f"the search space holds {size} configurations, fewer than --trials {trials}; every trial "
+                         f"trains a configuration of its own: ask for at most {size} or widen the space")
     dev, prec = _device(device, precision)
     st.check_budget(st.existing_study(storage_obj, study_name), {"epochs": epochs, "batch_size": batch_size,
                                                                  "precision": prec}, record=False)
@@ -401,10 +410,10 @@ def optimize(
     already = st.finished_count(study)
     if not _is_worker():
         err.print(f"study {study.study_name!r}: {already} of {trials} trials finished; sampler {sampler.value}, pruner "
-                  f"{'none' if len(objs) > 1 else pruner.value}")
+                  f"{'none' if len(objs) > 1 else pruner}")
     objective = make_objective(settings, distributions)
     ran = _run_trials(
-        study, settings, lambda **kw: st.run_optimize(study, objective, n_trials=trials, timeout=timeout, **kw),
+        study, settings, lambda **kw: st.run_optimize(study, objective, n_trials=trials, space=distributions, timeout=timeout, **kw),
         jobs=jobs, total=trials, done=already, counts=lambda s: s in ("COMPLETE", "PRUNED"),
         title=f"study {study_name!r}: finished trials",
     )

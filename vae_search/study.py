@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -356,20 +357,48 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+MAX_REPEATS = 50  # proposals in a row that repeat a trained configuration before a worker gives up
+
+
+def twin_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of a trial that already has (or will have) this proposal's parameters: a
+    finished one (COMPLETE or PRUNED), a queued one, or a running one with a lower number.
+    Two workers that draw the same point at the same moment both see each other; the
+    higher-numbered one stands down. A point put in the queue on purpose (a retry, an
+    --include-preset point) is the queue's, never a twin."""
+    frozen = trial.storage.get_trial(trial._trial_id)
+    if "fixed_params" in frozen.system_attrs:
+        return None
+    mine = frozen.params
+    for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING, TrialState.WAITING)):
+        if t.number == trial.number or _params_of(t) != mine:
+            continue
+        if t.state != TrialState.RUNNING or t.number < trial.number:
+            return t.number
+    return None
+
+
 def run_optimize(
     study: optuna.Study,
     objective: Objective,
     *,
     n_trials: int,
+    space: dict[str, BaseDistribution] | None = None,
     timeout: float | None = None,
     max_consecutive_failures: int = 5,
     on_trial_end: Callable[[FrozenTrial], None] | None = None,
     on_wait: Callable[[list[int]], None] | None = None,
 ) -> int:
     """Run trials until the study has `n_trials` finished (COMPLETE or PRUNED) trials,
-    counting every worker's, or `timeout` seconds pass. Failed trials do not count."""
+    counting every worker's, or `timeout` seconds pass. Failed trials do not count.
+
+    With `space`, every parameter is drawn when the trial is created, so that a proposal
+    repeating a trained configuration (`twin_of`) is failed as "repeats trial N; not
+    trained" before any training, and the sampler draws again. A worker stops with one line
+    after `max_consecutive_failures` failed trials in a row, or MAX_REPEATS repeats in a row."""
     start = time.monotonic()
-    ran = failures = 0
+    ran = failures = repeats = 0
+    last_reason = ""
     while True:
         fail_stale_trials(study)
         if timeout is not None and time.monotonic() - start >= timeout:
@@ -383,8 +412,12 @@ def run_optimize(
                 continue
             return ran
         if failures >= max_consecutive_failures:
-            raise RunError(f"{failures} trials in a row failed; see their fail_reason (vae-search show or the dashboard)")
-        trial = study.ask()
+            raise RunError(f"{failures} trials in a row failed (the last: {last_reason}); stopping this worker "
+                           "instead of failing more: see every trial's fail_reason with the dashboard")
+        if repeats >= MAX_REPEATS:
+            raise RunError(f"the sampler proposed {repeats} configurations in a row that were trained already: the "
+                           "space looks exhausted; widen it (--space) or ask for fewer --trials")
+        trial = study.ask(fixed_distributions=space)
         ahead = [
             t for t in study.get_trials(deepcopy=False)
             if t.state in FINISHED or (t.state == TrialState.RUNNING and t.number < trial.number)
@@ -392,9 +425,18 @@ def run_optimize(
         if len(ahead) >= n_trials:  # another worker took the last slot meanwhile
             _finish(study, trial, TrialState.FAIL, reason=f"surplus: the study already had {n_trials} trials")
             continue
+        twin = twin_of(study, trial) if space is not None else None
+        if twin is not None:
+            _finish(study, trial, TrialState.FAIL, reason=f"repeats the parameters of trial {twin}; not trained")
+            repeats += 1
+            continue
+        repeats = 0
         frozen = execute(study, trial, objective)
         ran += 1
-        failures = failures + 1 if frozen.state == TrialState.FAIL else 0
+        if frozen.state == TrialState.FAIL:
+            failures, last_reason = failures + 1, frozen.user_attrs.get("fail_reason", "no reason recorded")
+        else:
+            failures = 0
         if on_trial_end:
             on_trial_end(frozen)
 
@@ -423,73 +465,3 @@ def confirm_points(trials: Sequence[FrozenTrial], seeds: int) -> list[Point]:
         for t in trials
         for s in seeds_from(int(trial_seed(t, 0)) + 1, seeds - 1)
     ]
-
-
-# ---------------------------------------------------------------- samplers and pruners
-
-SAMPLERS = ("tpe", "random", "gp", "cmaes")
-
-
-def make_sampler(name: str, seed: int, n_objectives: int = 1) -> optuna.samplers.BaseSampler:
-    # TPE in Optuna 5 is multivariate with the constant liar by default: parallel workers
-    # do not all sample next to the same running trial.
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "cmaes":
-        if n_objectives > 1:
-            raise UsageError("--sampler cmaes is single-objective; use tpe, gp or random with two objectives")
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
-
-
-# Pruners, each with the settings benchmarks/pruning.py measured (README, Performance). On
-# this problem the ranking after one epoch already predicts the ranking after ten, so all of
-# them may act from the first epoch. A spec is NAME or NAME:KEY=VALUE:... (the benchmark's).
-PRUNERS = ("sha", "median", "percentile", "hyperband", "none")
-DEFAULT_PRUNER = "sha"
-PRUNER_DEFAULTS: dict[str, dict[str, float]] = {
-    # a trial goes on while it is in the better half (median) / quarter (percentile 25) of
-    # the earlier trials at every epoch, once `startup` trials have finished unpruned
-    "median": {"p": 50.0, "startup": 3, "warmup": 0},
-    "percentile": {"p": 25.0, "startup": 3, "warmup": 0},
-    # asynchronous successive halving: rungs at epochs min, min*rf, min*rf^2...; a trial
-    # passes a rung when it is in the best 1/rf of the trials that reached it
-    "sha": {"min": 1, "rf": 3},
-    "hyperband": {"min": 1, "rf": 3},
-    "none": {},
-}
-
-
-def parse_pruner(spec: str) -> tuple[str, dict[str, float]]:
-    """"sha:rf=4" -> ("sha", {"min": 1, "rf": 4.0})."""
-    name, *pairs = spec.split(":")
-    if name not in PRUNER_DEFAULTS:
-        raise UsageError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
-    settings = dict(PRUNER_DEFAULTS[name])
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key not in settings:
-            raise UsageError(f"pruner {name!r} has no setting {key!r}; it has {', '.join(settings) or 'none'}")
-        try:
-            settings[key] = float(value)
-        except ValueError:
-            raise UsageError(f"pruner setting {pair!r}: {value!r} is not a number") from None
-    return name, settings
-
-
-def make_pruner(spec: str, epochs: int, n_objectives: int = 1) -> optuna.pruners.BasePruner:
-    """The pruner for a spec (see PRUNER_DEFAULTS); steps are epoch numbers 1, 2, ..."""
-    name, s = parse_pruner(spec)
-    if name == "none" or n_objectives > 1:  # Optuna's pruners are single-objective
-        return optuna.pruners.NopPruner()
-    if name in ("median", "percentile"):
-        # PercentilePruner prunes from step n_warmup_steps on: warmup + 1 keeps the first
-        # `warmup` epochs safe.
-        return optuna.pruners.PercentilePruner(s["p"], n_startup_trials=int(s["startup"]), n_warmup_steps=int(s["warmup"]) + 1)
-    if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=int(s["min"]), reduction_factor=int(s["rf"]))
-    return optuna.pruners.HyperbandPruner(min_resource=int(s["min"]), max_resource=epochs, reduction_factor=int(s["rf"]))
