@@ -171,16 +171,31 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def reevaluate(store, trial, data) -> tuple[str, float, float]:
+    """A complete trial's weights evaluated again as its training evaluated them: (precision,
+    stored neg_elbo, re-evaluated neg_elbo). In the trial's own recorded precision: a bf16
+    trial (optimize's `auto` on AVX512_BF16 cores) re-evaluated in fp32 differs by more than
+    float noise, and that is no sign of a bad checkpoint."""
+    import torch
+
+    from vae_search.artifacts import load_model
+    from vae_search.train import evaluate
+
+    a = trial.user_attrs
+    precision = a.get("precision", "fp32")
+    model = load_model(store, trial)
+    again = evaluate(model, data.test, trial.params["beta"], int(a["seed"]) + 1, torch.device("cpu"), precision)
+    return precision, float(a["neg_elbo"]), again["neg_elbo"]
+
+
 def check(storage_url: str, data_dir: Path, artifact_dir: Path, cache: Path) -> dict:
     """What the studies hold, against what the workers owed."""
     import optuna
-    import torch
     from optuna.trial import TrialState
 
-    from vae_search.artifacts import artifact_store, load_model
+    from vae_search.artifacts import artifact_store
     from vae_search.data import load_cifar10
     from vae_search.definitions import load_preset
-    from vae_search.train import evaluate
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     grid = optuna.load_study(study_name="b1", storage=storage_url).get_trials()
@@ -197,18 +212,12 @@ def check(storage_url: str, data_dir: Path, artifact_dir: Path, cache: Path) -> 
     store, bad, checked = artifact_store(artifact_dir), 0, 0
     for name, t in [(n, t) for n, ts in (("b1", grid), ("search", search)) for t in ts if t.state == TrialState.COMPLETE]:
         try:
-            model = load_model(store, t)
-            a = t.user_attrs
-            # In the trial's own precision: a bf16 trial (optimize's `auto` on AVX512_BF16 cores)
-            # re-evaluated in fp32 differs by more than float noise, and that is not a bad checkpoint.
-            precision = a.get("precision", "fp32")
-            again = evaluate(model, data.test, t.params["beta"], int(a["seed"]) + 1, torch.device("cpu"), precision)
-            rel = abs(again["neg_elbo"] - a["neg_elbo"]) / abs(a["neg_elbo"])
+            precision, stored, again = reevaluate(store, t, data)
+            rel = abs(again - stored) / abs(stored)
             ok = rel <= 1e-5  # float noise of thread counts
             if not ok:
-                print(f"  trial {t.number} of study {name!r}: stored neg_elbo {a['neg_elbo']!r}, "
-                      f"re-evaluated in {precision} {again['neg_elbo']!r} (relative difference {rel:.2e} > 1e-5)",
-                      flush=True)
+                print(f"  trial {t.number} of study {name!r}: stored neg_elbo {stored!r}, re-evaluated in {precision} "
+                      f"{again!r} (relative difference {rel:.2e} > 1e-5)", flush=True)
         except Exception as e:  # a missing or corrupt checkpoint
             print(f"  trial {t.number} of study {name!r}: {e}", flush=True)
             ok = False

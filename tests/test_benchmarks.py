@@ -23,3 +23,24 @@ def test_profile_step_splits_the_step_into_parts():
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
     assert {"convolution forward", "convolution backward"} <= set(shares)
     assert result["step_ms"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_on_cpu():
+    """benchmarks/gpu.py's own code, on the CPU and tiny data: every part runs and reports."""
+    result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick")
+    assert result["cuda_tests"]["rc"] in (0, 5) and result["cuda_tests"].get("failed", 0) == 0
+    grid = result["grid"]
+    assert grid["rc"] == 0 and sorted(grid["configs"]) == ["1", "2", "3", "4"]
+    assert all(c["cpu_fp32"]["val_loss"] > 1800 and c["time_s"] > 0 for c in grid["configs"].values())
+    assert sorted(result["throughput"]) == ["1", "2", "4"]
+    assert all(len(r["img_s_each"]) == int(n) and r["img_s_total"] > 0 for n, r in result["throughput"].items())
+
+
+@pytest.mark.slow
+def test_pruning_replay_smoke_run():
+    """benchmarks/pruning.py --quick: records a tiny unpruned search, replays every candidate."""
+    result = _last_json("benchmarks/pruning.py", "--quick")
+    assert result["orders"] >= 3 and result["curves"] == 6
+    assert 0 < result["epochs_fraction"] <= 1 and result["best_delta_pct"] >= 0
+    assert result["pruner"] in result["candidates"]

@@ -202,6 +202,7 @@ class TestInterpolate:
         assert rc == 2 and "no study named 'nope'" in one_line_error(err)
 
 
+@pytest.mark.chromium
 def test_report_writes_one_document(searched, cli, tmp_path, batches_dir):
     tmp, common = searched
     rc, out, err = cli("report", "--study-name", "search", "--out", tmp_path, "--data-dir", batches_dir, *common)

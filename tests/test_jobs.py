@@ -41,9 +41,14 @@ def warm_cache(batches_dir, tmp_path):
     return {"VAE_SEARCH_CACHE": str(tmp_path / "cache")}
 
 
-def test_worker_argv_replaces_jobs():
-    assert worker_argv(["grid", "--jobs", "3", "--seeds", "2"]) == ["grid", "--seeds", "2", "--jobs", "1"]
-    assert worker_argv(["grid", "--jobs=3"]) == ["grid", "--jobs", "1"]
+def test_worker_argv_replaces_jobs_and_moves_the_storage_to_the_environment():
+    assert worker_argv(["grid", "--jobs", "3", "--seeds", "2"]) == (["grid", "--seeds", "2", "--jobs", "1"], {})
+    assert worker_argv(["grid", "--jobs=3"]) == (["grid", "--jobs", "1"], {})
+    url = "postgresql+psycopg://vae:secret@db/vae"
+    for argv in (["optimize", "--storage", url, "--trials", "5"], ["optimize", f"--storage={url}", "--trials", "5"]):
+        args, env = worker_argv(argv)
+        assert args == ["optimize", "--trials", "5", "--jobs", "1"] and env == {"VAE_SEARCH_STORAGE": url}
+        assert not any("secret" in a for a in args)
 
 
 def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache):

@@ -44,8 +44,15 @@ class ArtifactWriteError(RunError):
     """A trial's files could not be written (full disk, missing folder): the trial fails."""
 
 
-def artifact_store(path: Path) -> FileSystemArtifactStore:
+def artifact_store(path: Path, *, create: bool = True) -> FileSystemArtifactStore:
+    """The artifact folder as Optuna's store. Commands that train create it (and find out now
+    whether it can be written); commands that only read (`create=False`) never create a
+    folder: one that is not there is an error they may turn into "weights not kept"."""
     path = Path(path)
+    if not create:
+        if not path.is_dir():
+            raise UsageError(f"artifact folder {path} does not exist; pass the --artifact-dir the study was run with")
+        return AtomicFileSystemArtifactStore(base_path=str(path))
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-")

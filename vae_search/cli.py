@@ -87,9 +87,10 @@ Jobs = Annotated[
                  "--jobs 1 trains in this process."),
 ]
 Heartbeat = Annotated[
-    int,
+    Optional[int],
     typer.Option(min=0, help="Seconds between heartbeats of a running trial (RDB storages); a worker silent for 3 beats is "
-                 "failed and its trial re-queued. 0 turns heartbeats off."),
+                 "failed and its trial re-queued. 0 turns heartbeats off. The interval belongs to the study: its first "
+                 "run records it (default 30) and later runs use it."),
 ]
 
 DEFAULT_STORAGE = st_defaults.DEFAULT_STORAGE
@@ -141,9 +142,15 @@ def _settings(
     )
 
 
-def _announce(settings) -> None:
+_FAIL_STALE_HINT = ("nothing checks them on this storage (no heartbeats: a journal or gRPC storage, or --heartbeat 0); "
+                    "if their workers are gone, `vae-search fail-stale --older-than 2h` (longer than any trial takes) "
+                    "fails and re-queues them")
+
+
+def _announce(settings, study) -> None:
     """What the run trains on, said once its options have passed every check (so that an
-    error stays one line)."""
+    error stays one line), and which trials nothing can check."""
+    from vae_search import study as st
     from vae_search.train import native_bf16
     from vae_search.ui import err
 
@@ -153,6 +160,10 @@ def _announce(settings) -> None:
     err.print(f"data: {len(d.train)} train / {len(d.test)} val images from {d.source}; device {dev}, {prec}")
     if prec == "bf16" and not native_bf16(dev):
         err.print(f"note: {dev} has no native bf16 (no AVX512_BF16 or AMX); bf16 is emulated and many times slower than fp32")
+    held = st.unchecked_running(study)
+    if held:
+        err.print(f"note: trial(s) {', '.join(map(str, held))} of study {study.study_name!r} are RUNNING and "
+                  f"{_FAIL_STALE_HINT}")
 
 
 def _run_trials(
@@ -200,7 +211,8 @@ def _is_worker() -> bool:
 
 @app.command()
 def grid(
-    preset: Annotated[str, typer.Option(help="Grid preset: a name in studies/ (b1) or a .toml path.")] = "b1",
+    preset: Annotated[str, typer.Option(help="Grid preset: a packaged name (b1) or the path of a .toml file of your own "
+                                        "(./studies/mine.toml); the command says which file it used.")] = "b1",
     seeds: Annotated[int, typer.Option(min=1, help="Run every point with seeds --seed, --seed+1, ..., so that seed noise "
                                        "can be told from real differences; each (point, seed) runs once.")] = 1,
     epochs: Epochs = None,
@@ -217,7 +229,7 @@ def grid(
     study_name: Annotated[Optional[str], typer.Option(help="Study name (default: the preset's name).")] = None,
     artifact_dir: ArtifactDir = DEFAULT_ARTIFACTS,
     compile: CompileOpt = Compile.auto,
-    heartbeat: Heartbeat = st_defaults.DEFAULT_HEARTBEAT,
+    heartbeat: Heartbeat = None,
     csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
 ) -> None:
     """Run a preset grid (the report's B.1 by default) as one Optuna study.
@@ -230,6 +242,7 @@ def grid(
     """
     from vae_search import definitions
     from vae_search import study as st
+    from vae_search.ui import err
 
     p = definitions.load_preset(preset)
     if csv is not None:  # found out now, not after the training
@@ -237,8 +250,9 @@ def grid(
     storage_obj = st.open_storage(storage, heartbeat=heartbeat)
     epochs, batch_size, name = epochs or p.epochs, batch_size or p.batch_size, study_name or p.name
     dev, prec = _device(device, precision)
-    st.check_budget(st.existing_study(storage_obj, name), {"epochs": epochs, "batch_size": batch_size, "precision": prec},
-                    record=False)
+    existing = st.existing_study(storage_obj, name)
+    beat = st.settle_heartbeat(storage_obj, existing, heartbeat)
+    st.check_budget(existing, {"epochs": epochs, "batch_size": batch_size, "precision": prec}, record=False)
     settings = _settings(
         epochs=epochs, batch_size=batch_size, seed=seed, device=dev, prec=prec, data_dir=data_dir, limit_train=limit_train,
         limit_val=limit_val, artifact_dir=artifact_dir, compile=compile,
@@ -246,8 +260,11 @@ def grid(
     study = st.create_or_load(storage_obj, name, pruner=st.NO_PRUNING)  # every point runs its full budget
     st.check_budget(study, {"epochs": epochs, "batch_size": batch_size, "data_fingerprint": settings.data.fingerprint,
                             "precision": settings.precision})
-    _announce(settings)
-    study.set_user_attr("preset", str(p.path) if p.path else p.name)
+    st.record_heartbeat(study, beat)
+    _announce(settings, study)
+    if not _is_worker():
+        err.print(f"preset {p.name!r}: {p.path}")
+    study.set_user_attr("preset", p.name)  # a name: a study never makes a command read a file of its choosing
     study.set_user_attr("kind", "grid")
     points = st.grid_points(p, st.seeds_from(seed, seeds))
     _run_points(study, settings, points, p.distributions(), seed, jobs, f"study {name!r}: points complete")
@@ -292,7 +309,8 @@ def show(
     from vae_search import study as st
 
     study = st.load_study(st.open_storage(storage, must_exist=True, heartbeat=None), study_name)
-    p = definitions.load_preset(preset or study.user_attrs.get("preset", "b1"))
+    st.require_kind(study, "grid")
+    p = definitions.load_preset(preset) if preset else definitions.preset_of(study.user_attrs)
     _print_grid_table(study, p, csv)
 
 
@@ -334,8 +352,9 @@ def optimize(
     trials: Annotated[int, typer.Option(min=1, help="Finished trials (complete or pruned) the study should reach, counting "
                                         "earlier runs and every worker on the storage: a restart continues, workers stop together.")] = 50,
     timeout: Annotated[Optional[float], typer.Option(min=0, help="Stop starting trials after this many seconds.")] = None,
-    space: Annotated[Optional[Path], typer.Option(help="Search-space TOML (default studies/search.toml; "
-                                                  "studies/search-wide.toml is wider and may search batch_size and lr_schedule).")] = None,
+    space: Annotated[Optional[str], typer.Option(help="Search space: a packaged name (search, the default; search-wide, "
+                                                 "wider, also searching batch_size and lr_schedule) or the path of a .toml "
+                                                 "file of your own; the command says which file it used.")] = None,
     sampler: Annotated[SamplerName, typer.Option(
         case_sensitive=False, help="Sampler. Trial n draws from its own stream, seeded with (--seed, n): workers, restarts "
         "and other machines never propose the same points, and one worker from an empty study repeats exactly.")
@@ -362,7 +381,7 @@ def optimize(
     study_name: Annotated[str, typer.Option(help="Study name.")] = "search",
     artifact_dir: ArtifactDir = DEFAULT_ARTIFACTS,
     compile: CompileOpt = Compile.auto,
-    heartbeat: Heartbeat = st_defaults.DEFAULT_HEARTBEAT,
+    heartbeat: Heartbeat = None,
 ) -> None:
     """Search latent_dim, base_channels, beta and lr on a fixed budget.
 
@@ -393,8 +412,9 @@ def optimize(
         raise UsageError(f"the search space holds {size} configurations, fewer than --trials {trials}; every trial "
                          f"trains a configuration of its own: ask for at most {size} or widen the space")
     dev, prec = _device(device, precision)
-    st.check_budget(st.existing_study(storage_obj, study_name), {"epochs": epochs, "batch_size": batch_size,
-                                                                 "precision": prec}, record=False)
+    existing = st.existing_study(storage_obj, study_name)
+    beat = st.settle_heartbeat(storage_obj, existing, heartbeat)
+    st.check_budget(existing, {"epochs": epochs, "batch_size": batch_size, "precision": prec}, record=False)
     settings = _settings(
         epochs=epochs, batch_size=batch_size, seed=seed, device=dev, prec=prec, data_dir=data_dir, limit_train=limit_train,
         limit_val=limit_val, artifact_dir=artifact_dir, compile=compile, objectives=objs,
@@ -402,7 +422,11 @@ def optimize(
     study = st.create_or_load(storage_obj, study_name, directions=["minimize"] * len(objs), sampler=smp, pruner=prn)
     st.check_budget(study, {"epochs": epochs, "batch_size": batch_size, "data_fingerprint": settings.data.fingerprint,
                             "precision": settings.precision})
-    _announce(settings)
+    st.record_heartbeat(study, beat)
+    _announce(settings, study)
+    if not _is_worker():
+        err.print(f"search space: {definitions.space_path(space)}"
+                  + (f"; preset {preset.name!r} first: {preset.path}" if preset is not None else ""))
     study.set_user_attr("kind", "search")
     study.set_user_attr("objectives", list(objs))
     if preset is not None:
@@ -419,7 +443,12 @@ def optimize(
     )
     if _is_worker():
         return
-    err.print(f"study {study.study_name!r}: this run trained {ran} trial(s); {st.finished_count(study)} finished in all")
+    finished = st.finished_count(study)
+    err.print(f"study {study.study_name!r}: this run trained {ran} trial(s); {finished} finished in all")
+    held = st.unchecked_running(study)
+    if finished < trials and timeout is None and held:
+        err.print(f"study {study.study_name!r} has {finished} of {trials} finished trials: trial(s) "
+                  f"{', '.join(map(str, held))} still hold the other slots as RUNNING; {_FAIL_STALE_HINT}")
     try:
         _print_best(study, storage_obj)
     except UsageError as e:  # nothing complete yet (all pruned or failed): not an error of this run
@@ -443,7 +472,7 @@ def confirm(
     storage: StorageOpt = DEFAULT_STORAGE,
     artifact_dir: ArtifactDir = DEFAULT_ARTIFACTS,
     compile: CompileOpt = Compile.auto,
-    heartbeat: Heartbeat = st_defaults.DEFAULT_HEARTBEAT,
+    heartbeat: Heartbeat = None,
 ) -> None:
     """Retrain the best trials of a search with further seeds, so `best` can tell a real
     margin from seed noise.
@@ -458,10 +487,13 @@ def confirm(
 
     storage_obj = st.open_storage(storage, heartbeat=heartbeat, must_exist=True)
     search = st.load_study(storage_obj, study_name)
+    beat = st.settle_heartbeat(storage_obj, st.existing_study(storage_obj, st.confirm_study_name(search.study_name)),
+                               heartbeat)
     if study_name is None:
         _notes.append(f"(study {search.study_name!r}: the most recently written; pass --study-name for another)")
     if search.study_name.endswith(st.CONFIRM_SUFFIX) or search.user_attrs.get("kind") == "confirm":
         raise UsageError(f"study {search.study_name!r} holds confirmation runs; pass the search's --study-name")
+    st.require_kind(search, "search")
     if len(search.directions) > 1:
         raise UsageError(f"study {search.study_name!r} has two objectives; confirm ranks single-objective searches")
     budget = search.user_attrs.get("budget") or {}
@@ -482,7 +514,8 @@ def confirm(
     name = st.confirm_study_name(search.study_name)
     companion = st.create_or_load(storage_obj, name, pruner=st.NO_PRUNING)
     st.check_budget(companion, {**budget, "data_fingerprint": settings.data.fingerprint, "precision": settings.precision})
-    _announce(settings)
+    st.record_heartbeat(companion, beat)
+    _announce(settings, companion)
     companion.set_user_attr("kind", "confirm")
     companion.set_user_attr("confirms", search.study_name)
     points = st.confirm_points(best, seeds)
@@ -511,7 +544,7 @@ def _load(storage: str, study_name: Optional[str]):
 def _print_best(study, storage_obj) -> None:
     from optuna.trial import TrialState
 
-    from vae_search.definitions import load_preset
+    from vae_search.definitions import preset_of
     from vae_search.report import markdown
     from vae_search.selection import grid_verdicts, pareto_front, save_selection_notes, select_best
 
@@ -523,7 +556,7 @@ def _print_best(study, storage_obj) -> None:
         out.print(f"Pareto front of study {study.study_name!r} (neg_elbo against parameters), {len(front)} trials:")
         out.print(markdown(front))
         return
-    preset = load_preset(study.user_attrs.get("preset", "b1")) if study.user_attrs.get("kind") == "grid" else None
+    preset = preset_of(study.user_attrs) if study.user_attrs.get("kind") == "grid" else None
     sel = select_best(study, storage_obj, preset=preset)
     out.print(sel.headline, markup=False, highlight=False)
     for reason in sel.reasons:
@@ -555,6 +588,7 @@ def best(
     two-objective study prints its Pareto front.
     """
     storage_obj, study = _load(storage, study_name)
+    st_defaults.require_kind(study, "grid", "search", "confirm")
     _print_best(study, storage_obj)
 
 
@@ -588,9 +622,11 @@ def interpolate(
     from vae_search.interpolation import write_interpolation
     from vae_search.ui import err
 
+    if mode == Mode.images and data_dir is None:  # never the study's recorded data_source: it is not trusted
+        raise UsageError("--mode images needs the test images: pass --data-dir (or set VAE_SEARCH_DATA)")
     storage_obj, study = _load(storage, study_name)
-    store = artifact_store(artifact_dir)
     chosen = choose_trial(study, trial)
+    store = artifact_store(artifact_dir, create=False)
     model = load_model(store, chosen)
     images = None
     if mode == Mode.images:
@@ -607,7 +643,8 @@ def interpolate(
 
 @app.command()
 def report(
-    out: Annotated[Path, typer.Option(help="Output folder (the report goes to OUT/STUDY/).")] = Path("studies/reports"),
+    out: Annotated[Path, typer.Option(help="Output folder (the report goes to OUT/STUDY/, the study's name made a safe "
+                                      "folder name).")] = Path("studies/reports"),
     study_name: StudyName = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     artifact_dir: ArtifactDir = DEFAULT_ARTIFACTS,
@@ -621,16 +658,18 @@ def report(
 
     --data-dir adds the B.3 interpolation between test images (random pairs need no data).
     """
+    from vae_search.names import file_name, inside
     from vae_search.report_doc import write_report
 
     storage_obj, study = _load(storage, study_name)
+    st_defaults.require_kind(study, "grid", "search", "confirm")
     _writable_parent(out / "x")
     images = None
     if data_dir is not None:
         from vae_search.data import load_cifar10
 
         images = load_cifar10(data_dir).test
-    for p in write_report(study, storage_obj, artifact_dir, out / study.study_name, images=images):
+    for p in write_report(study, storage_obj, artifact_dir, inside(out, file_name(study.study_name)), images=images):
         print(p)
 
 
@@ -649,12 +688,73 @@ def dashboard(
     from vae_search.ui import err
 
     storage_obj = st.open_storage(storage, must_exist=True, heartbeat=None)
-    store = artifact_store(artifact_dir)
+    try:
+        store = artifact_store(artifact_dir, create=False)
+    except UsageError as e:  # the studies are still worth a look; their files are not there
+        err.print(f"note: {e}; trials' images and weights will not show")
+        store = None
+    if not _loopback(host):
+        err.print(f"warning: listening on {host}: optuna-dashboard has no authentication, and anyone who can reach "
+                  f"this port can read every study and delete studies, trials' notes and artifacts; keep it on a "
+                  "trusted network (or use the default 127.0.0.1 with an SSH tunnel)")
     err.print(f"optuna-dashboard on http://{host}:{port}/ (storage {st.redact(storage)}, artifacts {artifact_dir})")
     try:
         optuna_dashboard.run_server(storage_obj, host=host, port=port, artifact_store=store)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """"90s", "30m", "2h", "1d" -> seconds."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        value = float(number) * _DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        raise UsageError(f"--older-than {text!r}: give a number and a unit, as in 90s, 30m, 2h or 1d") from None
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"--older-than {text!r}: must be a positive duration")
+    return value
+
+
+@app.command(name="fail-stale")
+def fail_stale(
+    older_than: Annotated[str, typer.Option(help="Fail trials RUNNING for longer than this (90s, 30m, 2h, 1d): more than "
+                                            "any live trial takes, since a live one would be failed too.")],
+    study_name: StudyName = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list the trials it would fail.")] = False,
+) -> None:
+    """Fail and re-queue the RUNNING trials of workers that are gone, where nothing else can.
+
+    With an RDB storage and heartbeats on, every training command does this by itself (a
+    trial silent for three heartbeats). Through a journal file or the gRPC storage proxy, or
+    with --heartbeat 0, a killed worker's trial stays RUNNING and holds its --trials slot or
+    grid point: this command fails each trial that has been RUNNING for longer than
+    --older-than, with the reason, and queues its parameters again (as the heartbeat check does).
+    """
+    from vae_search import study as st
+
+    seconds = _duration(older_than)
+    storage_obj, study = _load(storage, study_name)
+    done = st.fail_running_older_than(study, seconds, dry_run=dry_run)
+    if not done:
+        print(f"study {study.study_name!r}: no trial has been RUNNING for more than {older_than}")
+    for number, fate in done:
+        print(f"study {study.study_name!r}: trial {number} {fate if dry_run else 'failed; ' + fate}")
 
 
 @app.command(name="storage-proxy")
@@ -681,6 +781,9 @@ def storage_proxy(
         raise UsageError("Optuna's storage proxy serves a database (sqlite, postgresql, mysql), not a journal file")
     # A heartbeat-free storage: nobody beats through the proxy, so the proxy itself must not fail trials as stale.
     backend = optuna.storages.get_storage(st.open_storage(storage, heartbeat=None))
+    if not _loopback(host):
+        err.print(f"warning: listening on {host}: the storage proxy has no TLS and no authentication, and anyone who "
+                  "can reach this port can read, change and delete every study; keep it on a trusted network")
     err.print(f"Optuna gRPC storage proxy on {host}:{port} for {st.redact(storage)} (Ctrl-C stops it)")
     try:
         optuna.storages.run_grpc_proxy_server(backend, host=host, port=port)

@@ -109,15 +109,22 @@ def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) ->
 
 
 def _download(cache_dir: Path) -> Cifar10:
+    """torchvision's download of the official archive (its MD5 checked), read by our own
+    restricted reader rather than torchvision's plain pickle.load."""
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
     root = cache_dir / "torchvision"
-    try:
-        datasets.CIFAR10(root=str(root), train=True, download=True)
-    except Exception as e:  # URLError, socket errors, a corrupt partial download...
-        raise UsageError(
-            f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without "
-            f"internet pass --data-dir (or set VAE_SEARCH_DATA); {LAYOUTS}"
-        ) from None
-    return _cached(root / BATCHES_DIR, cache_dir, _read_batches)
+    cifar = datasets.CIFAR10
+    batches = root / BATCHES_DIR
+    if not all(check_integrity(str(batches / name), md5) for name, md5 in cifar.train_list + cifar.test_list):
+        try:
+            download_and_extract_archive(cifar.url, str(root), filename=cifar.filename, md5=cifar.tgz_md5)
+        except Exception as e:  # URLError, socket errors, a corrupt partial download...
+            raise UsageError(
+                f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without "
+                f"internet pass --data-dir (or set VAE_SEARCH_DATA); {LAYOUTS}"
+            ) from None
+    return _cached(batches, cache_dir, _read_batches)
 
 
 def _unpacked(archive: Path, cache_dir: Path) -> Path:
@@ -180,31 +187,52 @@ def _cached(path: Path, cache_dir: Path, read) -> Cifar10:
     return Cifar10(train, test, str(path))
 
 
-class _LocalCIFAR10(datasets.CIFAR10):
-    """torchvision's pickle reader without its MD5 check, which only suits the exact files of
-    the official download (a copy re-pickled elsewhere is just as good)."""
+class _BatchUnpickler(pickle.Unpickler):
+    """Python's unpickler limited to what CIFAR-10's batch files hold: dicts, lists, str,
+    bytes, ints and numpy arrays. A pickle can name any importable callable and have it
+    called (os.system, say): a data file from a shared study or an archive is untrusted, so
+    every global outside this list is refused, as safe loaders (torch's weights_only) do."""
 
-    def _check_integrity(self) -> bool:
-        root = Path(self.root) / self.base_folder
-        return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2: encode(str, "latin1")
+    }
 
-    def _load_meta(self) -> None:
-        self.classes, self.class_to_idx = [], {}  # class names are not needed here
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays and lists")
+
+
+BATCH_FILES = {True: [f"data_batch_{i}" for i in range(1, 6)], False: ["test_batch"]}
+
+
+def _read_batch(path: Path) -> torch.Tensor:
+    """One batch file -> (N, 3, 32, 32) uint8. The originals are Python 2 pickles of dicts
+    with byte-string keys (str keys once read with latin1, as torchvision reads them)."""
+    import numpy as np
+
+    try:
+        with open(path, "rb") as f:
+            entry = _BatchUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError,
+            OSError) as e:
+        raise UsageError(f"{path} is an unreadable batch file ({e}); {LAYOUTS}") from None
+    data = entry.get("data", entry.get(b"data")) if isinstance(entry, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise UsageError(f"{path} is not a CIFAR-10 batch (no 'data' array of N x 3072 bytes); {LAYOUTS}")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())  # rows are CHW, as in the pickles
 
 
 def _read_batches(batches: Path) -> tuple[torch.Tensor, torch.Tensor]:
     out = []
     for train in (True, False):
-        try:
-            ds = _LocalCIFAR10(root=str(batches.parent), train=train, download=False)
-        except RuntimeError:
-            raise UsageError(
-                f"{batches} lacks some of data_batch_1..5 and test_batch; {LAYOUTS}"
-            ) from None
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, OSError) as e:
-            raise UsageError(f"{batches} holds an unreadable batch file ({e}); {LAYOUTS}") from None
-        # ds.data is (N, 32, 32, 3) uint8, HWC as in the pickles
-        out.append(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous())
+        missing = [name for name in BATCH_FILES[train] if not (batches / name).is_file()]
+        if missing:
+            raise UsageError(f"{batches} lacks some of data_batch_1..5 and test_batch ({', '.join(missing)}); {LAYOUTS}")
+        out.append(torch.cat([_read_batch(batches / name) for name in BATCH_FILES[train]]))
     return out[0], out[1]
 
 

@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial
 
 from vae_search.images import interpolate, save_png
 from vae_search.model import VAE
+from vae_search.names import file_name, inside
 
 
 def figure(frames: torch.Tensor, title: str):
@@ -47,8 +48,8 @@ def write_interpolation(
 
     frames = interpolate(model, rows=rows, steps=steps, mode=mode, seed=seed, images_u8=images)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{study.study_name}-trial-{trial.number}-interpolation-{mode}"
-    png = save_png(frames.flatten(0, 1), out_dir / f"{stem}.png", nrow=steps)
+    stem = f"{file_name(study.study_name)}-trial-{trial.number}-interpolation-{mode}"
+    png = save_png(frames.flatten(0, 1), inside(out_dir, f"{stem}.png"), nrow=steps)
     title = f"trial {trial.number}: {mode} interpolation, latent {model.config.latent_dim}, base {model.config.base_channels}"
     upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=study)
     save_plotly_graph_object(study, figure(frames, title), graph_object_id=f"trial-{trial.number}-interpolation-{mode}")

@@ -16,7 +16,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from vae_search.artifacts import save_trial_artifacts
 from vae_search.data import Cifar10
 from vae_search.model import VAE, ModelConfig, count_parameters
-from vae_search.train import NonFiniteLoss, TrainConfig, train
+from vae_search.train import Diverged, TrainConfig, train
 
 OBJECTIVES = ("neg_elbo", "params")  # what --objectives may name
 METRICS = ("val_loss", "recon_loss", "kl", "neg_elbo", "train_loss", "time_s")
@@ -108,7 +108,8 @@ def make_objective(
             trial.set_user_attr("history", history)
             if single:  # Optuna's pruners (and report) are single-objective only
                 trial.report(metrics["neg_elbo"], step=int(metrics["epoch"]))
-                if trial.should_prune():
+                # after the last epoch the trial has cost all it will: pruning it then saves nothing
+                if int(metrics["epoch"]) < train_config.epochs and trial.should_prune():
                     _set_metrics(trial, metrics)
                     trial.set_user_attr("pruned_at_epoch", int(metrics["epoch"]))
                     raise optuna.TrialPruned(f"pruned after epoch {int(metrics['epoch'])}")
@@ -125,9 +126,20 @@ def make_objective(
                 on_epoch=on_epoch,
                 on_batch=on_batch,
             )
-        except NonFiniteLoss as e:
-            trial.set_user_attr("fail_reason", f"non-finite loss: {e}")
+        except Diverged as e:
+            trial.set_user_attr("fail_reason", str(e) if "diverged" in str(e) else f"non-finite loss: {e}")
             raise
+        except torch.OutOfMemoryError as e:
+            # The trial fails with the reason and the loop goes on to the next, which may be
+            # smaller; what this one held is given back to the device first.
+            trial.set_user_attr("fail_reason", f"out of memory on {settings.device}: {str(e).splitlines()[0]}")
+            raise
+        finally:
+            if settings.device.type == "cuda":
+                import gc
+
+                gc.collect()
+                torch.cuda.empty_cache()
         _set_metrics(trial, result.metrics)
         trial.set_user_attr("compiled", result.compiled)
         save_trial_artifacts(trial, settings.store, model_config, train_config, result, settings.data.showcase())

@@ -47,9 +47,9 @@ def grid_table(study: optuna.Study, preset: Preset) -> pd.DataFrame:
             row[key] = values.mean() if len(values) else None
             if key != "params":
                 row[f"{key}_sd"] = values.std() if len(values) > 1 else None  # pandas: sample sd (n - 1)
-            if key in r:
-                row[f"{key}_report"] = r[key]
-                row[f"{key}_diff_pct"] = pct(row[key], r[key]) if row[key] is not None else None
+            # a preset of one's own may have no report figures: the columns stay, empty
+            row[f"{key}_report"] = r.get(key)
+            row[f"{key}_diff_pct"] = pct(row[key], r[key]) if key in r and row[key] is not None else None
         rows.append(row)
     return pd.DataFrame(rows)
 

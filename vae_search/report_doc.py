@@ -55,7 +55,7 @@ class Section:
 
 def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Section | None:
     """The grid table: this study's if it is a grid, else study b1's from the same storage."""
-    from vae_search.definitions import load_preset
+    from vae_search.definitions import preset_of
     from vae_search.selection import grid_verdicts
 
     grid = study
@@ -63,7 +63,7 @@ def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Section | 
         if "b1" not in optuna.get_all_study_names(storage=storage):
             return None
         grid = optuna.load_study(study_name="b1", storage=storage)
-    preset = load_preset(grid.user_attrs.get("preset", "b1"))
+    preset = preset_of(grid.user_attrs)
     df = grid_table(grid, preset)
     s = Section(f"B.1 {preset.title.split(':', 1)[-1].strip().capitalize()} (study '{grid.study_name}')")
     budget = grid.user_attrs.get("budget", {})
@@ -79,7 +79,7 @@ def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Section | 
 
 
 def _b2(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[Section, optuna.trial.FrozenTrial | None]:
-    from vae_search.definitions import load_preset
+    from vae_search.definitions import preset_of
     from vae_search.selection import pareto_front, select_best
 
     s = Section("B.2 Final architecture selection")
@@ -88,7 +88,7 @@ def _b2(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[Sect
         s.text.append(f"Two objectives: the Pareto front of neg_elbo against parameters, {len(front)} trials.")
         s.table_md = markdown(front)
         return s, None
-    preset = load_preset(study.user_attrs.get("preset", "b1")) if study.user_attrs.get("kind") == "grid" else None
+    preset = preset_of(study.user_attrs) if study.user_attrs.get("kind") == "grid" else None
     try:
         sel = select_best(study, storage, preset=preset)
     except UsageError as e:
@@ -113,14 +113,17 @@ def _b3(study: optuna.Study, trial, artifact_dir: Path, images: torch.Tensor | N
         s.text.append("No chosen trial (no complete trial yet, or two objectives).")
         return s
     try:
-        model = load_model(artifact_store(artifact_dir), trial)
+        model = load_model(artifact_store(artifact_dir, create=False), trial)
     except UsageError as e:
         s.text.append(f"Weights of trial {trial.number} not available: {e}")
         return s
     c = model.config
     for mode, test in (("random", None), ("images", images)):
         if mode == "images" and test is None:
-            s.text.append("Interpolation between test images: pass --data-dir (the trial's data was not found).")
+            recorded = trial.user_attrs.get("data_source")
+            s.text.append("Interpolation between test images: pass --data-dir (or set VAE_SEARCH_DATA)"
+                          + (f"; the trial recorded its data as {recorded!r}, which a report never opens on the "
+                             "study's word" if recorded else "") + ".")
             continue
         frames = interpolate(model, rows=8, steps=10, mode=mode, seed=0, images_u8=test)
         buf = io.BytesIO()
@@ -137,7 +140,10 @@ def _trial_images(study: optuna.Study, trial, artifact_dir: Path) -> list[tuple[
     """The chosen trial's stored reconstructions and prior samples."""
     from vae_search.artifacts import artifact_store
 
-    store, out = artifact_store(artifact_dir), []
+    try:
+        store, out = artifact_store(artifact_dir, create=False), []
+    except UsageError:  # no artifact folder: the report goes without the pictures
+        return []
     for attr, name, caption in (("reconstructions_artifact_id", "reconstructions.png", "Eight test images (top) and their reconstructions."),
                                 ("samples_artifact_id", "samples.png", "Sixteen samples from the prior.")):
         aid = trial.user_attrs.get(attr)
@@ -172,13 +178,9 @@ def _search(study: optuna.Study) -> Section | None:
 def write_report(study: optuna.Study, storage: optuna.storages.BaseStorage, artifact_dir: Path, out_dir: Path,
                  images: torch.Tensor | None = None) -> list[Path]:
     """Write report.html, report.md with PNGs, trials.csv and trials.md into `out_dir`."""
-    from vae_search.artifacts import artifact_store
 
-    artifact_store(artifact_dir)  # a folder that cannot be read is one line now, not a broken report
     out_dir.mkdir(parents=True, exist_ok=True)
     b2, chosen = _b2(study, storage)
-    if images is None and chosen is not None:
-        images = _stored_test_images(chosen)
     b3 = _b3(study, chosen, artifact_dir, images)
     if chosen is not None:
         b3.images += _trial_images(study, chosen, artifact_dir)
@@ -193,19 +195,6 @@ def write_report(study: optuna.Study, storage: optuna.storages.BaseStorage, arti
     written.append(atomic_write(out_dir / "report.md", lambda f: f.write(_markdown(title, sections, pngs).encode())))
     written.append(atomic_write(out_dir / "report.html", lambda f: f.write(_html(title, sections).encode())))
     return written
-
-
-def _stored_test_images(trial) -> torch.Tensor | None:
-    """The trial's own data, where its recorded source is on this machine."""
-    from vae_search.data import load_cifar10
-
-    source = trial.user_attrs.get("data_source")
-    if not source or not Path(source).exists():
-        return None
-    try:
-        return load_cifar10(Path(source)).test
-    except UsageError:
-        return None
 
 
 def _write_pngs(sections: list[Section], out_dir: Path) -> list[Path]:

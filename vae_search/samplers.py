@@ -13,6 +13,7 @@ repeats exactly (its trials are 0, 1, 2, ... and the history it sees is its own)
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -177,8 +178,10 @@ def make_pruner(spec: str, epochs: int, n_objectives: int = 1) -> BasePruner:
         inner: BasePruner = optuna.pruners.PercentilePruner(
             s["p"], n_startup_trials=int(s["startup"]), n_warmup_steps=int(s["warmup"]) + 1)
     elif name == "patient":
-        inner = optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=int(s["startup"])),
-                                             patience=int(s["patience"]))
+        with warnings.catch_warnings():  # "experimental since v2.8": stable enough for us, and measured
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            inner = optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=int(s["startup"])),
+                                                 patience=int(s["patience"]))
     elif name == "sha":
         inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=int(s["min"]), reduction_factor=int(s["rf"]))
     else:

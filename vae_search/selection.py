@@ -170,10 +170,10 @@ def _preset_of(study: optuna.Study) -> Preset | None:
     """A grid study's preset (its candidates are then named by the report's config numbers)."""
     if study.user_attrs.get("kind") != "grid":
         return None
-    from vae_search.definitions import load_preset
+    from vae_search.definitions import preset_of
 
     try:
-        return load_preset(study.user_attrs.get("preset", "b1"))
+        return preset_of(study.user_attrs)
     except UsageError:
         return None
 

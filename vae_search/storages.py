@@ -53,13 +53,57 @@ class StorageUnavailable(RunError):
     """The database stayed unreachable for longer than OUTAGE_S seconds."""
 
 
+SECRET_KEYS = {"password", "passwd", "pwd", "pass", "secret", "token", "sslpassword", "api_key"}
+
+
+def _split(url: str) -> tuple[str, str | None, str, list[tuple[str, str]]]:
+    """(scheme://, user-info or None, host and path, query pairs) of a storage URL. The
+    user-info ends at the *last* '@' before the path: a password may itself hold '@'."""
+    from urllib.parse import parse_qsl
+
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, "", []
+    rest, _, query = rest.partition("?")
+    creds, at, hostpath = rest.rpartition("@")
+    return scheme + "://", creds if at else None, hostpath if at else rest, parse_qsl(query, keep_blank_values=True)
+
+
+def secrets_of(url: str) -> tuple[list[str], list[str]]:
+    """The passwords of a URL (user-info and query), and their pieces around '@' and ':',
+    which a driver that split the URL at the wrong '@' quotes back in its messages (a host
+    named "ss@db" for the password "p@ss")."""
+    _, creds, _, query = _split(url)
+    found = [creds.split(":", 1)[1]] if creds and ":" in creds else []
+    found += [v for k, v in query if k.lower() in SECRET_KEYS]
+    found = [s for s in found if s]
+    pieces = {p for s in found for p in s.replace(":", "@").split("@") if p} - set(found)
+    return sorted(found, key=len, reverse=True), sorted(pieces, key=len, reverse=True)
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
+    """The URL without its passwords, for messages: postgresql://vae:***@db/x?password=***."""
+    scheme, creds, hostpath, query = _split(url)
+    if creds is None and not query:
+        return url
+    out = scheme + (f"{creds.split(':', 1)[0]}:***@" if creds and ":" in creds else f"{creds}@" if creds else "")
+    out += hostpath
+    if query:
+        out += "?" + "&".join(f"{k}={'***' if k.lower() in SECRET_KEYS else v}" for k, v in query)
+    return out
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (a driver's message, say) with every secret of `url` masked: whole passwords
+    anywhere, their pieces where they stand alone (not the "ss" inside "address")."""
+    import re
+
+    whole, pieces = secrets_of(url)
+    for secret in whole:
+        text = text.replace(secret, "***")
+    for piece in pieces:
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", "***", text)
+    return text
 
 
 # ---------------------------------------------------------------- an RDB storage that waits out a restart
@@ -90,7 +134,7 @@ def _retrying(method: Callable) -> Callable:
                 if not _connection_lost(e):
                     raise
                 if time.monotonic() + delay > deadline:
-                    reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+                    reason = scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], self.url)
                     raise StorageUnavailable(
                         f"storage {self.label} unreachable for {self.outage_s:.0f} s ({reason}); finished trials are "
                         "saved: run the same command again once it is back"
@@ -126,14 +170,16 @@ for _name, _member in list(vars(RDBStorage).items()):
 def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_exist: bool = False) -> BaseStorage:
     """An Optuna storage for `url`. RDB storages get heartbeats (a killed worker's trial is
     failed after 3 missed beats and re-queued by the retry callback) and ride out restarts.
-    `must_exist`: for read-only commands, a SQLite or journal file that is not there is an
-    error rather than a new, empty database."""
+    `must_exist`: for commands that read, the storage must already be an Optuna storage: a
+    missing file, or a database without Optuna's tables, is an error, and nothing (no
+    table, no folder) is created in it."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "journal":
         path = Path(url.split(":", 1)[1].removeprefix("//"))
         if must_exist and not path.is_file():
             raise UsageError(f"no study journal at {path}; run grid or optimize first")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not must_exist:
+            path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if scheme == "grpc":
         return _grpc_proxy(url)
@@ -141,10 +187,13 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
         raise UsageError(f"storage URL {redact(url)!r} has an unknown scheme {scheme!r}; use {STORAGE_HELP}")
     engine_kwargs: dict[str, Any] = {}
     if scheme == "sqlite":
-        path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            if must_exist and not Path(path).is_file():
-                raise UsageError(f"no study database at {path}; run grid or optimize first, or pass --storage")
+        path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
+        if path in ("", ":memory:") or "mode=memory" in url:
+            raise UsageError(f"storage {url!r} is an in-memory database that lives and dies with one process: workers "
+                             "and later commands would never see its studies; use sqlite:///FILE")
+        if must_exist:
+            _check_optuna_sqlite(Path(path))
+        else:
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -158,7 +207,9 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
     hb = dict(heartbeat_interval=heartbeat, grace_period=3 * heartbeat) if heartbeat else {}
     for attempt in range(5):
         try:
-            storage = ResilientRDBStorage(url=url, engine_kwargs=engine_kwargs, **hb)
+            if must_exist and scheme != "sqlite":
+                _check_optuna_tables(url, engine_kwargs)
+            storage = ResilientRDBStorage(url=url, engine_kwargs=engine_kwargs, skip_table_creation=must_exist, **hb)
             storage.label = redact(url)
             if scheme == "sqlite":
                 _serialize_sqlite(storage.engine)
@@ -167,8 +218,10 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
             raise UsageError(f"storage URL {redact(url)!r} needs the Python package {e.name!r}; pip install it") from None
         except StorageUnavailable:
             raise UsageError(f"cannot open storage {redact(url)}: the server does not answer") from None
+        except UsageError:
+            raise
         except Exception as e:  # sqlalchemy's OperationalError and friends: refused, bad file
-            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            reason = scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
             # Workers that open a new database at the same moment race to create its tables
             # (the loser sees the winner's rows); once the tables exist, opening succeeds.
             if attempt < 4 and any(m in reason for m in _CREATION_RACE):
@@ -176,6 +229,46 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
                 continue
             raise UsageError(f"cannot open storage {redact(url)}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+OPTUNA_TABLES = {"studies", "trials", "version_info"}  # what every Optuna RDB storage has
+
+
+def _not_optuna(where: str, tables: set[str]) -> UsageError:
+    have = ", ".join(sorted(tables)[:5]) or "no tables"
+    return UsageError(f"{where} is not an Optuna storage (it has {have}); nothing was written to it: pass the --storage "
+                      "of a study database")
+
+
+def _check_optuna_sqlite(path: Path) -> None:
+    """A read-only look at a SQLite file (sqlite3's mode=ro: not even a journal is made)."""
+    import sqlite3
+
+    if not path.is_file():
+        raise UsageError(f"no study database at {path}; run grid or optimize first, or pass --storage")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise UsageError(f"{path} is not an Optuna storage ({e}); nothing was written to it") from None
+    if not OPTUNA_TABLES <= tables:
+        raise _not_optuna(str(path), tables)
+
+
+def _check_optuna_tables(url: str, engine_kwargs: dict[str, Any]) -> None:
+    """A server database must hold Optuna's tables before a command that reads opens it."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if not OPTUNA_TABLES <= tables:
+        raise _not_optuna(redact(url), tables)
 
 
 _CREATION_RACE = ("UNIQUE constraint", "already exists", "duplicate key", "database is locked")
@@ -223,6 +316,15 @@ def heartbeat_interval(storage: BaseStorage) -> int | None:
     """Seconds between heartbeats, or None where the storage keeps none (journal, gRPC)."""
     # Duck-typed: studies wrap an RDBStorage in Optuna's cache, which forwards heartbeats.
     return getattr(storage, "get_heartbeat_interval", lambda: None)()
+
+
+def set_heartbeat(storage: BaseStorage, interval: int | None) -> None:
+    """Beat every `interval` seconds (None or 0: no heartbeats), failing trials silent for
+    three beats. Only RDB storages keep heartbeats; for the others this does nothing."""
+    rdb = rdb_of(storage)
+    if rdb is not None:
+        rdb.heartbeat_interval = interval or None
+        rdb.grace_period = 3 * interval if interval else None
 
 
 def rdb_of(storage: BaseStorage) -> RDBStorage | None:
@@ -303,13 +405,16 @@ def _requeue(study: optuna.Study, failed: FrozenTrial) -> int | None:
     history = [*failed.system_attrs.get("retry_history", []), failed.number]
     if len(history) > MAX_RETRY:
         return None
-    study.add_trial(optuna.trial.create_trial(
+    template = optuna.trial.create_trial(
         state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
         user_attrs={k: failed.user_attrs[k] for k in RETRY_KEEPS if k in failed.user_attrs},
         system_attrs={"failed_trial": failed.system_attrs.get("failed_trial", failed.number), "retry_history": history},
-    ))
-    return max(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-               if t.system_attrs.get("retry_history") == history)
+    )
+    # The new trial's number from its id, not from a look at the WAITING trials: another
+    # worker may pop it (WAITING -> RUNNING) before we look.
+    storage = study._storage
+    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    return storage.get_trial_number_from_id(trial_id)
 
 
 def _annotate_finished(storage: BaseStorage, trial_id: int, key: str, value: Any) -> None:

@@ -38,10 +38,13 @@ from vae_search.storages import (  # noqa: F401  (re-exported: the CLI opens sto
     DEFAULT_HEARTBEAT,
     STORAGE_HELP,
     StorageUnavailable,
+    fail_and_retry,
     fail_stale_trials,
     heartbeat_interval,
     open_storage,
+    rdb_of,
     redact,
+    set_heartbeat,
 )
 
 DEFAULT_STORAGE = "sqlite:///studies/vae-search.db"
@@ -76,6 +79,21 @@ def load_study(storage: BaseStorage, name: str | None) -> optuna.Study:
     elif name not in names:
         raise UsageError(f"no study named {name!r}; studies in this storage: {', '.join(sorted(names))}")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+KINDS = {"grid": "a grid (vae-search grid)", "search": "a search (vae-search optimize)",
+         "confirm": "confirmation runs (vae-search confirm)"}
+
+
+def require_kind(study: optuna.Study, *kinds: str) -> str:
+    """The study's kind, if it is one of `kinds`: a study made by another tool (or another
+    kind of ours) is one clear line, not a KeyError deep in a command."""
+    kind = study.user_attrs.get("kind")
+    if kind in kinds:
+        return kind
+    wanted = " or ".join(KINDS[k] for k in kinds)
+    what = f"is {KINDS[kind]}" if kind in KINDS else "was not made by vae-search (it has no 'kind' attribute)"
+    raise UsageError(f"study {study.study_name!r} {what}; this command reads {wanted}")
 
 
 def most_recent_study(storage: BaseStorage, names: list[str]) -> str:
@@ -142,6 +160,59 @@ def check_budget(study: optuna.Study | None, budget: dict[str, Any], record: boo
         )
     if record and any(k not in recorded for k in budget):
         study.set_user_attr("budget", {**recorded, **budget})
+
+
+HEARTBEAT_ATTR = "heartbeat_s"  # the study's heartbeat interval, recorded by its first run
+
+
+def settle_heartbeat(storage: BaseStorage, study: optuna.Study | None, given: int | None) -> int:
+    """The heartbeat interval this run uses, set on `storage`. The interval belongs to the
+    study: a worker judges others' trials stale after three of *its own* intervals, so a
+    worker with `--heartbeat 1` would fail a live `--heartbeat 30` worker's trial after 3 s.
+    The first run records its interval (`record_heartbeat`); later runs take it, and one
+    that asks for another is refused."""
+    recorded = study.user_attrs.get(HEARTBEAT_ATTR) if study is not None else None
+    if recorded is not None and given is not None and given != recorded:
+        raise UsageError(
+            f"study {study.study_name!r} records heartbeats every {recorded} s (its workers fail a trial silent for "
+            f"{3 * recorded} s); --heartbeat {given} would judge its other workers by another clock: leave --heartbeat "
+            f"out or pass {recorded}")
+    interval = recorded if recorded is not None else (DEFAULT_HEARTBEAT if given is None else given)
+    set_heartbeat(storage, interval)
+    return interval
+
+
+def record_heartbeat(study: optuna.Study, interval: int) -> None:
+    """Record the first run's interval on the study (RDB storages: the others keep no heartbeats)."""
+    if rdb_of(study._storage) is not None and HEARTBEAT_ATTR not in study.user_attrs:
+        study.set_user_attr(HEARTBEAT_ATTR, interval)
+
+
+def unchecked_running(study: optuna.Study) -> list[int]:
+    """RUNNING trials that no heartbeat check can fail if their worker is gone (journal and
+    gRPC storages, or heartbeats turned off): each holds its slot until `fail-stale`."""
+    if heartbeat_interval(study._storage):
+        return []
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+
+
+def fail_running_older_than(study: optuna.Study, seconds: float, *, dry_run: bool = False) -> list[tuple[int, str]]:
+    """Fail (and re-queue, as the heartbeat check does) every RUNNING trial that started more
+    than `seconds` ago: the way out for trials nothing else can check. Returns (number, what
+    became of it) for each."""
+    now = datetime.datetime.now()  # Optuna records local time
+    old = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+           if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > seconds]
+    done = []
+    for t in old:
+        if dry_run:
+            done.append((t.number, "would be failed and re-queued"))
+            continue
+        age = (now - t.datetime_start).total_seconds() / 3600
+        fate = fail_and_retry(study, t._trial_id, f"failed by `vae-search fail-stale`: RUNNING for {age:.1f} h")
+        if fate is not None:
+            done.append((t.number, fate))
+    return done
 
 
 # ---------------------------------------------------------------- running one trial
@@ -367,7 +438,7 @@ def twin_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
     higher-numbered one stands down. A point put in the queue on purpose (a retry, an
     --include-preset point) is the queue's, never a twin."""
     frozen = trial.storage.get_trial(trial._trial_id)
-    if "fixed_params" in frozen.system_attrs:
+    if "fixed_params" in frozen.system_attrs or "failed_trial" in frozen.system_attrs:
         return None
     mine = frozen.params
     for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING, TrialState.WAITING)):

@@ -64,8 +64,22 @@ class TrainResult:
     precision: str = "fp32"
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite; the trial cannot go on."""
+# An untrained decoder predicts about 0.5 for every pixel: 3072 * ln 2 = 2129 nats of BCE
+# per image. A validation neg_elbo ten times that (an average pixel's logit some 70 off the
+# wrong way) is not a bad configuration learning slowly, nor the spike of a first epoch of a
+# few steps (2.6 times, seen on tiny data), but a training that diverged: learning rates of
+# 100 gave finite losses of 1e38, which would otherwise complete and become "best".
+UNTRAINED_NATS = 3 * 32 * 32 * math.log(2)
+DIVERGED_NATS = 10 * UNTRAINED_NATS
+
+
+class Diverged(RuntimeError):
+    """The training diverged (a non-finite loss, or a loss far above an untrained model's);
+    the trial cannot go on and its numbers mean nothing."""
+
+
+class NonFiniteLoss(Diverged):
+    """The training loss became NaN or infinite."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -159,6 +173,24 @@ def _should_compile(compile: bool | str, device: torch.device, images: int) -> b
     return bool(compile) and device.type != "mps"
 
 
+_device_copies: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def on_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`images` on `device`, copied once per process: every trial of a worker trains on the
+    same data, so the second trial on a GPU finds it there instead of copying 150 MB again.
+    Keyed by the tensor's storage, shape and the device (the source is held with its copy,
+    so its address cannot be reused by other data); one copy per shape and device is kept."""
+    if images.device == device or device.type == "cpu":
+        return images
+    key = (images.untyped_storage().data_ptr(), images.storage_offset(), tuple(images.shape), str(device))
+    if key not in _device_copies:
+        for k in [k for k in _device_copies if k[2:] == key[2:]]:  # another subset of this shape replaces it
+            del _device_copies[k]
+        _device_copies[key] = (images, images.to(device))
+    return _device_copies[key][1]
+
+
 @torch.inference_mode()
 def evaluate(
     model: VAE, images: torch.Tensor, beta: float, seed: int, device: torch.device, precision: str = "fp32"
@@ -201,7 +233,8 @@ def train(
     a tensor: reading it synchronises, which the caller may choose to do).
 
     `precision` is "fp32" or "bf16" (resolve "auto" with `resolve_precision` first).
-    Raises NonFiniteLoss when the training loss of an epoch is NaN or infinite.
+    Raises NonFiniteLoss when the training loss of an epoch is NaN or infinite, Diverged when
+    the validation neg_elbo is above DIVERGED_NATS.
     """
     start = time.perf_counter()
     device = torch.device(device) if isinstance(device, str) else device
@@ -212,8 +245,8 @@ def train(
     model = VAE(model_config).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, **_adam_kwargs(device))
 
-    train_images = data.train.to(device)  # uint8: a quarter of the bytes of float
-    val_images = data.test.to(device)
+    train_images = on_device(data.train, device)  # uint8: a quarter of the bytes of float
+    val_images = on_device(data.test, device)
     n, bs = len(train_images), config.batch_size
     n_batches = math.ceil(n / bs)
     scheduler = _scheduler(opt, config, config.epochs * n_batches)
@@ -253,6 +286,9 @@ def train(
         metrics.update(epoch=epoch, train_loss=train_loss, time_s=time.perf_counter() - start)
         if not math.isfinite(metrics["val_loss"]):
             raise NonFiniteLoss(f"validation loss became {metrics['val_loss']} in epoch {epoch}")
+        if metrics["neg_elbo"] > DIVERGED_NATS:
+            raise Diverged(f"training diverged: validation neg_elbo {metrics['neg_elbo']:.4g} in epoch {epoch}, more than "
+                           f"ten times an untrained model's ({UNTRAINED_NATS:.0f}); is the learning rate too high?")
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)

@@ -164,20 +164,29 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def worker_argv(argv: Sequence[str]) -> list[str]:
-    """The command's own arguments, with --jobs replaced by --jobs 1."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
+# Options whose values travel to workers in their environment, not on their command line:
+# /proc/PID/cmdline (what `ps` shows) is readable by every user of the machine, and a
+# storage URL may hold a password. Each is an option with an environment variable.
+BY_ENVIRONMENT = {"--storage": "VAE_SEARCH_STORAGE"}
+
+
+def worker_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The command's own arguments for a worker, with --jobs replaced by --jobs 1, and the
+    environment that carries the options of BY_ENVIRONMENT."""
+    out: list[str] = []
+    env: dict[str, str] = {}
+    args = iter(argv)
+    for a in args:
+        name, eq, value = a.partition("=")
+        if name == "--jobs":
+            if not eq:
+                next(args, None)
             continue
-        if a == "--jobs":
-            skip = True
-            continue
-        if a.startswith("--jobs="):
+        if name in BY_ENVIRONMENT:
+            env[BY_ENVIRONMENT[name]] = value if eq else next(args, "")
             continue
         out.append(a)
-    return [*out, "--jobs", "1"]
+    return [*out, "--jobs", "1"], env
 
 
 def _visible_gpus() -> list[str]:
@@ -271,12 +280,13 @@ def run_workers(
         # Children first, threads (Rich's refresh, the readers) after: no fork beside threads.
         for i in range(jobs):
             r, wfd = os.pipe()
-            env = {**os.environ, WORKER_ENV: f"{i + 1}/{jobs}", PROGRESS_FD_ENV: str(wfd),
+            args, secret_env = worker_argv(argv)
+            env = {**os.environ, **secret_env, WORKER_ENV: f"{i + 1}/{jobs}", PROGRESS_FD_ENV: str(wfd),
                    THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vae_search", *worker_argv(argv)], env=env, pass_fds=(wfd,),
+                [sys.executable, "-m", "vae_search", *args], env=env, pass_fds=(wfd,),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )

@@ -1,0 +1,168 @@
+"""The GPU path, checked in one command: the CUDA tests, the full-data B.1 grid in bf16, and
+training throughput with 1, 2 and 4 workers sharing the GPU.
+
+    python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz     # on a GPU machine: < 9 minutes
+    python benchmarks/gpu.py --device cpu --quick                    # the same code on tiny data (the test suite)
+
+On a bare GPU machine (the `device` tool sends the checkout, not ../shared), from the
+repository root, with the archive copied into the working tree first:
+
+    python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && \\
+        .venv/bin/python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz
+
+Prints progress on stderr and, as its last line on stdout, one JSON object:
+  - cuda_tests: what `pytest -m cuda` said (passed, failed, skipped), and its exit code;
+  - grid: per B.1 config, the trial's time_s, val and recon loss in bf16 on the device,
+    beside the CPU fp32 figures of benchmarks/results/b1-cpu-fp32.json (measured from a fresh
+    clone on 2 AVX2 cores) and the difference in percent; the grid's wall time and --jobs;
+  - throughput: training images per second of latent 16 / base 32 (batch 128, bf16 on
+    CUDA) for 1, 2 and 4 worker processes on the device at once, their sum, and each
+    worker's peak GPU memory (torch.cuda.max_memory_allocated), so that the default --jobs
+    on a GPU can be set from a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CPU_REFERENCE = ROOT / "benchmarks" / "results" / "b1-cpu-fp32.json"
+
+
+def say(message: str) -> None:
+    print(f"gpu.py: {message}", file=sys.stderr, flush=True)
+
+
+def cuda_tests(timeout: float) -> dict:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+                           "tests/test_cuda.py"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr.strip()[-300:]
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", summary)}
+    failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return {"rc": proc.returncode, "summary": summary, **counts, "failures": failed[:10],
+            "seconds": round(time.monotonic() - start, 1)}
+
+
+def grid(args: argparse.Namespace, tmp: Path) -> dict:
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = f"sqlite:///{tmp}/gpu.db"
+    limits = ["--limit-train", "256", "--limit-val", "64", "--epochs", "1", "--batch-size", "64"] if args.quick else []
+    cmd = [sys.executable, "-m", "vae_search", "grid", "--preset", "b1", "--precision", args.precision, "--device",
+           args.device, "--storage", storage, "--artifact-dir", str(tmp / "art"), "--study-name", "b1-gpu",
+           *(["--data-dir", args.data_dir] if args.data_dir else []), *(["--jobs", str(args.jobs)] if args.jobs else []),
+           *limits]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.grid_timeout)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        return {"rc": proc.returncode, "error": proc.stderr.strip().splitlines()[-1:] or ["?"], "wall_s": round(wall, 1)}
+    reference = json.loads(CPU_REFERENCE.read_text())["configs"]
+    out: dict = {"rc": 0, "wall_s": round(wall, 1), "precision": args.precision, "configs": {}}
+    trials = optuna.load_study(study_name="b1-gpu", storage=storage).get_trials(states=(TrialState.COMPLETE,))
+    for t in sorted(trials, key=lambda t: t.user_attrs["config"]):
+        a, ref = t.user_attrs, reference[str(t.user_attrs["config"])]
+        out["jobs"] = a["jobs"]
+        out["device_name"] = a.get("device_name")
+        out["configs"][a["config"]] = {
+            "time_s": round(a["time_s"], 1), "val_loss": round(a["val_loss"], 2), "recon_loss": round(a["recon_loss"], 2),
+            "cpu_fp32": ref, "val_diff_pct": round(100 * (a["val_loss"] - ref["val_loss"]) / ref["val_loss"], 3),
+            "recon_diff_pct": round(100 * (a["recon_loss"] - ref["recon_loss"]) / ref["recon_loss"], 3),
+        }
+    return out
+
+
+def _worker(device: str, precision: str, images: int, epochs: int, start_at: float, results) -> None:
+    """One worker process: train latent 16 / base 32 on random images and report img/s of
+    the epochs after the first (which pays for cuDNN's autotuning and any compilation)."""
+    import torch
+
+    from vae_search.data import Cifar10
+    from vae_search.model import ModelConfig
+    from vae_search.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    dev = torch.device(device)
+    x = torch.randint(0, 256, (images + 512, 3, 32, 32), dtype=torch.uint8)
+    data = Cifar10(x[:images], x[images:], "random")
+    times: list[float] = []
+    while time.time() < start_at:  # every worker starts its training at the same moment
+        time.sleep(0.01)
+    train(ModelConfig(16, 32), TrainConfig(epochs=epochs, batch_size=128), data, device=dev, compile=False,
+          precision=precision, on_epoch=lambda m: times.append(m["time_s"]))
+    per_epoch = (times[-1] - times[0]) / (len(times) - 1)
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
+    results.put({"img_s": images / per_epoch, "peak_gpu_bytes": peak})
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    images, epochs = (512, 3) if args.quick else (args.throughput_images, 4)
+    ctx = mp.get_context("spawn")  # CUDA does not survive fork
+    out = {}
+    for n in (1, 2, 4):
+        results = ctx.Queue()
+        start_at = time.time() + 20  # spawn and import first
+        procs = [ctx.Process(target=_worker, args=(args.device, args.precision, images, epochs, start_at, results))
+                 for _ in range(n)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=args.grid_timeout) for _ in procs]
+        for p in procs:
+            p.join()
+        out[n] = {"img_s_total": round(sum(g["img_s"] for g in got)), "img_s_each": [round(g["img_s"]) for g in got],
+                  "peak_gpu_mib_each": [round(g["peak_gpu_bytes"] / 2**20) if g["peak_gpu_bytes"] else None for g in got]}
+        say(f"{n} worker(s): {out[n]['img_s_total']} img/s in all")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", help="CIFAR-10 (archive or folder) for the grid; without it, torchvision's download")
+    ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for a dry run of the same code")
+    ap.add_argument("--precision", default=None, help="bf16 on cuda (default), fp32 on cpu")
+    ap.add_argument("--jobs", type=int, default=None, help="workers of the grid (default: vae-search's default)")
+    ap.add_argument("--quick", action="store_true", help="tiny data and epochs: checks the code, measures nothing")
+    ap.add_argument("--skip-grid", action="store_true", help="leave out the full-data grid")
+    ap.add_argument("--throughput-images", type=int, default=25_000, help="images per epoch in the throughput runs")
+    ap.add_argument("--grid-timeout", type=float, default=420.0, help="seconds the grid may take")
+    args = ap.parse_args()
+    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    if args.quick and not args.data_dir:
+        from tests.conftest import make_batches
+
+        args.data_dir = str(make_batches(Path(tempfile.mkdtemp(prefix="gpu-quick-"))).parent)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu.py: error: --device cuda but torch sees no CUDA GPU here; --device cpu --quick checks the code",
+              file=sys.stderr)
+        sys.exit(2)
+    result: dict = {"device": args.device, "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
+        os.environ.setdefault("VAE_SEARCH_CACHE", str(Path(tmp) / "cache"))
+        say("CUDA tests ...")
+        result["cuda_tests"] = cuda_tests(timeout=180)
+        if not args.skip_grid:
+            say("B.1 grid ...")
+            result["grid"] = grid(args, Path(tmp))
+        say("throughput ...")
+        result["throughput"] = throughput(args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""No trial that can block or poison a study: the heartbeat interval belongs to the study,
+trials nothing can check are named and can be failed on demand, a diverging trial fails
+instead of becoming "best", a re-queue survives a worker that pops the retry first, and the
+chaos check reads a trial in its own precision."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from tests.conftest import TINY, one_line_error
+from vae_search import study as st
+from vae_search.storages import fail_and_retry, open_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _search(storage: str, name: str = "search") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(storage, heartbeat=None))
+
+
+# ---------------------------------------------------------------- the heartbeat belongs to the study
+
+
+def test_a_later_run_takes_the_studys_heartbeat_and_refuses_another(tmp_path, batches_dir, cli):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    common = ("--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "art")
+    assert cli("optimize", "--trials", 1, "--heartbeat", 5, *common)[0] == 0
+    assert _search(storage).user_attrs["heartbeat_s"] == 5
+    rc, _, err = cli("optimize", "--trials", 2, "--heartbeat", 1, *common)
+    assert rc == 2
+    line = one_line_error(err)
+    assert "records heartbeats every 5 s" in line and "--heartbeat 1" in line
+    assert len(_search(storage).trials) == 1  # refused before anything ran
+    # without --heartbeat, a later worker beats (and judges others) by the study's interval
+    storage_obj = open_storage(storage)
+    assert st.settle_heartbeat(storage_obj, _search(storage), None) == 5
+    assert storage_obj.get_heartbeat_interval() == 5
+
+
+def test_the_first_run_records_the_default(tmp_path, batches_dir, cli):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    assert cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+               "--artifact-dir", tmp_path / "art")[0] == 0
+    assert _search(storage, "b1").user_attrs["heartbeat_s"] == st.DEFAULT_HEARTBEAT
+
+
+# ---------------------------------------------------------------- trials nothing can check
+
+
+def _orphan(storage: str, name: str = "search") -> int:
+    """A RUNNING trial whose worker is gone (as after kill -9 on a journal storage)."""
+    study = optuna.create_study(study_name=name, storage=open_storage(storage), load_if_exists=True)
+    trial = study.ask({"latent_dim": optuna.distributions.IntDistribution(2, 128, log=True)})
+    return trial.number
+
+
+def test_orphans_on_a_journal_are_named_and_fail_stale_frees_their_slot(tmp_path, batches_dir, cli):
+    storage = f"journal:///{tmp_path}/studies.log"
+    common = ("--epochs", 1, "--pruner", "none", "--data-dir", batches_dir, *TINY, "--storage", storage,
+              "--artifact-dir", tmp_path / "art")
+    orphan = _orphan(storage)
+    rc, _, err = cli("optimize", "--trials", 2, *common)
+    assert rc == 0, err
+    assert f"trial(s) {orphan} of study 'search' are RUNNING and nothing checks them" in err
+    assert "has 1 of 2 finished trials" in err and "vae-search fail-stale" in err
+    # a trial younger than --older-than is left alone; --dry-run changes nothing
+    rc, out, _ = cli("fail-stale", "--older-than", "1h", "--storage", storage, "--study-name", "search")
+    assert rc == 0 and "no trial has been RUNNING for more than 1h" in out
+    rc, out, _ = cli("fail-stale", "--older-than", "1s", "--dry-run", "--storage", storage, "--study-name", "search")
+    assert rc == 0 and f"trial {orphan} would be failed" in out
+    assert _search(storage).trials[orphan].state == TrialState.RUNNING
+    import time
+
+    time.sleep(1.1)
+    rc, out, _ = cli("fail-stale", "--older-than", "1s", "--storage", storage, "--study-name", "search")
+    assert rc == 0 and f"trial {orphan} failed; retried as trial" in out
+    failed = _search(storage).trials[orphan]
+    assert failed.state == TrialState.FAIL and "fail-stale" in failed.user_attrs["fail_reason"]
+    assert cli("optimize", "--trials", 2, *common)[0] == 0
+    assert len(_search(storage).get_trials(states=st.FINISHED)) == 2
+
+
+def test_fail_stale_rejects_a_bad_duration(tmp_path, cli):
+    rc, _, err = cli("fail-stale", "--older-than", "soon", "--storage", f"sqlite:///{tmp_path}/none.db")
+    assert rc == 2 and "give a number and a unit" in one_line_error(err)
+
+
+# ---------------------------------------------------------------- a diverging trial
+
+
+def test_a_diverging_training_raises():
+    from vae_search.data import Cifar10
+    from vae_search.model import ModelConfig
+    from vae_search.train import DIVERGED_NATS, UNTRAINED_NATS, Diverged, TrainConfig, evaluate, train
+
+    x = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
+    data = Cifar10(x[:64], x[64:], "random")
+    # the reference is what an untrained model scores
+    from vae_search.model import VAE
+
+    untrained = evaluate(VAE(ModelConfig(4, 16)), data.test, 1.0, 0, torch.device("cpu"))["neg_elbo"]
+    assert untrained == pytest.approx(UNTRAINED_NATS, rel=0.05) and DIVERGED_NATS == 10 * UNTRAINED_NATS
+    with pytest.raises(Diverged, match="diverged|non-finite|nan|inf"):
+        train(ModelConfig(4, 16), TrainConfig(epochs=2, batch_size=32, lr=500.0), data, compile=False)
+
+
+def test_a_search_of_diverging_trials_fails_them_and_stops(tmp_path, batches_dir, cli):
+    """A space of learning rates 100..1000: before the fix, 4 of 5 trials COMPLETE with
+    losses like 1.6e38 and one of them became the study's best."""
+    space = tmp_path / "wild.toml"
+    space.write_text((ROOT / "vae_search" / "studies" / "search.toml").read_text().replace("low = 1e-4\nhigh = 1e-2", "low = 100.0\nhigh = 1000.0"))
+    assert "low = 100.0" in space.read_text()
+    storage = f"sqlite:///{tmp_path}/s.db"
+    rc, _, err = cli("optimize", "--trials", 10, "--space", space, "--epochs", 2, "--pruner", "none",
+                     "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "art")
+    assert rc == 1
+    assert "5 trials in a row failed" in err.strip().splitlines()[-1]
+    trials = _search(storage).trials
+    assert len(trials) == 5 and all(t.state == TrialState.FAIL for t in trials)
+    assert all(("diverged" in t.user_attrs["fail_reason"] or "non-finite" in t.user_attrs["fail_reason"]) for t in trials)
+
+
+# ---------------------------------------------------------------- re-queueing races a worker
+
+
+def test_requeue_survives_a_worker_that_pops_the_retry_first(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=None)
+    study = optuna.create_study(study_name="b1", storage=storage)
+    trial = study.ask({"latent_dim": optuna.distributions.IntDistribution(2, 128)})
+    create = storage._create_new_trial  # what Optuna's cache calls
+
+    def create_then_popped(study_id, template_trial=None):  # another worker takes it at once
+        frozen = create(study_id, template_trial=template_trial)
+        storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING)
+        return frozen
+
+    storage._create_new_trial = create_then_popped
+    fate = fail_and_retry(study, trial._trial_id, "worker 1 died (SIGKILL)")
+    assert fate == "retried as trial 1"
+    retry = optuna.load_study(study_name="b1", storage=f"sqlite:///{tmp_path}/s.db").trials[1]
+    assert retry.params == study.trials[0].params and retry.state == TrialState.RUNNING
+
+
+# ---------------------------------------------------------------- the chaos check
+
+
+def test_chaos_check_reads_a_trial_in_its_own_precision(tmp_path, batches_dir, cli):
+    """A bf16 trial (optimize's `auto` on AVX512_BF16 cores) re-evaluates in bf16 to its
+    stored figure; the check used to re-evaluate in fp32 and call the weights bad."""
+    spec = importlib.util.spec_from_file_location("chaos", ROOT / "benchmarks" / "chaos.py")
+    chaos = importlib.util.module_from_spec(spec)
+    sys.modules["chaos"] = chaos
+    spec.loader.exec_module(chaos)
+    from vae_search.artifacts import artifact_store
+    from vae_search.data import load_cifar10
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    assert cli("optimize", "--trials", 1, "--epochs", 1, "--precision", "bf16", "--pruner", "none",
+               "--data-dir", batches_dir, "--batch-size", "64", "--compile", "off", "--storage", storage,
+               "--artifact-dir", tmp_path / "art")[0] == 0
+    trial = _search(storage).trials[0]
+    assert trial.user_attrs["precision"] == "bf16"
+    precision, stored, again = chaos.reevaluate(artifact_store(tmp_path / "art"), trial, load_cifar10(batches_dir))
+    assert precision == "bf16"
+    assert math.isclose(again, stored, rel_tol=1e-5)

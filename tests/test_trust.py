@@ -1,0 +1,349 @@
+"""Safe to share: what a study or a data file says is untrusted input. Crafted pickles run
+nothing, study names stay names, read-only commands write nothing, passwords stay hidden,
+definitions ship in the package, and bad input from a study or a space file is one line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import TINY, make_batches, one_line_error
+from vae_search.definitions import load_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Exploit:
+    """A pickle that runs a shell command when loaded with the full pickle machinery."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted_batches(root: Path, marker: Path) -> Path:
+    """A cifar-10-batches-py folder whose first batch runs `touch marker` when unpickled."""
+    make_batches(root)
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump({"data": _Exploit(marker), "labels": []}, f, protocol=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def escaped(tmp_path_factory, batches_dir):
+    """A storage with a complete trial in a study named '../escaped' (plain Optuna takes the
+    name; any worker on a shared storage could make it)."""
+    from tests.conftest import invoke
+
+    tmp = tmp_path_factory.mktemp("escaped")
+    storage = f"sqlite:///{tmp}/s.db"
+    rc = invoke("optimize", "--trials", 1, "--epochs", 1, "--study-name", "../escaped", "--data-dir", batches_dir, *TINY,
+                "--storage", storage, "--artifact-dir", tmp / "art")
+    assert rc == 0
+    return tmp, storage
+
+
+# ---------------------------------------------------------------- pickles
+
+
+def test_crafted_batches_in_a_folder_run_nothing(tmp_path, cli):
+    marker = tmp_path / "pwned"
+    data = _crafted_batches(tmp_path / "data", marker)
+    rc, _, err = cli("grid", "--epochs", 1, "--data-dir", data, *TINY, "--storage", f"sqlite:///{tmp_path}/s.db",
+                     "--artifact-dir", tmp_path / "art")
+    assert rc == 2
+    assert "refused to load posix.system" in one_line_error(err) or "refused to load os.system" in one_line_error(err)
+    assert not marker.exists()
+
+
+def test_crafted_batches_in_an_archive_run_nothing(tmp_path, cli):
+    marker = tmp_path / "pwned"
+    data = _crafted_batches(tmp_path / "data", marker)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(data / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    rc, _, err = cli("grid", "--epochs", 1, "--data-dir", archive, *TINY, "--storage", f"sqlite:///{tmp_path}/s.db",
+                     "--artifact-dir", tmp_path / "art")
+    assert rc == 2 and "unreadable batch file" in one_line_error(err)
+    assert not marker.exists()
+
+
+def test_report_never_opens_the_data_a_study_names(escaped, tmp_path, cli):
+    """A study whose trial's data_source names a folder of crafted pickles: `report` without
+    --data-dir shows the name and opens nothing."""
+    tmp, storage = escaped
+    marker = tmp_path / "pwned"
+    crafted = _crafted_batches(tmp_path / "data", marker)
+    study = optuna.create_study(study_name="planted", storage=storage)
+    src = optuna.load_study(study_name="../escaped", storage=storage).trials[0]
+    study.add_trial(optuna.trial.create_trial(params=src.params, distributions=src.distributions, value=src.value,
+                                              user_attrs={**src.user_attrs, "data_source": str(crafted)}))
+    study.set_user_attr("kind", "search")
+    rc, _, err = cli("report", "--study-name", "planted", "--out", tmp_path / "out", "--storage", storage,
+                     "--artifact-dir", tmp / "art")
+    assert rc == 0, err
+    assert not marker.exists()
+    assert "which a report never opens" in (tmp_path / "out" / "planted" / "report.md").read_text()
+
+
+def test_interpolate_between_images_needs_data_dir(escaped, tmp_path, cli):
+    tmp, storage = escaped
+    rc, _, err = cli("interpolate", "--mode", "images", "--study-name", "../escaped", "--out", tmp_path / "out",
+                     "--storage", storage, "--artifact-dir", tmp / "art")
+    assert rc == 2 and "--mode images needs the test images: pass --data-dir" in one_line_error(err)
+
+
+def test_the_restricted_reader_takes_real_batches(tmp_path):
+    """Protocol-2 pickles of str-keyed dicts with numpy arrays, as tests and the original
+    files hold: read as before."""
+    from vae_search.data import _read_batches
+
+    make_batches(tmp_path, n_train=50, n_test=10)
+    train, test = _read_batches(tmp_path / "cifar-10-batches-py")
+    assert train.shape == (50, 3, 32, 32) and test.shape == (10, 3, 32, 32)
+
+
+# ---------------------------------------------------------------- names that stay names
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_study_name_never_writes_outside_out(escaped, tmp_path, cli):
+    tmp, storage = escaped
+    out = tmp_path / "box" / "out"
+    out.mkdir(parents=True)
+    rc, printed, err = cli("report", "--study-name", "../escaped", "--out", out, "--storage", storage,
+                           "--artifact-dir", tmp / "art")
+    assert rc == 0, err
+    rc, printed2, err = cli("interpolate", "--study-name", "../escaped", "--out", out, "--storage", storage,
+                            "--artifact-dir", tmp / "art")
+    assert rc == 0, err
+    assert not (tmp_path / "box" / "escaped").exists()
+    written = _files(tmp_path / "box")
+    assert written and all(out in p.parents for p in written)
+    for line in (printed + printed2).split():
+        assert out.resolve() in Path(line).resolve().parents
+
+
+def test_file_names_from_names():
+    from vae_search.names import file_name
+
+    assert file_name("b1") == "b1" and file_name("search-confirm") == "search-confirm"
+    for bad in ("../escaped", "/etc/passwd", "a/b", "..", ".hidden", "x\0y", "a\\b"):
+        safe = file_name(bad)
+        assert "/" not in safe and "\\" not in safe and not safe.startswith(".") and "\0" not in safe
+    assert file_name("a/b") != file_name("a_b")  # two names never share a file
+
+
+# ---------------------------------------------------------------- read-only commands write nothing
+
+
+@pytest.fixture
+def strangers_db(tmp_path) -> Path:
+    path = tmp_path / "customers.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    con.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("command", [["show"], ["best"], ["report", "--out", "OUT"], ["interpolate", "--out", "OUT"],
+                                     ["fail-stale", "--older-than", "1h"]])
+def test_a_database_that_is_not_a_storage_is_left_byte_for_byte(strangers_db, tmp_path, cli, command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = hashlib.sha256(strangers_db.read_bytes()).hexdigest()
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    rc, _, err = cli(*args, "--storage", f"sqlite:///{strangers_db}")
+    assert rc == 2
+    assert "is not an Optuna storage (it has customers)" in one_line_error(err)
+    assert hashlib.sha256(strangers_db.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["customers.db"]  # no studies/, no out/, no journal
+
+
+def test_reading_commands_create_no_folders_here(escaped, tmp_path, cli, monkeypatch):
+    tmp, storage = escaped
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert cli("best", "--study-name", "../escaped", "--storage", storage)[0] == 0
+    assert cli("report", "--study-name", "../escaped", "--storage", storage, "--out", tmp_path / "out")[0] == 0
+    assert list(here.iterdir()) == []
+
+
+def test_in_memory_sqlite_is_refused_at_once(cli):
+    for url in ("sqlite:///:memory:", "sqlite://"):
+        start = time.monotonic()
+        rc, _, err = cli("show", "--storage", url)
+        assert rc == 2 and "in-memory database" in one_line_error(err)
+        assert time.monotonic() - start < 10
+
+
+# ---------------------------------------------------------------- passwords
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql+psycopg://vae:hunter2@127.0.0.1:1/vae", "hunter2"),
+    ("postgresql+psycopg://vae:p@ss@127.0.0.1:1/vae", "ss"),
+    ("postgresql+psycopg://vae@127.0.0.1:1/vae?password=hunter2", "hunter2"),
+])
+def test_passwords_never_reach_a_message(cli, url, secret):
+    rc, out, err = cli("show", "--storage", url)
+    assert rc == 2
+    line = one_line_error(err)
+    assert "***" in line and secret not in line.replace("address", "").replace("does not", "")
+
+
+def test_redact():
+    from vae_search.storages import redact
+
+    assert redact("postgresql+psycopg://vae:s3cret@db:5432/vae") == "postgresql+psycopg://vae:***@db:5432/vae"
+    assert redact("postgresql://vae:p@ss@db/x") == "postgresql://vae:***@db/x"
+    assert redact("mysql+pymysql://u@db/x?password=pw&charset=utf8") == "mysql+pymysql://u@db/x?password=***&charset=utf8"
+    assert redact("sqlite:///studies/x.db") == "sqlite:///studies/x.db"
+
+
+# ---------------------------------------------------------------- definitions in the package
+
+
+def test_a_local_studies_folder_does_not_override_the_packaged_preset(tmp_path, batches_dir, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "b1.toml").write_text(
+        'name = "b1"\nepochs = 1\n[[points]]\nconfig = 1\nlatent_dim = 2\nbase_channels = 16\nbeta = 1.0\nlr = 0.003\n')
+    common = ("--epochs", 1, "--data-dir", batches_dir, *TINY, "--artifact-dir", tmp_path / "art")
+    rc, _, err = cli("grid", "--storage", f"sqlite:///{tmp_path}/a.db", *common)
+    assert rc == 0, err
+    assert f"preset 'b1': {ROOT / 'vae_search' / 'studies' / 'b1.toml'}" in err
+    assert len(optuna.load_study(study_name="b1", storage=f"sqlite:///{tmp_path}/a.db").trials) == 4
+    rc, _, err = cli("grid", "--preset", "./studies/b1.toml", "--storage", f"sqlite:///{tmp_path}/b.db", *common)
+    assert rc == 0, err
+    assert "preset 'b1': studies/b1.toml" in err
+    assert len(optuna.load_study(study_name="b1", storage=f"sqlite:///{tmp_path}/b.db").trials) == 1
+
+
+def test_a_study_cannot_name_a_preset_file(tmp_path, cli):
+    from vae_search.definitions import preset_of
+
+    assert preset_of({"preset": "/old/checkout/studies/b1.toml"}).name == "b1"  # older studies recorded a path
+    with pytest.raises(Exception, match="not a packaged preset"):
+        preset_of({"preset": "/etc/passwd"})
+    with pytest.raises(Exception, match="not a packaged preset"):
+        preset_of({"preset": "../../somewhere/x.toml"})
+
+
+@pytest.mark.slow
+def test_a_wheel_installed_without_e_finds_its_presets(tmp_path, batches_dir):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, ROOT],
+                   check=True, capture_output=True)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site,
+                    next(wheels.glob("*.whl"))], check=True, capture_output=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "VAE_SEARCH_CACHE": str(tmp_path / "cache")}
+    where = subprocess.run([sys.executable, "-c", "import vae_search; print(vae_search.__file__)"], cwd=empty, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert str(site) in where  # the wheel's copy, not this checkout
+    proc = subprocess.run([sys.executable, "-m", "vae_search", "grid", "--preset", "b1", "--epochs", "1", "--data-dir",
+                           batches_dir, *map(str, TINY)], cwd=empty, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert f"preset 'b1': {site}" in proc.stderr
+
+
+# ---------------------------------------------------------------- studies of other tools, space files
+
+
+def test_other_tools_studies_are_one_line(tmp_path, cli):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    single = optuna.create_study(study_name="theirs", storage=storage)
+    single.tell(single.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 1.0)
+    pareto = optuna.create_study(study_name="theirs2", storage=storage, directions=["minimize", "minimize"])
+    pareto.tell(pareto.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), [1.0, 2.0])
+    for args in (["confirm", "--study-name", "theirs"], ["best", "--study-name", "theirs2"],
+                 ["report", "--study-name", "theirs", "--out", tmp_path / "out"], ["show", "--study-name", "theirs"]):
+        rc, _, err = cli(*args, "--storage", storage)
+        assert rc == 2, (args, err)
+        assert "was not made by vae-search" in one_line_error(err)
+
+
+SPACE = (ROOT / "vae_search" / "studies" / "search.toml").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    (('[beta]\ntype = "float"\nlow = 0.25', '[beta]\ntype = "float"\nlow = "nan"'), "low must be a finite number"),
+    (('[beta]\ntype = "float"\nlow = 0.25', '[beta]\ntype = "float"\nlow = nan'), "low must be a finite number"),
+    (("choices = [16, 32, 48, 64]", "choices = [16, { a = 1 }]"), "is not a single value"),
+    (("choices = [16, 32, 48, 64]", "choices = [0, 16]"), "choice must be at least 1"),
+    (("log = true\n\n[base_channels]", "lg = true\n\n[base_channels]"), "unknown key(s) lg"),
+    (("low = 2\n", "low = 2.9\n"), "low must be a whole number, not 2.9"),
+    (('[lr]\ntype = "float"\nlow = 1e-4', '[lr]\ntype = "float"\nlow = 0.0'), "low must be above 0"),
+    (("choices = [16, 32, 48, 64]", "choices = []"), "choices must be a non-empty list"),
+    (("choices = [16, 32, 48, 64]", "choices = [16, 16]"), "repeat a value"),
+])
+def test_space_files_are_validated_whole(tmp_path, change, message):
+    old, new = change
+    assert old in SPACE
+    path = tmp_path / "space.toml"
+    path.write_text(SPACE.replace(old, new, 1))
+    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_space(path)
+
+
+def test_optional_parameters_are_validated(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text(SPACE + '\n[batch_size]\ntype = "categorical"\nchoices = [0]\n')
+    with pytest.raises(Exception, match="choice must be at least 1"):
+        load_space(path)
+    path.write_text(SPACE + '\n[lr_schedule]\ntype = "categorical"\nchoices = ["warp"]\n')
+    with pytest.raises(Exception, match="not one of constant, cosine, onecycle"):
+        load_space(path)
+
+
+def test_a_bad_space_is_one_line_before_any_trial(tmp_path, batches_dir, cli):
+    path = tmp_path / "space.toml"
+    path.write_text(SPACE.replace("low = 2\n", "low = 2.9\n", 1))
+    rc, _, err = cli("optimize", "--trials", 2, "--space", path, "--data-dir", batches_dir, *TINY,
+                     "--storage", f"sqlite:///{tmp_path}/s.db")
+    assert rc == 2 and "[latent_dim] low must be a whole number, not 2.9" in one_line_error(err)
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_the_packaged_spaces_load_by_name():
+    assert set(load_space("search")) == {"latent_dim", "base_channels", "beta", "lr"}
+    assert {"batch_size", "lr_schedule"} <= set(load_space("search-wide"))
+
+
+def test_lr_schedules_match_the_trainer():
+    from vae_search import definitions, train
+
+    assert definitions.LR_SCHEDULES == train.LR_SCHEDULES
+
+
+def test_dashboard_warns_off_loopback(tmp_path, cli, monkeypatch, escaped):
+    import optuna_dashboard
+
+    _, storage = escaped
+    seen = {}
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port, artifact_store: seen.update(host=host))
+    rc, _, err = cli("dashboard", "--host", "0.0.0.0", "--storage", storage, "--artifact-dir", escaped[0] / "art")
+    assert rc == 0 and seen["host"] == "0.0.0.0"
+    assert "optuna-dashboard has no authentication" in err and "delete studies" in err
+    rc, _, err = cli("dashboard", "--storage", storage, "--artifact-dir", escaped[0] / "art")
+    assert rc == 0 and "no authentication" not in err
