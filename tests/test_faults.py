@@ -46,6 +46,7 @@ def warm_cache(batches_dir, tmp_path):
 # ---------------------------------------------------------------- the artifact disk
 
 
+@pytest.mark.multiprocess
 def test_artifact_folder_removed_mid_trial(tmp_path, batches_dir, warm_cache, cli):
     storage, art = f"sqlite:///{tmp_path}/s.db", tmp_path / "art"
     proc = worker("grid", "--epochs", 25, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", art,
@@ -67,6 +68,7 @@ def test_artifact_folder_removed_mid_trial(tmp_path, batches_dir, warm_cache, cl
     assert rc == 2 and "has no weights (it is FAIL)" in one_line_error(err)
 
 
+@pytest.mark.multiprocess
 def test_artifact_disk_full(tmp_path, batches_dir, warm_cache):
     """A 2 MB file-size limit: the database and the cache fit, a base-64 checkpoint (4.5 MB) does not."""
     storage, art = f"sqlite:///{tmp_path}/s.db", tmp_path / "art"
@@ -151,6 +153,7 @@ def test_a_restart_under_a_running_worker_is_ridden_out(own_pg, tmp_path, batche
 # ---------------------------------------------------------------- many local workers on SQLite
 
 
+@pytest.mark.multiprocess
 def test_four_local_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
     proc = worker("grid", "--jobs", 4, "--seeds", 2, "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
@@ -161,6 +164,7 @@ def test_four_local_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
     assert _complete_points(_trials(storage)) == Counter({(*p, s): 1 for p in B1 for s in (0, 1)})
 
 
+@pytest.mark.multiprocess
 def test_heartbeat_failed_trial_says_why_and_which_trial_retries_it(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
     args = ("grid", "--epochs", 30, "--heartbeat", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
@@ -231,6 +235,7 @@ def test_the_proxy_refuses_what_it_cannot_serve(backend, tmp_path, cli):
 # ---------------------------------------------------------------- chaos, short
 
 
+@pytest.mark.chaos
 @pytest.mark.postgres
 def test_short_chaos_run_loses_and_duplicates_nothing(pg_server):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "chaos.py"), "--minutes", "1", "--workers", "3",

@@ -51,6 +51,7 @@ def test_worker_argv_replaces_jobs_and_moves_the_storage_to_the_environment():
         assert not any("secret" in a for a in args)
 
 
+@pytest.mark.multiprocess
 def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
     proc = worker("grid", "--jobs", 2, "--seeds", 2, "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
@@ -67,6 +68,7 @@ def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache)
     assert "1843.23" in out  # the parent printed the table
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("whom", ["parent", "group"])
 def test_ctrl_c_stops_every_worker_and_leaves_no_running_trial(tmp_path, batches_dir, warm_cache, whom):
     """SIGINT to the parent alone (kill -INT) or to the whole process group (a terminal's Ctrl-C)."""
@@ -94,6 +96,7 @@ def test_ctrl_c_stops_every_worker_and_leaves_no_running_trial(tmp_path, batches
     assert [t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL] == ["interrupted"] * 2, (table, err)
 
 
+@pytest.mark.multiprocess
 def test_a_worker_that_dies_does_not_stop_the_others(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
     proc = worker("grid", "--jobs", 2, "--epochs", 8, "--data-dir", batches_dir, *TINY, "--storage", storage,

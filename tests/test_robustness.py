@@ -50,6 +50,7 @@ def warm_cache(batches_dir, tmp_path):
 # ---------------------------------------------------------------- interrupts
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_fails_the_running_trial_and_a_rerun_resumes(tmp_path, batches_dir, warm_cache, sig):
     storage = f"sqlite:///{tmp_path}/s.db"
@@ -85,6 +86,7 @@ def test_interrupt_fails_the_running_trial_and_a_rerun_resumes(tmp_path, batches
     assert all(after[t.number] == t.value for t in done)  # the finished trials were kept, not run again
 
 
+@pytest.mark.multiprocess
 def test_killed_worker_is_detected_by_heartbeat_and_its_point_retried(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
     args = ("grid", "--epochs", 30, "--heartbeat", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
@@ -121,6 +123,7 @@ def _two_workers(args, env):
         assert "database is locked" not in err
 
 
+@pytest.mark.multiprocess
 def test_two_grid_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
     _two_workers(("grid", "--epochs", 3, "--data-dir", batches_dir, *TINY, "--storage", storage,
@@ -130,6 +133,7 @@ def test_two_grid_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
     assert all(t.state == TrialState.COMPLETE or "duplicate" in t.user_attrs.get("fail_reason", "") for t in trials)
 
 
+@pytest.mark.multiprocess
 def test_two_optimize_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
     _two_workers(("optimize", "--trials", 6, "--epochs", 2, "--data-dir", batches_dir, *TINY, "--storage", storage,

@@ -93,6 +93,8 @@ Heartbeat = Annotated[
                  "run records it (default 30) and later runs use it."),
 ]
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the same numbers as one JSON object, for scripts.")]
+
 DEFAULT_STORAGE = st_defaults.DEFAULT_STORAGE
 DEFAULT_ARTIFACTS = st_defaults.DEFAULT_ARTIFACT_DIR
 GRID_PRECISION_WHY = (
@@ -302,6 +304,7 @@ def show(
     storage: StorageOpt = DEFAULT_STORAGE,
     artifact_dir: ArtifactDir = DEFAULT_ARTIFACTS,
     csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Print a grid study's table beside the report's figures: mean +- sd over seeds (and n),
     differences in percent, and the report's B.2 statements as verdicts against seed noise."""
@@ -311,14 +314,21 @@ def show(
     study = st.load_study(st.open_storage(storage, must_exist=True, heartbeat=None), study_name)
     st.require_kind(study, "grid")
     p = definitions.load_preset(preset) if preset else definitions.preset_of(study.user_attrs)
-    _print_grid_table(study, p, csv)
+    _print_grid_table(study, p, csv, as_json=json_out)
 
 
-def _print_grid_table(study, preset, csv: Optional[Path]) -> None:
+def _print_grid_table(study, preset, csv: Optional[Path], as_json: bool = False) -> None:
     from vae_search.report import grid_rich_table, grid_table, write_csv
     from vae_search.selection import grid_verdicts
 
     df = grid_table(study, preset)
+    if as_json:
+        _print_json({"study": study.study_name, "preset": preset.name, "rows": _records(df),
+                     "verdicts": grid_verdicts(study, preset)})
+        if csv is not None:
+            _writable_parent(csv)
+            write_csv(df, csv)
+        return
     out = _stdout()
     out.print(grid_rich_table(df, f"{preset.title} — study {study.study_name!r}"))
     verdicts = grid_verdicts(study, preset)
@@ -329,6 +339,19 @@ def _print_grid_table(study, preset, csv: Optional[Path]) -> None:
     if csv is not None:
         _writable_parent(csv)
         write_csv(df, csv)
+
+
+def _records(df) -> list[dict]:
+    """A table's rows with NaN as null (JSON has no NaN)."""
+    import json
+
+    return json.loads(df.to_json(orient="records")) if df is not None and len(df) else []
+
+
+def _print_json(obj: dict) -> None:
+    import json
+
+    print(json.dumps(obj, default=str))
 
 
 def _writable_parent(path: Path) -> None:
@@ -541,7 +564,7 @@ def _load(storage: str, study_name: Optional[str]):
     return storage_obj, study
 
 
-def _print_best(study, storage_obj) -> None:
+def _print_best(study, storage_obj, as_json: bool = False) -> None:
     from optuna.trial import TrialState
 
     from vae_search.definitions import preset_of
@@ -553,15 +576,29 @@ def _print_best(study, storage_obj) -> None:
         raise UsageError(f"study {study.study_name!r} has no complete trial yet")
     if len(study.directions) > 1:
         front = pareto_front(study)
+        if as_json:
+            _print_json({"study": study.study_name, "pareto_front": _records(front)})
+            return
         out.print(f"Pareto front of study {study.study_name!r} (neg_elbo against parameters), {len(front)} trials:")
         out.print(markdown(front))
         return
     preset = preset_of(study.user_attrs) if study.user_attrs.get("kind") == "grid" else None
     sel = select_best(study, storage_obj, preset=preset)
+    verdicts = grid_verdicts(study, preset) if preset else []
+    save_selection_notes(study, sel, verdicts)
+    if as_json:
+        c = sel.candidate
+        _print_json({
+            "study": study.study_name, "best": c.label, "trial": sel.trial.number, "params": c.params, "n": c.n,
+            "seeds": sorted(int(r.user_attrs.get("seed", 0)) for r in c.runs),
+            **{key: {"mean": c.mean(key), "sd": None if c.n < 2 else c.sd(key)}
+               for key in ("neg_elbo", "val_loss", "recon_loss", "kl", "time_s")},
+            "params_count": int(sel.trial.user_attrs["params"]), "reasons": sel.reasons, "verdicts": verdicts,
+            "others": _records(sel.others)})
+        return
     out.print(sel.headline, markup=False, highlight=False)
     for reason in sel.reasons:
         out.print(f"  - {reason}", markup=False, highlight=False)
-    verdicts = grid_verdicts(study, preset) if preset else []
     if verdicts:
         out.print("B.2, computed (Welch's t-test at 5% over seeds):")
         for line in verdicts:
@@ -569,7 +606,6 @@ def _print_best(study, storage_obj) -> None:
     if sel.others is not None:
         out.print("other top configurations:")
         out.print(markdown(sel.others), markup=False, highlight=False)
-    save_selection_notes(study, sel, verdicts)
 
 
 @app.command()
@@ -577,6 +613,7 @@ def best(
     study_name: StudyName = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     artifact_dir: ArtifactDir = DEFAULT_ARTIFACTS,
+    json_out: JsonOpt = False,
 ) -> None:
     """Print the best trial and the reasons, in numbers (the report's B.2, computed), and
     write them as a note on the study and the trial (optuna-dashboard shows it).
@@ -589,7 +626,7 @@ def best(
     """
     storage_obj, study = _load(storage, study_name)
     st_defaults.require_kind(study, "grid", "search", "confirm")
-    _print_best(study, storage_obj)
+    _print_best(study, storage_obj, as_json=json_out)
 
 
 class Mode(StrEnum):

@@ -14,7 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vae_search.model import ModelConfig
 from vae_search.train import TrainConfig
 
+# Off a terminal (a log file, a pipe) a line stays one line: wrapped at 80 columns, paths
+# and messages would be cut where a reader or a grep looks for them.
 err = Console(stderr=True)
+if not err.is_terminal:
+    err = Console(stderr=True, soft_wrap=True)
 
 
 class TrainingProgress:

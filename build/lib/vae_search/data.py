@@ -1,0 +1,258 @@
+"""CIFAR-10 into uint8 tensors, from any of the layouts users have.
+
+Sources, tried in this order for `load_cifar10(data_dir)`:
+  - `data_dir` a .tar.gz (.tgz, .tar) of either layout below, such as the official
+    `cifar-10-python.tar.gz` or the shared JPEG copy: unpacked once into the cache folder
+    (safely: tarfile's "data" filter refuses members that would land outside it, links out
+    of it and device files), then read as that layout;
+  - `data_dir` holding `cifar-10-batches-py/` (or being that folder): torchvision's pickles;
+  - `data_dir` holding `train/<class>/*` and `test/<class>/*`: an ImageFolder copy, such as
+    the JPEG copy in ../shared/data;
+  - `data_dir` is None: `torchvision.datasets.CIFAR10(download=True)` into the cache folder.
+
+Images are decoded once into (N, 3, 32, 32) uint8 tensors and cached on disk, keyed by the
+source files' names, sizes and times, so a second run starts in seconds. Every problem a
+user can cause (no internet, a missing or empty folder, an unknown layout, an unreadable
+image) raises `UsageError` with one line naming the path and the layouts accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+from torchvision.io import ImageReadMode, decode_image
+
+from vae_search.errors import UsageError
+from vae_search.storage_io import atomic_write
+
+BATCHES_DIR = "cifar-10-batches-py"
+LAYOUTS = (
+    f"accepted layouts: a '{BATCHES_DIR}' folder (torchvision's CIFAR-10 pickles), "
+    "an ImageFolder with train/<class>/*.jpg|png and test/<class>/*.jpg|png, or a .tar.gz of either"
+)
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+@dataclass
+class Cifar10:
+    train: torch.Tensor  # (N, 3, 32, 32) uint8
+    test: torch.Tensor  # (M, 3, 32, 32) uint8, the validation split
+    source: str  # where it came from, for the trial's attributes
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of exactly the pixels used: two runs with the same fingerprint saw
+        the same data."""
+        h = hashlib.sha256()
+        for t in (self.train, self.test):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def showcase(self, n: int = 8) -> torch.Tensor:
+        """n test images spread evenly over the split (ImageFolder sorts by class, so the
+        first n would all be airplanes)."""
+        return self.test[torch.linspace(0, len(self.test) - 1, n).long()]
+
+    def limit(self, train: int | None, val: int | None) -> Cifar10:
+        return Cifar10(_subset(self.train, train), _subset(self.test, val), self.source)
+
+
+def _subset(images: torch.Tensor, n: int | None) -> torch.Tensor:
+    """A fixed subset of n images: the first n of a permutation seeded with 0, independent of
+    the trial's seed, so every run with the same limit sees the same images (and ImageFolder's
+    class-sorted order does not give n airplanes)."""
+    if n is None or n >= len(images):
+        return images
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    return images[perm[:n].sort().values]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("VAE_SEARCH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vae-search"
+
+
+def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) -> Cifar10:
+    """All of CIFAR-10 as uint8 tensors; see the module docstring for the sources."""
+    cache_dir = cache_dir or default_cache_dir()
+    if data_dir is None:
+        return _download(cache_dir)
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.exists():
+        raise UsageError(f"data folder {data_dir} does not exist; {LAYOUTS}")
+    if data_dir.is_file() and data_dir.name.endswith(ARCHIVE_SUFFIXES):
+        data = load_cifar10(_unpacked(data_dir, cache_dir), cache_dir)
+        return Cifar10(data.train, data.test, str(data_dir))
+    if not data_dir.is_dir():
+        raise UsageError(f"data path {data_dir} is not a folder; {LAYOUTS}")
+    batches = data_dir if data_dir.name == BATCHES_DIR else data_dir / BATCHES_DIR
+    if batches.is_dir():
+        return _cached(batches, cache_dir, _read_batches)
+    if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
+        return _cached(data_dir, cache_dir, _read_image_folder)
+    if not any(data_dir.iterdir()):
+        raise UsageError(f"data folder {data_dir} is empty; {LAYOUTS}")
+    raise UsageError(f"data folder {data_dir} has no layout vae-search knows; {LAYOUTS}")
+
+
+def _download(cache_dir: Path) -> Cifar10:
+    """torchvision's download of the official archive (its MD5 checked), read by our own
+    restricted reader rather than torchvision's plain pickle.load."""
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+    root = cache_dir / "torchvision"
+    cifar = datasets.CIFAR10
+    batches = root / BATCHES_DIR
+    if not all(check_integrity(str(batches / name), md5) for name, md5 in cifar.train_list + cifar.test_list):
+        try:
+            download_and_extract_archive(cifar.url, str(root), filename=cifar.filename, md5=cifar.tgz_md5)
+        except Exception as e:  # URLError, socket errors, a corrupt partial download...
+            raise UsageError(
+                f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without "
+                f"internet pass --data-dir (or set VAE_SEARCH_DATA); {LAYOUTS}"
+            ) from None
+    return _cached(batches, cache_dir, _read_batches)
+
+
+def _unpacked(archive: Path, cache_dir: Path) -> Path:
+    """The archive unpacked into the cache (once; a later call finds it), as the folder that
+    holds the layout (an archive may wrap it in one top folder)."""
+    st = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    dest = cache_dir / "unpacked" / f"{archive.name}-{key}"
+    if not dest.is_dir():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpacking-"))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")  # no absolute paths, no "..", no links out, no devices
+        except tarfile.FilterError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UsageError(f"archive {archive} has an unsafe member ({e}); not unpacked") from None
+        except (tarfile.TarError, EOFError, OSError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UsageError(f"archive {archive} cannot be unpacked ({type(e).__name__}: {e}); {LAYOUTS}") from None
+        try:
+            tmp.rename(dest)  # atomic: a worker unpacking at the same moment loses the race harmlessly
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    root = dest
+    while not (root / BATCHES_DIR).is_dir() and not (root / "train").is_dir():
+        subdirs = [d for d in root.iterdir() if d.is_dir()]
+        if len(subdirs) != 1 or root.name == BATCHES_DIR:
+            break
+        root = subdirs[0]
+    return root
+
+
+def _source_key(path: Path) -> str:
+    """Names, sizes and modification times of every file below `path`: cheap to compute
+    (no reading), and it changes when the data does."""
+    h = hashlib.sha256(str(path.resolve()).encode())
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            h.update(f"{os.path.relpath(os.path.join(root, name), path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:24]
+
+
+def _cached(path: Path, cache_dir: Path, read) -> Cifar10:
+    cache_file = cache_dir / f"cifar10-{_source_key(path)}.pt"
+    if cache_file.exists():
+        try:
+            blob = torch.load(cache_file, weights_only=True)
+            return Cifar10(blob["train"], blob["test"], str(path))
+        except Exception:
+            pass  # a cache we cannot read is rebuilt, never trusted
+    train, test = read(path)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache_file, lambda f: torch.save({"train": train, "test": test}, f))
+    except OSError:
+        pass  # a read-only cache only costs the next run a decode
+    return Cifar10(train, test, str(path))
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Python's unpickler limited to what CIFAR-10's batch files hold: dicts, lists, str,
+    bytes, ints and numpy arrays. A pickle can name any importable callable and have it
+    called (os.system, say): a data file from a shared study or an archive is untrusted, so
+    every global outside this list is refused, as safe loaders (torch's weights_only) do."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2: encode(str, "latin1")
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays and lists")
+
+
+BATCH_FILES = {True: [f"data_batch_{i}" for i in range(1, 6)], False: ["test_batch"]}
+
+
+def _read_batch(path: Path) -> torch.Tensor:
+    """One batch file -> (N, 3, 32, 32) uint8. The originals are Python 2 pickles of dicts
+    with byte-string keys (str keys once read with latin1, as torchvision reads them)."""
+    import numpy as np
+
+    try:
+        with open(path, "rb") as f:
+            entry = _BatchUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError,
+            OSError) as e:
+        raise UsageError(f"{path} is an unreadable batch file ({e}); {LAYOUTS}") from None
+    data = entry.get("data", entry.get(b"data")) if isinstance(entry, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise UsageError(f"{path} is not a CIFAR-10 batch (no 'data' array of N x 3072 bytes); {LAYOUTS}")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())  # rows are CHW, as in the pickles
+
+
+def _read_batches(batches: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    out = []
+    for train in (True, False):
+        missing = [name for name in BATCH_FILES[train] if not (batches / name).is_file()]
+        if missing:
+            raise UsageError(f"{batches} lacks some of data_batch_1..5 and test_batch ({', '.join(missing)}); {LAYOUTS}")
+        out.append(torch.cat([_read_batch(batches / name) for name in BATCH_FILES[train]]))
+    return out[0], out[1]
+
+
+def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    out = []
+    for split in ("train", "test"):
+        try:
+            folder = datasets.ImageFolder(str(root / split))
+        except (FileNotFoundError, OSError) as e:
+            raise UsageError(f"{root / split}: {e}; {LAYOUTS}") from None
+        images = torch.empty((len(folder.samples), 3, 32, 32), dtype=torch.uint8)
+        for i, (file, _) in enumerate(folder.samples):
+            try:
+                img = decode_image(file, mode=ImageReadMode.RGB)  # (3, H, W) uint8
+            except Exception as e:
+                raise UsageError(f"unreadable image {file} ({e}); {LAYOUTS}") from None
+            if img.shape != (3, 32, 32):
+                raise UsageError(
+                    f"image {file} is {tuple(img.shape[1:])} pixels, CIFAR-10 is 32x32; {LAYOUTS}"
+                )
+            images[i] = img
+        out.append(images)
+    return out[0], out[1]

@@ -1,0 +1,190 @@
+"""Samplers and pruners of a search, built from their names (the `--sampler` and `--pruner`
+choices of `vae-search optimize`).
+
+Every proposal draws from its own random stream. A sampler seeded once per process would
+hand the same start-up points to every worker started with the same `--seed` (on this
+machine through `--jobs`, or on other machines of a PostgreSQL search), and again to every
+restart of the same command: twins that waste training and give TPE the same evidence twice.
+So the sampler of trial n is seeded with (--seed, n). Trial numbers are handed out by the
+storage, once each, to whichever worker on whichever machine creates the trial, so streams
+never repeat across workers, restarts or machines, and one worker from an empty study still
+repeats exactly (its trials are 0, 1, 2, ... and the history it sees is its own).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from vae_search.errors import UsageError
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+
+
+def stream_seed(seed: int, trial_number: int) -> int:
+    """The seed of trial `trial_number`'s proposal: distinct streams for distinct numbers,
+    the same stream for the same (seed, number)."""
+    return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
+
+
+class TrialSeededSampler(BaseSampler):
+    """Delegates each trial to a sampler of its own, made by `factory(stream_seed(seed, n))`
+    for trial number n. Optuna's samplers keep what they learn in the study, not in the
+    object, so a fresh one per trial proposes as the long-lived one would, from its own stream."""
+
+    def __init__(self, factory: Callable[[int], BaseSampler], seed: int) -> None:
+        self._factory, self._seed = factory, seed
+        self._current: tuple[int, BaseSampler] | None = None
+
+    def _for(self, trial: FrozenTrial) -> BaseSampler:
+        if self._current is None or self._current[0] != trial.number:
+            self._current = (trial.number, self._factory(stream_seed(self._seed, trial.number)))
+        return self._current[1]
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:  # the streams are fixed by (seed, trial number) by design
+        pass
+
+
+def _base_sampler(name: str, seed: int, n_objectives: int) -> BaseSampler:
+    # TPE in Optuna 5 is multivariate with the constant liar by default: parallel workers
+    # do not all sample next to the same running trial.
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+
+
+def make_sampler(name: str, seed: int, n_objectives: int = 1) -> BaseSampler:
+    """The sampler `name`, with a random stream per trial (see the module docstring)."""
+    if name not in SAMPLERS:
+        raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+    if name == "cmaes" and n_objectives > 1:
+        raise UsageError("--sampler cmaes is single-objective; use tpe, gp or random with two objectives")
+    return TrialSeededSampler(lambda s: _base_sampler(name, s, n_objectives), seed)
+
+
+def space_size(space: dict[str, BaseDistribution]) -> int | None:
+    """How many distinct configurations the space holds, or None when a parameter is continuous."""
+    size = 1
+    for dist in space.values():
+        if isinstance(dist, CategoricalDistribution):
+            size *= len(dist.choices)
+        elif isinstance(dist, IntDistribution):
+            size *= (dist.high - dist.low) // dist.step + 1
+        elif isinstance(dist, FloatDistribution) and dist.step is not None:
+            size *= int(round((dist.high - dist.low) / dist.step)) + 1
+        else:
+            return None
+    return size
+
+
+# ---------------------------------------------------------------- pruners
+
+# Pruners, each with the settings benchmarks/pruning.py measured (docs/performance.md). A
+# spec is NAME or NAME:KEY=VALUE:..., on the command line and in the benchmark. Every pruner
+# acts from epoch `min` (or after `warmup`) and never after epoch `until`: on a 10-epoch
+# budget a trial stopped at epoch 9 has spent 90% of its cost, and the replay of recorded
+# curves shows late rungs saving little and losing good trials.
+PRUNERS = ("sha", "median", "percentile", "hyperband", "patient", "none")
+DEFAULT_PRUNER = "sha"
+PRUNER_DEFAULTS: dict[str, dict[str, float]] = {
+    # asynchronous successive halving: rungs at epochs min, min*rf, min*rf^2, ... up to
+    # `until`; a trial passes a rung when it is in the best 1/rf of the trials that reached it
+    "sha": {"min": 1, "rf": 3, "until": 3},
+    "hyperband": {"min": 1, "rf": 3, "until": 3},
+    # a trial goes on while it is in the better half (median) / quarter (percentile 25) of
+    # the earlier trials at every epoch, once `startup` trials have finished unpruned
+    "median": {"p": 50.0, "startup": 3, "warmup": 0, "until": 3},
+    "percentile": {"p": 25.0, "startup": 3, "warmup": 0, "until": 3},
+    # the median pruner, consulted only once a trial has not improved for `patience` epochs
+    "patient": {"patience": 1, "startup": 3, "until": 8},
+    "none": {},
+}
+
+
+def parse_pruner(spec: str) -> tuple[str, dict[str, float]]:
+    """"sha:rf=4" -> ("sha", {"min": 1, "rf": 4.0, "until": 3})."""
+    name, *pairs = spec.split(":")
+    if name not in PRUNER_DEFAULTS:
+        raise UsageError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)} (NAME or NAME:KEY=VALUE:...)")
+    settings = dict(PRUNER_DEFAULTS[name])
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in settings:
+            raise UsageError(f"pruner {name!r} has no setting {key!r}; it has {', '.join(settings) or 'none'}")
+        try:
+            settings[key] = float(value)
+        except ValueError:
+            raise UsageError(f"pruner setting {pair!r}: {value!r} is not a number") from None
+        if not np.isfinite(settings[key]) or settings[key] < 0:
+            raise UsageError(f"pruner setting {pair!r}: must be a finite number >= 0")
+    if name in ("sha", "hyperband") and (settings["rf"] < 2 or settings["min"] < 1):
+        raise UsageError(f"pruner {spec!r}: rf must be at least 2 and min at least 1")
+    if name in ("median", "percentile") and not 0 < settings["p"] < 100:
+        raise UsageError(f"pruner {spec!r}: p is a percentile between 0 and 100")
+    return name, settings
+
+
+class PruneUntil(BasePruner):
+    """`inner`, asked only up to epoch `until`; a trial that has passed it trains to the end."""
+
+    def __init__(self, inner: BasePruner, until: int) -> None:
+        self.inner, self.until = inner, until
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        return step is not None and step <= self.until and self.inner.prune(study, trial)
+
+
+def make_pruner(spec: str, epochs: int, n_objectives: int = 1) -> BasePruner:
+    """The pruner for a spec (see PRUNER_DEFAULTS); steps are epoch numbers 1, 2, ..."""
+    name, s = parse_pruner(spec)
+    if name == "none" or n_objectives > 1:  # Optuna's pruners are single-objective
+        return optuna.pruners.NopPruner()
+    if name in ("median", "percentile"):
+        # PercentilePruner prunes from step n_warmup_steps on: warmup + 1 keeps the first
+        # `warmup` epochs safe.
+        inner: BasePruner = optuna.pruners.PercentilePruner(
+            s["p"], n_startup_trials=int(s["startup"]), n_warmup_steps=int(s["warmup"]) + 1)
+    elif name == "patient":
+        with warnings.catch_warnings():  # "experimental since v2.8": stable enough for us, and measured
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            inner = optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=int(s["startup"])),
+                                                 patience=int(s["patience"]))
+    elif name == "sha":
+        inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=int(s["min"]), reduction_factor=int(s["rf"]))
+    else:
+        inner = optuna.pruners.HyperbandPruner(min_resource=int(s["min"]), max_resource=epochs,
+                                               reduction_factor=int(s["rf"]))
+    return PruneUntil(inner, int(s["until"]))

@@ -1,0 +1,343 @@
+"""`vae-search best`: the B.2 selection, computed from the numbers rather than written.
+
+A candidate is one configuration with all its runs: a search trial with its confirmation
+runs (study NAME-confirm, `vae-search confirm`), or a grid point with all its seeds.
+Candidates rank by their mean validation neg_elbo. Whether the winner's margin is real or
+seed noise is Welch's t-test (two-sided, 5%) on the runs' neg_elbo: with one run a side, a
+margin cannot be told from noise at all, and the text says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import mean, stdev
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from vae_search.definitions import Preset
+from vae_search.errors import UsageError
+from vae_search.model import IMAGE_VALUES
+from vae_search.report import pct
+from vae_search.study import CONFIRM_SUFFIX, confirm_study_name
+
+BASELINE = {"latent_dim": 8, "base_channels": 32, "beta": 1.0}  # the report's Config 2
+ALPHA = 0.05  # Welch's t-test level for "beyond seed noise"
+NOTE_BEGIN, NOTE_END = "<!-- vae-search best -->", "<!-- /vae-search best -->"
+
+
+# ---------------------------------------------------------------- candidates: configurations with their runs
+
+
+@dataclass
+class Candidate:
+    trial: FrozenTrial  # the one that names it: the search trial, or a grid point's first seed
+    runs: list[FrozenTrial]  # every complete run of these parameters (seeds), `trial` included
+    label: str = ""  # "trial 12" or "config 3"
+
+    def values(self, key: str = "neg_elbo") -> list[float]:
+        return [float(t.user_attrs[key]) for t in self.runs if key in t.user_attrs]
+
+    def mean(self, key: str = "neg_elbo") -> float:
+        return mean(self.values(key))
+
+    def sd(self, key: str = "neg_elbo") -> float:
+        v = self.values(key)
+        return stdev(v) if len(v) > 1 else float("nan")
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def params(self) -> dict:
+        return self.trial.params
+
+    def text(self, key: str = "neg_elbo", digits: int = 2) -> str:
+        """"1845.08" for one run, "1845.08 +- 0.61 (n = 3)" for several."""
+        if self.n == 1:
+            return f"{self.mean(key):.{digits}f}"
+        return f"{self.mean(key):.{digits}f} +- {self.sd(key):.{digits}f} (n = {self.n})"
+
+
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "neg_elbo" in t.user_attrs]
+
+
+def _params_key(t: FrozenTrial) -> tuple:
+    return tuple(sorted(t.params.items()))
+
+
+def candidates(study: optuna.Study, preset: Preset | None = None) -> list[Candidate]:
+    """The study's configurations, best mean neg_elbo first. A grid groups its trials by
+    parameters (one per seed); a search pairs each trial with its confirmation runs."""
+    done = _complete(study)
+    out: list[Candidate] = []
+    if study.user_attrs.get("kind") == "grid":
+        groups: dict[tuple, list[FrozenTrial]] = {}
+        for t in done:
+            groups.setdefault(_params_key(t), []).append(t)
+        for runs in groups.values():
+            runs.sort(key=lambda t: t.number)
+            point = preset.point_for(runs[0].params) if preset else None
+            label = f"config {point.config}" if point else f"trial {runs[0].number}"
+            out.append(Candidate(runs[0], runs, label))
+    else:
+        confirmations = _confirmations(study)
+        for t in done:
+            out.append(Candidate(t, [t, *confirmations.get(t.number, [])], f"trial {t.number}"))
+    return sorted(out, key=lambda c: (c.mean(), c.trial.number))
+
+
+def _confirmations(study: optuna.Study) -> dict[int, list[FrozenTrial]]:
+    """Complete confirmation runs of each search trial, by the trial's number."""
+    name = confirm_study_name(study.study_name)
+    if study.study_name.endswith(CONFIRM_SUFFIX) or name not in optuna.get_all_study_names(storage=study._storage):
+        return {}
+    out: dict[int, list[FrozenTrial]] = {}
+    for t in _complete(optuna.load_study(study_name=name, storage=study._storage)):
+        out.setdefault(int(t.user_attrs["source_trial"]), []).append(t)
+    return out
+
+
+# ---------------------------------------------------------------- seed noise
+
+
+def welch_p(a: Candidate, b: Candidate, key: str = "neg_elbo") -> float | None:
+    """Two-sided Welch's t-test p-value of the two candidates' runs; None with fewer than two
+    runs on either side (then there is no estimate of the noise)."""
+    from scipy.stats import ttest_ind
+
+    va, vb = a.values(key), b.values(key)
+    if len(va) < 2 or len(vb) < 2:
+        return None
+    p = float(ttest_ind(va, vb, equal_var=False).pvalue)
+    if math.isnan(p):  # no spread on either side: only identical means are a tie
+        return 1.0 if mean(va) == mean(vb) else 0.0
+    return p
+
+
+def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo") -> str:
+    """The winner's margin over another candidate, in plain words with the test."""
+    margin = pct(other.mean(key), winner.mean(key))  # how much higher the other is, in % of the winner (as in "others")
+    p = welch_p(winner, other, key)
+    if p is None:
+        runs = "one run each" if winner.n == other.n == 1 else f"{winner.n} and {other.n} runs"
+        return (f"{winner.label} is best by {margin:.2f}% over {other.label}, but with {runs} the margin cannot be "
+                f"told from seed noise (`vae-search confirm` / `grid --seeds 3` add seeds)")
+    if p < ALPHA:
+        return (f"{winner.label} is best by {margin:.2f}% over {other.label} (beyond seed noise: Welch's t-test "
+                f"p = {p:.3g}, n = {winner.n} and {other.n})")
+    return (f"{winner.label} and {other.label} are tied within seed noise (Welch's t-test p = {p:.2g}, n = {winner.n} "
+            f"and {other.n}, {margin:.2f}% apart); {_lighter(winner, other)}")
+
+
+def _lighter(a: Candidate, b: Candidate) -> str:
+    """Which of two tied candidates is smaller and which is faster."""
+    size = {c.label: int(c.trial.user_attrs.get("params", 0)) for c in (a, b)}
+    time_s = {c.label: c.mean("time_s") for c in (a, b)}
+    smaller = min(size, key=size.get)
+    faster = min(time_s, key=time_s.get)
+    if smaller == faster:
+        return f"{smaller} is smaller and faster ({size[smaller]:,} parameters, {time_s[smaller]:.0f} s)"
+    return (f"{smaller} is smaller ({size[smaller]:,} against {max(size.values()):,} parameters), "
+            f"{faster} faster ({time_s[faster]:.0f} s against {max(time_s.values()):.0f} s)")
+
+
+def beyond_noise(a: Candidate, b: Candidate, key: str) -> str:
+    """"beyond seed noise, p = 0.01" / "within seed noise, p = 0.4" / "one seed: noise unknown"."""
+    p = welch_p(a, b, key)
+    if p is None:
+        return "one seed: noise unknown"
+    return f"{'beyond' if p < ALPHA else 'within'} seed noise, p = {p:.2g}"
+
+
+# ---------------------------------------------------------------- the selection
+
+
+@dataclass
+class Selection:
+    trial: FrozenTrial
+    candidate: Candidate
+    headline: str
+    reasons: list[str] = field(default_factory=list)
+    others: pd.DataFrame | None = None
+
+
+def _preset_of(study: optuna.Study) -> Preset | None:
+    """A grid study's preset (its candidates are then named by the report's config numbers)."""
+    if study.user_attrs.get("kind") != "grid":
+        return None
+    from vae_search.definitions import preset_of
+
+    try:
+        return preset_of(study.user_attrs)
+    except UsageError:
+        return None
+
+
+def find_baseline(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[Candidate, str] | None:
+    """The (latent 8, base 32, beta 1) configuration: in this study if it has one, else in study b1."""
+    def match(c: Candidate) -> bool:
+        return all(c.params.get(k) == v for k, v in BASELINE.items())
+
+    found = [(c, study.study_name) for c in candidates(study, _preset_of(study)) if match(c)]
+    if not found and study.study_name != "b1" and "b1" in optuna.get_all_study_names(storage=storage):
+        b1 = optuna.load_study(study_name="b1", storage=storage)
+        found = [(c, "b1") for c in candidates(b1, _preset_of(b1)) if match(c)]
+    return min(found, key=lambda f: f[0].mean()) if found else None
+
+
+def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: int = 5, preset: Preset | None = None) -> Selection:
+    """The candidate with the lowest mean validation neg_elbo, and why, in numbers."""
+    ranked = candidates(study, preset)
+    if not ranked:
+        raise UsageError(f"study {study.study_name!r} has no complete trial with vae-search metrics")
+    best = ranked[0]
+    t, a, p = best.trial, best.trial.user_attrs, best.params
+    over = f" ({best.n} seeds)" if best.n > 1 else ""
+    headline = f"best of study {study.study_name!r}: {best.label}{over}"
+    extra = "".join(f", {k} {p[k]}" for k in ("batch_size", "lr_schedule") if k in p)
+    seeds = sorted(int(r.user_attrs.get("seed", 0)) for r in best.runs)
+    reasons = [
+        f"config: latent_dim {p['latent_dim']}, base_channels {p['base_channels']}, beta {p['beta']:.4g}, lr {p['lr']:.4g}"
+        f"{extra} ({a['epochs']} epochs, batch {a['batch_size']}, seed{'s' if len(seeds) > 1 else ''} "
+        f"{', '.join(map(str, seeds))})",
+        f"quality: val neg_elbo {best.text()}, recon loss {best.text('recon_loss')} per image (lowest mean neg_elbo of "
+        f"{len(ranked)} configurations)",
+    ]
+    if len(ranked) > 1:
+        reasons.append(f"margin: {compare(best, ranked[1])}")
+    base = find_baseline(study, storage)
+    if base is not None and not (base[1] == study.study_name and base[0].trial.number == t.number):
+        bc, where = base
+        b = bc.trial.user_attrs
+        reasons.append(
+            f"vs B.1 baseline (latent 8, base 32; {bc.label} of study {where!r}, {bc.n} run{'s' * (bc.n > 1)}): "
+            f"neg_elbo {pct(best.mean(), bc.mean()):+.2f}% ({beyond_noise(best, bc, 'neg_elbo')}), "
+            f"recon loss {pct(best.mean('recon_loss'), bc.mean('recon_loss')):+.2f}%"
+        )
+        reasons.append(f"size: {a['params']:,} parameters, {pct(a['params'], b['params']):+.1f}% against the baseline's {b['params']:,}")
+        reasons.append(f"time: {best.mean('time_s'):.1f} s to train and validate ({pct(best.mean('time_s'), bc.mean('time_s')):+.1f}% "
+                       f"against the baseline; {a.get('jobs', 1)} job(s), {a.get('threads', '?')} thread(s))")
+    else:
+        reasons.append(f"size: {a['params']:,} parameters")
+        reasons.append(f"time: {best.mean('time_s'):.1f} s to train and validate")
+    reasons.append(f"KL: {best.mean('kl'):.2f} nats per image (0 would mean posterior collapse)")
+    gap = best.mean("val_loss") - best.mean("train_loss")
+    reasons.append(f"over-fitting: train loss {best.mean('train_loss'):.2f}, val loss {best.mean('val_loss'):.2f}, gap {gap:+.2f} "
+                   f"({pct(best.mean('val_loss'), best.mean('train_loss')):+.2f}%)")
+    reasons.append(f"compression: {IMAGE_VALUES} values -> {p['latent_dim']} latents, {IMAGE_VALUES / p['latent_dim']:.0f}x")
+    rows = [
+        {"candidate": c.label, **{k: _sig(v) for k, v in c.params.items()}, "n": c.n, "neg_elbo": round(c.mean(), 2),
+         "sd": round(c.sd(), 2) if c.n > 1 else None, "vs_best_pct": round(pct(c.mean(), best.mean()), 2),
+         "recon_loss": round(c.mean("recon_loss"), 2), "params": int(c.trial.user_attrs["params"])}
+        for c in ranked[1:top]
+    ]
+    return Selection(t, best, headline, reasons, pd.DataFrame(rows) if rows else None)
+
+
+def _sig(v: object) -> object:
+    """A float parameter to 4 significant digits, as the main lines print it."""
+    return float(f"{v:.4g}") if isinstance(v, float) else v
+
+
+def pareto_front(study: optuna.Study) -> pd.DataFrame:
+    rows = [
+        {"trial": t.number, **{k: _sig(v) for k, v in t.params.items()}, "neg_elbo": round(t.values[0], 2), "params": int(t.values[1]),
+         "recon_loss": round(t.user_attrs.get("recon_loss", float("nan")), 2), "time_s": round(t.user_attrs.get("time_s", float("nan")), 1)}
+        for t in study.best_trials
+    ]
+    return pd.DataFrame(rows).sort_values("params") if rows else pd.DataFrame()
+
+
+# ---------------------------------------------------------------- the report's B.2, as verdicts
+
+
+def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
+    """The seed document's B.2 statements about the grid, computed with their seed noise:
+    which configuration is best, how each compares with the baseline, and whether more
+    parameters gave a higher loss. Empty until every point has a complete run."""
+    by_config = {int(c.label.split()[-1]): c for c in candidates(study, preset) if c.label.startswith("config ")}
+    if len(by_config) < len(preset.points) or len(by_config) < 2:
+        return []
+    key = "val_loss"
+    ranked = sorted(by_config.values(), key=lambda c: c.mean(key))
+    best = ranked[0]
+    n_min, n_max = min(c.n for c in by_config.values()), max(c.n for c in by_config.values())
+    lines = [f"seeds per point: {n_min if n_min == n_max else f'{n_min} to {n_max}'}"
+             + (f" ({'one seed' if n_max < 2 else 'some points have one seed'}: their differences cannot be told "
+                f"from seed noise; run grid --seeds 3)" if n_min < 2 else "")]
+    lines.append(f"best: {best.label} (latent {best.params['latent_dim']}, base {best.params['base_channels']}), "
+                 f"val loss {best.text(key)}; {compare(best, ranked[1], key)}")
+    if preset.baseline in by_config:
+        base = by_config[preset.baseline]
+        for config, c in sorted(by_config.items()):
+            if config == preset.baseline:
+                continue
+            lines.append(f"{c.label} against the baseline {base.label}: val loss {pct(c.mean(key), base.mean(key)):+.2f}% "
+                         f"({beyond_noise(c, base, key)})")
+        biggest = max(by_config.values(), key=lambda c: c.trial.user_attrs["params"])
+        if biggest is not base:
+            d, p = pct(biggest.mean(key), base.mean(key)), welch_p(biggest, base, key)
+            holds = (p is not None and p < ALPHA and d > 0)
+            ratio = biggest.trial.user_attrs["params"] / base.trial.user_attrs["params"]
+            lines.append(
+                f"'more parameters gave a higher loss' ({biggest.label}, {ratio:.1f}x the parameters of {base.label}): "
+                + ("holds beyond seed noise" if holds else "does not hold beyond seed noise" if p is not None else "untested (one seed)")
+                + f" (val loss {d:+.2f}%, {beyond_noise(biggest, base, key)})"
+            )
+        if best is not base:
+            a, b = best.trial.user_attrs, base.trial.user_attrs
+            lines.append(
+                f"{best.label} against {base.label}: recon loss {pct(best.mean('recon_loss'), base.mean('recon_loss')):+.2f}% "
+                f"({beyond_noise(best, base, 'recon_loss')}), parameters {pct(a['params'], b['params']):+.1f}%, "
+                f"time {pct(best.mean('time_s'), base.mean('time_s')):+.1f}%, KL {best.mean('kl'):.2f} nats, "
+                f"compression {IMAGE_VALUES} values -> {best.params['latent_dim']} latents = "
+                f"{IMAGE_VALUES / best.params['latent_dim']:.0f}x"
+            )
+    return lines
+
+
+# ---------------------------------------------------------------- the note on the dashboard
+
+
+def selection_markdown(study: optuna.Study, sel: Selection, verdicts: list[str] | None = None) -> str:
+    from vae_search.report import markdown
+
+    parts = [f"### {sel.headline}", "", *[f"- {r}" for r in sel.reasons]]
+    if verdicts:
+        parts += ["", "**B.2, computed** (Welch's t-test at 5% over seeds):", "", *[f"- {v}" for v in verdicts]]
+    if sel.others is not None:
+        parts += ["", "Other top configurations:", "", markdown(sel.others)]
+    parts += ["", "_Written by `vae-search best`; it replaces this part on every run._"]
+    return "\n".join(parts)
+
+
+def _replace_section(note: str, section: str) -> str:
+    """The note with our marked section replaced (or added); the user's own text stays."""
+    block = f"{NOTE_BEGIN}\n{section}\n{NOTE_END}" if section else ""
+    if NOTE_BEGIN in note and NOTE_END in note:
+        before, rest = note.split(NOTE_BEGIN, 1)
+        after = rest.split(NOTE_END, 1)[1]
+        return (before + block + after).strip() + "\n" if (before + block + after).strip() else ""
+    return (note.rstrip() + "\n\n" + block).strip() + "\n" if block else note
+
+
+def save_selection_notes(study: optuna.Study, sel: Selection, verdicts: list[str] | None = None) -> None:
+    """Write the selection as a markdown note on the study and on the chosen trial
+    (optuna-dashboard shows both), replacing the part an earlier `best` wrote, including
+    on a trial that is no longer the best."""
+    from optuna_dashboard import get_note, save_note
+
+    body = selection_markdown(study, sel, verdicts)
+    save_note(study, _replace_section(get_note(study), body))
+    previous = study.user_attrs.get("best_note_trial_id")
+    if previous is not None and previous != sel.trial._trial_id:
+        old = optuna.Trial(study, previous)
+        save_note(old, _replace_section(get_note(old), ""))
+    chosen = optuna.Trial(study, sel.trial._trial_id)
+    save_note(chosen, _replace_section(get_note(chosen), body))
+    study.set_user_attr("best_note_trial_id", sel.trial._trial_id)

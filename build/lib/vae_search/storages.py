@@ -1,0 +1,436 @@
+"""Optuna storages as vae-search opens them, and what keeps them sound under faults.
+
+    sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://...   RDBStorage (heartbeats)
+    journal:///FILE.log                                             JournalStorage (no heartbeats)
+    grpc://HOST:PORT                                                GrpcStorageProxy (no heartbeats)
+
+What Optuna does not do by itself, and this module adds:
+  - a database that restarts: every call of an RDB storage that fails for a lost or refused
+    connection is retried with backoff for up to `OUTAGE_S` seconds, then `StorageUnavailable`
+    (one line naming the storage) stops the worker; the running trial stays RUNNING, and
+    the heartbeat check fails and re-queues it on the next run;
+  - a dead worker's trial: Optuna fails a RUNNING trial whose heartbeat is stale, but never
+    one whose worker died before its first beat (between taking the trial and starting the
+    heartbeat thread); `fail_stale_trials` fails those too, once they are older than the grace
+    period;
+  - why a trial failed: a stale trial gets `fail_reason` ("worker stopped sending heartbeats;
+    retried as trial N"), like every other failed trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from vae_search.errors import RunError, UsageError
+
+DEFAULT_HEARTBEAT = 30  # seconds between heartbeats of a running trial (RDB storages)
+SQLITE_TIMEOUT = 120  # seconds a writer waits for SQLite's lock instead of failing "locked"
+# How long a worker waits for its database to come back before it stops (VAE_SEARCH_OUTAGE_S).
+OUTAGE_S = float(os.environ.get("VAE_SEARCH_OUTAGE_S", 60))
+MAX_RETRY = 3  # times a stale trial is re-queued
+STORAGE_HELP = (
+    "sqlite:///FILE, postgresql+psycopg://USER:PASS@HOST:PORT/DB, mysql+pymysql://..., "
+    "journal:///FILE.log or grpc://HOST:PORT"
+)
+
+
+class StorageUnavailable(RunError):
+    """The database stayed unreachable for longer than OUTAGE_S seconds."""
+
+
+SECRET_KEYS = {"password", "passwd", "pwd", "pass", "secret", "token", "sslpassword", "api_key"}
+
+
+def _split(url: str) -> tuple[str, str | None, str, list[tuple[str, str]]]:
+    """(scheme://, user-info or None, host and path, query pairs) of a storage URL. The
+    user-info ends at the *last* '@' before the path: a password may itself hold '@'."""
+    from urllib.parse import parse_qsl
+
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, "", []
+    rest, _, query = rest.partition("?")
+    creds, at, hostpath = rest.rpartition("@")
+    return scheme + "://", creds if at else None, hostpath if at else rest, parse_qsl(query, keep_blank_values=True)
+
+
+def secrets_of(url: str) -> tuple[list[str], list[str]]:
+    """The passwords of a URL (user-info and query), and their pieces around '@' and ':',
+    which a driver that split the URL at the wrong '@' quotes back in its messages (a host
+    named "ss@db" for the password "p@ss")."""
+    _, creds, _, query = _split(url)
+    found = [creds.split(":", 1)[1]] if creds and ":" in creds else []
+    found += [v for k, v in query if k.lower() in SECRET_KEYS]
+    found = [s for s in found if s]
+    pieces = {p for s in found for p in s.replace(":", "@").split("@") if p} - set(found)
+    return sorted(found, key=len, reverse=True), sorted(pieces, key=len, reverse=True)
+
+
+def redact(url: str) -> str:
+    """The URL without its passwords, for messages: postgresql://vae:***@db/x?password=***."""
+    scheme, creds, hostpath, query = _split(url)
+    if creds is None and not query:
+        return url
+    out = scheme + (f"{creds.split(':', 1)[0]}:***@" if creds and ":" in creds else f"{creds}@" if creds else "")
+    out += hostpath
+    if query:
+        out += "?" + "&".join(f"{k}={'***' if k.lower() in SECRET_KEYS else v}" for k, v in query)
+    return out
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (a driver's message, say) with every secret of `url` masked: whole passwords
+    anywhere, their pieces where they stand alone (not the "ss" inside "address")."""
+    import re
+
+    whole, pieces = secrets_of(url)
+    for secret in whole:
+        text = text.replace(secret, "***")
+    for piece in pieces:
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", "***", text)
+    return text
+
+
+# ---------------------------------------------------------------- an RDB storage that waits out a restart
+
+
+def _connection_lost(e: BaseException | None) -> bool:
+    """A lost, refused or locked connection (worth retrying), not a constraint or a bug.
+    Optuna wraps errors raised inside its sessions in StorageInternalError: look at the cause."""
+    import sqlalchemy.exc
+
+    while e is not None:
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        e = e.__cause__
+    return False
+
+
+def _retrying(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + self.outage_s, 0.25
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if not _connection_lost(e):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    reason = scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], self.url)
+                    raise StorageUnavailable(
+                        f"storage {self.label} unreachable for {self.outage_s:.0f} s ({reason}); finished trials are "
+                        "saved: run the same command again once it is back"
+                    ) from None
+                time.sleep(delay * (0.5 + random.random()))  # jittered, so workers do not reconnect in step
+                delay = min(2 * delay, 5.0)
+
+    return call
+
+
+class ResilientRDBStorage(RDBStorage):
+    """RDBStorage whose every call survives a database restart (see the module docstring).
+
+    Retrying is safe for Optuna's calls: state changes are guarded by the storage
+    (a second COMPLETE raises UpdateFinishedTrialError, which the trial loop expects), and a
+    trial created twice by a retried insert is a RUNNING trial with no heartbeat, which
+    `fail_stale_trials` fails and re-queues like any other orphan."""
+
+    outage_s: float = OUTAGE_S
+    label: str = ""
+
+
+# Every public call opens its own session, so it can be retried whole; the private helpers
+# work inside their caller's session and are retried with it.
+for _name, _member in list(vars(RDBStorage).items()):
+    if callable(_member) and (not _name.startswith("_") or _name == "_get_stale_trial_ids"):
+        setattr(ResilientRDBStorage, _name, _retrying(_member))
+
+
+# ---------------------------------------------------------------- opening a storage
+
+
+def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_exist: bool = False) -> BaseStorage:
+    """An Optuna storage for `url`. RDB storages get heartbeats (a killed worker's trial is
+    failed after 3 missed beats and re-queued by the retry callback) and ride out restarts.
+    `must_exist`: for commands that read, the storage must already be an Optuna storage: a
+    missing file, or a database without Optuna's tables, is an error, and nothing (no
+    table, no folder) is created in it."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "journal":
+        path = Path(url.split(":", 1)[1].removeprefix("//"))
+        if must_exist and not path.is_file():
+            raise UsageError(f"no study journal at {path}; run grid or optimize first")
+        if not must_exist:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if scheme == "grpc":
+        return _grpc_proxy(url)
+    if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+        raise UsageError(f"storage URL {redact(url)!r} has an unknown scheme {scheme!r}; use {STORAGE_HELP}")
+    engine_kwargs: dict[str, Any] = {}
+    if scheme == "sqlite":
+        path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
+        if path in ("", ":memory:") or "mode=memory" in url:
+            raise UsageError(f"storage {url!r} is an in-memory database that lives and dies with one process: workers "
+                             "and later commands would never see its studies; use sqlite:///FILE")
+        if must_exist:
+            _check_optuna_sqlite(Path(path))
+        else:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"cannot create the folder of {path}: {e.strerror}") from None
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # a connection that died with the server is replaced
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    # No heartbeat_stale_trial_callback: fail_stale_trials below fails and re-queues stale
+    # trials itself (with their reason); Optuna's own check is not called.
+    hb = dict(heartbeat_interval=heartbeat, grace_period=3 * heartbeat) if heartbeat else {}
+    for attempt in range(5):
+        try:
+            if must_exist and scheme != "sqlite":
+                _check_optuna_tables(url, engine_kwargs)
+            storage = ResilientRDBStorage(url=url, engine_kwargs=engine_kwargs, skip_table_creation=must_exist, **hb)
+            storage.label = redact(url)
+            if scheme == "sqlite":
+                _serialize_sqlite(storage.engine)
+            return storage
+        except ModuleNotFoundError as e:
+            raise UsageError(f"storage URL {redact(url)!r} needs the Python package {e.name!r}; pip install it") from None
+        except StorageUnavailable:
+            raise UsageError(f"cannot open storage {redact(url)}: the server does not answer") from None
+        except UsageError:
+            raise
+        except Exception as e:  # sqlalchemy's OperationalError and friends: refused, bad file
+            reason = scrub(str(getattr(e, "orig", None) or e).strip().splitlines()[0], url)
+            # Workers that open a new database at the same moment race to create its tables
+            # (the loser sees the winner's rows); once the tables exist, opening succeeds.
+            if attempt < 4 and any(m in reason for m in _CREATION_RACE):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise UsageError(f"cannot open storage {redact(url)}: {reason}") from None
+    raise AssertionError("unreachable")
+
+
+OPTUNA_TABLES = {"studies", "trials", "version_info"}  # what every Optuna RDB storage has
+
+
+def _not_optuna(where: str, tables: set[str]) -> UsageError:
+    have = ", ".join(sorted(tables)[:5]) or "no tables"
+    return UsageError(f"{where} is not an Optuna storage (it has {have}); nothing was written to it: pass the --storage "
+                      "of a study database")
+
+
+def _check_optuna_sqlite(path: Path) -> None:
+    """A read-only look at a SQLite file (sqlite3's mode=ro: not even a journal is made)."""
+    import sqlite3
+
+    if not path.is_file():
+        raise UsageError(f"no study database at {path}; run grid or optimize first, or pass --storage")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise UsageError(f"{path} is not an Optuna storage ({e}); nothing was written to it") from None
+    if not OPTUNA_TABLES <= tables:
+        raise _not_optuna(str(path), tables)
+
+
+def _check_optuna_tables(url: str, engine_kwargs: dict[str, Any]) -> None:
+    """A server database must hold Optuna's tables before a command that reads opens it."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if not OPTUNA_TABLES <= tables:
+        raise _not_optuna(redact(url), tables)
+
+
+_CREATION_RACE = ("UNIQUE constraint", "already exists", "duplicate key", "database is locked")
+
+
+def _serialize_sqlite(engine) -> None:
+    """Make every SQLite transaction BEGIN IMMEDIATE (SQLAlchemy's recipe for pysqlite).
+
+    pysqlite opens a transaction only before a write, so Optuna's read-then-write steps
+    run their read outside any transaction: two workers could both read a trial as WAITING
+    and both set it RUNNING, both training the same grid point (seen here with --jobs 2).
+    With BEGIN IMMEDIATE each transaction takes the write lock first and waits for the
+    other's (up to SQLITE_TIMEOUT): on SQLite, Optuna's state changes become atomic as they
+    are on PostgreSQL, where the row is locked with SELECT ... FOR UPDATE."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_pysqlite_transactions(dbapi_connection, record) -> None:  # noqa: ANN001
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn) -> None:  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna created the tables get the settings too
+
+
+def _grpc_proxy(url: str) -> BaseStorage:
+    """A client of `vae-search storage-proxy` (Optuna's gRPC storage proxy)."""
+    from optuna.storages import GrpcStorageProxy
+
+    hostport = url.split("://", 1)[1].strip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"storage URL {url!r}: use grpc://HOST:PORT (the address of `vae-search storage-proxy`)")
+    proxy = GrpcStorageProxy(host=host, port=int(port))
+    try:
+        proxy.wait_server_ready(timeout=10)
+    except ConnectionError:
+        raise UsageError(f"cannot open storage {url}: no storage proxy answers there within 10 s") from None
+    return proxy
+
+
+def heartbeat_interval(storage: BaseStorage) -> int | None:
+    """Seconds between heartbeats, or None where the storage keeps none (journal, gRPC)."""
+    # Duck-typed: studies wrap an RDBStorage in Optuna's cache, which forwards heartbeats.
+    return getattr(storage, "get_heartbeat_interval", lambda: None)()
+
+
+def set_heartbeat(storage: BaseStorage, interval: int | None) -> None:
+    """Beat every `interval` seconds (None or 0: no heartbeats), failing trials silent for
+    three beats. Only RDB storages keep heartbeats; for the others this does nothing."""
+    rdb = rdb_of(storage)
+    if rdb is not None:
+        rdb.heartbeat_interval = interval or None
+        rdb.grace_period = 3 * interval if interval else None
+
+
+def rdb_of(storage: BaseStorage) -> RDBStorage | None:
+    """The RDBStorage behind Optuna's in-process cache, if there is one."""
+    inner = getattr(storage, "_backend", storage)
+    return inner if isinstance(inner, RDBStorage) else None
+
+
+# ---------------------------------------------------------------- dead workers' trials
+
+
+def _unbeaten_running_trials(rdb: RDBStorage, study_id: int, grace: float) -> list[int]:
+    """RUNNING trials that never recorded a heartbeat and started more than `grace` seconds
+    ago: their worker died before its first beat (Optuna's check skips them)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    now = datetime.datetime.now()
+    with _create_scoped_session(rdb.scoped_session) as session:
+        rows = (
+            session.query(models.TrialModel)
+            .outerjoin(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+            .filter(models.TrialModel.study_id == study_id)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+            .all()
+        )
+        started = [(t.trial_id, t.datetime_start) for t in rows]  # local time, as Optuna reads it
+    return [tid for tid, start in started if start is not None and (now - start).total_seconds() > grace]
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of dead workers (no heartbeat for the grace period, or none
+    ever) with a `fail_reason`, and re-queue each as a WAITING trial (up to MAX_RETRY
+    times). Returns the ids of the trials
+    failed here; two workers checking at once fail each trial once (the state change is atomic)."""
+    storage = study._storage
+    interval, rdb = heartbeat_interval(storage), rdb_of(storage)
+    if not interval or rdb is None:
+        return []
+    grace = rdb.grace_period or 2 * interval
+    stale = set(rdb._get_stale_trial_ids(study._study_id))
+    stale |= set(_retrying(lambda self: _unbeaten_running_trials(self, study._study_id, grace))(rdb))
+    reason = f"worker stopped sending heartbeats (silent for more than {grace:.0f} s)"
+    return [tid for tid in sorted(stale) if fail_and_retry(study, tid, reason) is not None]
+
+
+def fail_and_retry(study: optuna.Study, trial_id: int, reason: str, retry: bool = True) -> str | None:
+    """Fail a RUNNING trial of a worker that is gone, with `reason`, and (if `retry`) queue
+    its parameters again; the failed trial's reason says which trial retries it. Returns
+    what became of it ("retried as trial N"), or None if the trial was no longer RUNNING (it
+    finished, or another worker failed it first: the state change is atomic)."""
+    storage = study._storage
+    if rdb_of(storage) is None:  # no direct write later: say why now, while it is RUNNING
+        with contextlib.suppress(UpdateFinishedTrialError):
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+    try:
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return None
+    except UpdateFinishedTrialError:
+        return None
+    note = "not retried"
+    if retry:
+        number = _requeue(study, storage.get_trial(trial_id))
+        note = f"retried as trial {number}" if number is not None else f"not retried (retried {MAX_RETRY} times already)"
+    _annotate_finished(storage, trial_id, "fail_reason", f"{reason}; {note}")
+    return note
+
+
+RETRY_KEEPS = ("config", "seed", "source_trial")  # the user attributes that define a point
+
+
+def _requeue(study: optuna.Study, failed: FrozenTrial) -> int | None:
+    """Queue the failed trial's parameters again as a WAITING trial. Optuna's
+    RetryHeartbeatStaleTrialCallback does this too, but copies every user attribute (the
+    failed run's history and reason would sit on the retry); this keeps only what defines
+    the point, and Optuna's `failed_trial` / `retry_history` system attributes."""
+    history = [*failed.system_attrs.get("retry_history", []), failed.number]
+    if len(history) > MAX_RETRY:
+        return None
+    template = optuna.trial.create_trial(
+        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
+        user_attrs={k: failed.user_attrs[k] for k in RETRY_KEEPS if k in failed.user_attrs},
+        system_attrs={"failed_trial": failed.system_attrs.get("failed_trial", failed.number), "retry_history": history},
+    )
+    # The new trial's number from its id, not from a look at the WAITING trials: another
+    # worker may pop it (WAITING -> RUNNING) before we look.
+    storage = study._storage
+    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    return storage.get_trial_number_from_id(trial_id)
+
+
+def _annotate_finished(storage: BaseStorage, trial_id: int, key: str, value: Any) -> None:
+    """Write a user attribute on a finished trial. Optuna refuses that through its API (a
+    finished trial is immutable), so for RDB storages it is one row written directly; the
+    reason is worth it: a failed trial says why, and which trial retries it."""
+    rdb = rdb_of(storage)
+    if rdb is None:
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(rdb.scoped_session, True) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        attr = models.TrialUserAttributeModel.find_by_trial_and_key(trial, key, session)
+        if attr is None:
+            session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+        else:
+            attr.value_json = json.dumps(value)

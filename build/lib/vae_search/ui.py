@@ -1,0 +1,85 @@
+"""Terminal output: a Rich progress bar for training (on stderr, so tables on stdout stay
+clean), and one line per finished trial."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vae_search.model import ModelConfig
+from vae_search.train import TrainConfig
+
+# Off a terminal (a log file, a pipe) a line stays one line: wrapped at 80 columns, paths
+# and messages would be cut where a reader or a grep looks for them.
+err = Console(stderr=True)
+if not err.is_terminal:
+    err = Console(stderr=True, soft_wrap=True)
+
+
+class TrainingProgress:
+    """`with TrainingProgress() as p: settings.on_batch_factory = p.factory`."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self.task: int | None = None
+
+    def __enter__(self) -> TrainingProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def factory(self, trial: optuna.Trial, model: ModelConfig, config: TrainConfig) -> Callable:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        label = f"trial {trial.number} L={model.latent_dim} b={model.base_channels}"
+        self.task = self.progress.add_task(label, total=None, loss="-")
+
+        def on_batch(epoch: int, batch: int, n_batches: int, loss: torch.Tensor) -> None:
+            if not err.is_terminal and batch == 1:  # no live bar in a log file: one line per epoch
+                err.print(f"{label} epoch {epoch}/{config.epochs}", markup=False, highlight=False)
+            self.progress.update(
+                self.task,
+                description=f"{label} epoch {epoch}/{config.epochs}",
+                completed=batch,
+                total=n_batches,
+                loss=f"{loss.item():.1f}",  # a sync every few batches; the loop itself never waits
+            )
+
+        return on_batch
+
+    def waiting(self, running: list[int]) -> None:
+        """Nothing left to start here; other workers' trials are still running."""
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        label = f"waiting for trial(s) {', '.join(map(str, running))} of other workers"
+        self.task = self.progress.add_task(label, total=None, loss="-")
+
+
+def trial_line(t: FrozenTrial) -> str:
+    p = t.params
+    cfg = f"L={p.get('latent_dim')} b={p.get('base_channels')} beta={p.get('beta', 0):.3g} lr={p.get('lr', 0):.3g}"
+    extra = {k: p[k] for k in ("batch_size", "lr_schedule") if k in p}
+    cfg += "".join(f" {k}={v}" for k, v in extra.items())
+    a = t.user_attrs
+    if "seed" in a:
+        cfg += f" seed={a['seed']}"
+    if t.state == TrialState.COMPLETE:
+        return f"trial {t.number} {cfg}: neg_elbo {a['neg_elbo']:.2f} recon {a['recon_loss']:.2f} ({a['time_s']:.0f} s)"
+    if t.state == TrialState.PRUNED:
+        return f"trial {t.number} {cfg}: pruned after epoch {a.get('pruned_at_epoch', '?')}"
+    return f"trial {t.number} {cfg}: {t.state.name} ({a.get('fail_reason', 'no reason recorded')})"
