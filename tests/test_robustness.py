@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import TINY, one_line_error, wait_for, worker
-from vae_search.storage_io import atomic_write
+from vae_search.atomic import atomic_write
 
 B1_POINTS = {(4, 32), (8, 32), (16, 32), (8, 64)}
 

@@ -22,10 +22,10 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
+from vae_search.atomic import atomic_write
 from vae_search.errors import RunError, UsageError
 from vae_search.images import interpolate, prior_samples, reconstructions, save_png
 from vae_search.model import VAE, ModelConfig
-from vae_search.storage_io import atomic_write
 from vae_search.train import TrainConfig, TrainResult
 
 CHECKPOINT_FORMAT = "vae-search-checkpoint/1"

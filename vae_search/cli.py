@@ -318,8 +318,8 @@ def show(
 
 
 def _print_grid_table(study, preset, csv: Optional[Path], as_json: bool = False) -> None:
-    from vae_search.report import grid_rich_table, grid_table, write_csv
     from vae_search.selection import grid_verdicts
+    from vae_search.tables import grid_rich_table, grid_table, write_csv
 
     df = grid_table(study, preset)
     if as_json:
@@ -568,8 +568,8 @@ def _print_best(study, storage_obj, as_json: bool = False) -> None:
     from optuna.trial import TrialState
 
     from vae_search.definitions import preset_of
-    from vae_search.report import markdown
     from vae_search.selection import grid_verdicts, pareto_front, save_selection_notes, select_best
+    from vae_search.tables import markdown
 
     out = _stdout()
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -696,7 +696,7 @@ def report(
     --data-dir adds the B.3 interpolation between test images (random pairs need no data).
     """
     from vae_search.names import file_name, inside
-    from vae_search.report_doc import write_report
+    from vae_search.report import write_report
 
     storage_obj, study = _load(storage, study_name)
     st_defaults.require_kind(study, "grid", "search", "confirm")

@@ -31,8 +31,8 @@ import torch
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image
 
+from vae_search.atomic import atomic_write
 from vae_search.errors import UsageError
-from vae_search.storage_io import atomic_write
 
 BATCHES_DIR = "cifar-10-batches-py"
 LAYOUTS = (

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from vae_search.atomic import atomic_write
 from vae_search.model import VAE
-from vae_search.storage_io import atomic_write
 
 
 @torch.inference_mode()

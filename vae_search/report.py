@@ -1,215 +1,310 @@
-"""Tables (pandas) and figures (plotly) of a study's trials; report_doc.py puts them together."""
+"""`vae-search report`: one document per study that reproduces the seed report from the
+stored studies, as report.html (one file that opens offline: plotly.js inlined once, images
+embedded) and report.md with its PNGs beside it.
+
+    B.1  the grid table beside the report's figures (mean +- sd over seeds), parameters, time
+    B.2  the selection and its computed reasons (the text of `vae-search best`)
+    B.3  the chosen trial's latent interpolation: random pairs (the report's) and image pairs
+    and, for a search: history with best-so-far, parameter importances, neg_elbo against
+    parameters (the Pareto front for two objectives), learning curves, time to quality.
+
+The PNGs of plotly figures come from kaleido, which drives a Chrome or Chromium; without one
+the markdown lists the figures by name and report.html still has them all.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
-import pandas as pd
-from optuna.trial import TrialState
-from rich.table import Table
+import torch
 
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
+from vae_search.atomic import atomic_write
+from vae_search.errors import UsageError
+from vae_search.tables import figures, grid_markdown, grid_table, markdown, markdown_table, trials_frame, write_csv
+from vae_search.ui import err
 
-from vae_search.definitions import Preset
-from vae_search.storage_io import atomic_write
-
-
-def pct(measured: float, reported: float) -> float:
-    """Difference of `measured` from `reported`, in percent of `reported`."""
-    return 100.0 * (measured - reported) / reported
-
-
-def grid_table(study: optuna.Study, preset: Preset) -> pd.DataFrame:
-    """One row per preset point: the mean (and standard deviation, n) over its COMPLETE
-    trials, one per seed, beside the report's figures, with the difference of the mean in
-    percent. Points not yet run have empty measurements."""
-    runs: dict[int, list] = {p.config: [] for p in preset.points}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        point = preset.point_for(t.params)
-        if point is not None and "val_loss" in t.user_attrs:
-            runs[point.config].append(t)
-    rows = []
-    for p in preset.points:
-        trials = sorted(runs[p.config], key=lambda t: t.number)
-        r = p.report
-        row = {
-            "config": p.config,
-            "latent_dim": p.params["latent_dim"],
-            "base_channels": p.params["base_channels"],
-            "n": len(trials),
-            "trials": " ".join(str(t.number) for t in trials),
-        }
-        for key in ("val_loss", "recon_loss", "kl", "time_s", "params"):
-            values = pd.Series([float(t.user_attrs[key]) for t in trials if key in t.user_attrs], dtype=float)
-            row[key] = values.mean() if len(values) else None
-            if key != "params":
-                row[f"{key}_sd"] = values.std() if len(values) > 1 else None  # pandas: sample sd (n - 1)
-            # a preset of one's own may have no report figures: the columns stay, empty
-            row[f"{key}_report"] = r.get(key)
-            row[f"{key}_diff_pct"] = pct(row[key], r[key]) if key in r and row[key] is not None else None
-        rows.append(row)
-    return pd.DataFrame(rows)
+FIGURE_TEXT = {
+    "history": "Optimisation history: each trial's validation neg_elbo and the best so far.",
+    "importances": "Parameter importances (fANOVA over the complete trials).",
+    "pareto_front": "Pareto front: validation neg_elbo against parameter count.",
+    "neg_elbo_vs_params": "Validation neg_elbo against parameter count, pruned trials at the epoch they stopped.",
+    "parallel_coordinates": "Parallel coordinates of the parameters, coloured by neg_elbo.",
+    "learning_curves": "Learning curves: validation neg_elbo after each epoch, pruned trials included.",
+    "time_to_quality": "Time to quality: the best neg_elbo so far against wall-clock hours.",
+}
 
 
-def _num(x: object, fmt: str) -> str:
-    return "-" if x is None or pd.isna(x) else format(x, fmt)
+@dataclass
+class Section:
+    title: str
+    text: list[str] = field(default_factory=list)  # markdown paragraphs / list items, before the table
+    table_md: str | None = None
+    after: list[str] = field(default_factory=list)  # paragraphs / list items after the table
+    images: list[tuple[str, bytes, str]] = field(default_factory=list)  # (file name, PNG bytes, caption)
+    figures: list[tuple[str, object, str]] = field(default_factory=list)  # (name, plotly figure, caption)
 
 
-def mean_sd(mean: object, sd: object, fmt: str = ".2f") -> str:
-    """"1845.08 +- 0.61" (or the mean alone for one seed)."""
-    return _num(mean, fmt) + ("" if sd is None or pd.isna(sd) else f" +- {format(sd, fmt)}")
+# ---------------------------------------------------------------- the parts
 
 
-def grid_rich_table(df: pd.DataFrame, title: str) -> Table:
-    table = Table(title=title)
-    for col in ("config", "latent", "base ch", "n", "val loss", "report", "diff", "recon loss", "report", "diff",
-                "KL", "time s", "report", "params", "report"):
-        table.add_column(col, justify="right")
-    for r in df.to_dict("records"):
-        table.add_row(
-            str(r["config"]), str(r["latent_dim"]), str(r["base_channels"]), str(r["n"]),
-            mean_sd(r["val_loss"], r["val_loss_sd"]), _num(r["val_loss_report"], ".2f"), _num(r["val_loss_diff_pct"], "+.2f") + "%",
-            mean_sd(r["recon_loss"], r["recon_loss_sd"]), _num(r["recon_loss_report"], ".2f"), _num(r["recon_loss_diff_pct"], "+.2f") + "%",
-            mean_sd(r["kl"], r["kl_sd"]), mean_sd(r["time_s"], r["time_s_sd"], ".1f"), _num(r["time_s_report"], ".1f"),
-            _num(r["params"], ",.0f"), _num(r["params_report"], ",.0f"),
-        )
-    return table
+def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Section | None:
+    """The grid table: this study's if it is a grid, else study b1's from the same storage."""
+    from vae_search.definitions import preset_of
+    from vae_search.selection import grid_verdicts
+
+    grid = study
+    if study.user_attrs.get("kind") != "grid":
+        if "b1" not in optuna.get_all_study_names(storage=storage):
+            return None
+        grid = optuna.load_study(study_name="b1", storage=storage)
+    preset = preset_of(grid.user_attrs)
+    df = grid_table(grid, preset)
+    s = Section(f"B.1 {preset.title.split(':', 1)[-1].strip().capitalize()} (study '{grid.study_name}')")
+    budget = grid.user_attrs.get("budget", {})
+    s.text.append(f"{preset.epochs if not budget else budget.get('epochs')} epochs, batch {budget.get('batch_size', preset.batch_size)}, "
+                  f"precision {budget.get('precision', 'fp32')}; values are mean +- sd over the seeds (n), beside the "
+                  "report's; parameter counts are exact.")
+    s.table_md = grid_markdown(df)
+    verdicts = grid_verdicts(grid, preset)
+    if verdicts:
+        s.after.append("**The report's B.2 statements, computed** (Welch's t-test at 5% over seeds):")
+        s.after += [f"- {v}" for v in verdicts]
+    return s
 
 
-def grid_markdown(df: pd.DataFrame) -> str:
-    """The grid table as markdown, in the terminal table's words."""
-    from tabulate import tabulate
+def _b2(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[Section, optuna.trial.FrozenTrial | None]:
+    from vae_search.definitions import preset_of
+    from vae_search.selection import pareto_front, select_best
 
-    headers = ["config", "latent", "base", "n", "val loss", "report", "diff", "recon loss", "report", "diff", "KL",
-               "time s", "report", "params", "report"]
-    rows = [
-        [r["config"], r["latent_dim"], r["base_channels"], r["n"],
-         mean_sd(r["val_loss"], r["val_loss_sd"]), _num(r["val_loss_report"], ".2f"), _num(r["val_loss_diff_pct"], "+.2f") + "%",
-         mean_sd(r["recon_loss"], r["recon_loss_sd"]), _num(r["recon_loss_report"], ".2f"), _num(r["recon_loss_diff_pct"], "+.2f") + "%",
-         mean_sd(r["kl"], r["kl_sd"]), mean_sd(r["time_s"], r["time_s_sd"], ".1f"), _num(r["time_s_report"], ".1f"),
-         _num(r["params"], ",.0f"), _num(r["params_report"], ",.0f")]
-        for r in df.to_dict("records")
-    ]
-    return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
-
-
-def write_csv(df: pd.DataFrame, path: Path) -> Path:
-    return atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
-
-
-# ---------------------------------------------------------------- `vae-search report`
-
-_DROP_ATTRS = ("history",)  # a list per trial: drawn as learning curves, not a CSV column
+    s = Section("B.2 Final architecture selection")
+    if len(study.directions) > 1:
+        front = pareto_front(study)
+        s.text.append(f"Two objectives: the Pareto front of neg_elbo against parameters, {len(front)} trials.")
+        s.table_md = markdown(front)
+        return s, None
+    preset = preset_of(study.user_attrs) if study.user_attrs.get("kind") == "grid" else None
+    try:
+        sel = select_best(study, storage, preset=preset)
+    except UsageError as e:
+        s.text.append(str(e))
+        return s, None
+    s.text.append(f"**{sel.headline}**")
+    s.text += [f"- {r}" for r in sel.reasons]
+    if sel.others is not None:
+        s.text.append("Other top configurations:")
+        s.table_md = markdown(sel.others)
+    return s, sel.trial
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """Trials with their params and user attributes, without Optuna's internal columns."""
-    df = study.trials_dataframe(attrs=("number", "state", "value" if len(study.directions) == 1 else "values",
-                                       "params", "user_attrs", "duration"))
-    df = df.drop(columns=[c for c in df.columns if c.removeprefix("user_attrs_") in _DROP_ATTRS], errors="ignore")
-    df.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in df.columns]
-    if "duration" in df:
-        df["duration"] = df["duration"].dt.total_seconds()
-    return df
+def _b3(study: optuna.Study, trial, artifact_dir: Path, images: torch.Tensor | None) -> Section:
+    from torchvision.utils import save_image
+
+    from vae_search.artifacts import artifact_store, load_model
+    from vae_search.images import interpolate
+
+    s = Section("B.3 Latent space interpolation")
+    if trial is None:
+        s.text.append("No chosen trial (no complete trial yet, or two objectives).")
+        return s
+    try:
+        model = load_model(artifact_store(artifact_dir, create=False), trial)
+    except UsageError as e:
+        s.text.append(f"Weights of trial {trial.number} not available: {e}")
+        return s
+    c = model.config
+    for mode, test in (("random", None), ("images", images)):
+        if mode == "images" and test is None:
+            recorded = trial.user_attrs.get("data_source")
+            s.text.append("Interpolation between test images: pass --data-dir (or set VAE_SEARCH_DATA)"
+                          + (f"; the trial recorded its data as {recorded!r}, which a report never opens on the "
+                             "study's word" if recorded else "") + ".")
+            continue
+        frames = interpolate(model, rows=8, steps=10, mode=mode, seed=0, images_u8=test)
+        buf = io.BytesIO()
+        save_image(frames.flatten(0, 1), buf, format="png", nrow=10, padding=2)
+        what = ("between pairs of random latent vectors z ~ N(0, I), as in the report's Figure 1" if mode == "random"
+                else "between the encodings (posterior means) of pairs of test images")
+        s.images.append((f"interpolation-{mode}.png", buf.getvalue(),
+                         f"Trial {trial.number} (latent {c.latent_dim}, base {c.base_channels}): linear interpolation "
+                         f"{what}; 8 pairs, 10 steps."))
+    return s
 
 
-def markdown(df: pd.DataFrame) -> str:
-    """A markdown table with integers as integers and floats to six significant digits.
-    (pandas' to_markdown hands tabulate numpy scalars, which it prints as floats.)"""
-    from tabulate import tabulate
+def _trial_images(study: optuna.Study, trial, artifact_dir: Path) -> list[tuple[str, bytes, str]]:
+    """The chosen trial's stored reconstructions and prior samples."""
+    from vae_search.artifacts import artifact_store
 
-    rows = df.astype(object).where(df.notna(), None).values.tolist()
-    rows = [[v.item() if hasattr(v, "item") else v for v in row] for row in rows]
-    return tabulate(rows, headers=list(df.columns), tablefmt="pipe", floatfmt=".6g", intfmt=",", missingval="")
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    cols = [c for c in ("number", "state", "latent_dim", "base_channels", "beta", "lr", "neg_elbo", "recon_loss", "kl",
-                        "val_loss", "params", "time_s", "epochs_run") if c in df]
-    return markdown(df[cols])
-
-
-def figures(study: optuna.Study) -> dict[str, go.Figure]:
-    """The study's plotly figures by name, in report order; those a study cannot have yet
-    are left out. Axes say neg_elbo (the study's metric name), never "Objective Value"."""
-    import plotly.express as px
-    from optuna import visualization as vis
-
-    multi = len(study.directions) > 1
-    target = {"target": (lambda t: t.values[0]), "target_name": "neg_elbo"} if multi else {"target_name": "neg_elbo"}
-    out: dict[str, go.Figure] = {}
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if complete:
-        out["history"] = vis.plot_optimization_history(study, **target)  # with the best value so far
-        out["history"].update_layout(title="optimisation history: validation neg_elbo and best so far")
-    if len(complete) >= 2:
+    try:
+        store, out = artifact_store(artifact_dir, create=False), []
+    except UsageError:  # no artifact folder: the report goes without the pictures
+        return []
+    for attr, name, caption in (("reconstructions_artifact_id", "reconstructions.png", "Eight test images (top) and their reconstructions."),
+                                ("samples_artifact_id", "samples.png", "Sixteen samples from the prior.")):
+        aid = trial.user_attrs.get(attr)
+        if not aid:
+            continue
         try:
-            out["importances"] = vis.plot_param_importances(study, **target)
-        except (RuntimeError, ValueError, ZeroDivisionError):
-            pass  # e.g. every trial had the same parameters (a grid with one varying axis)
-    if multi and complete:
-        out["pareto_front"] = vis.plot_pareto_front(study, target_names=["neg_elbo", "params"])
-    rows = [
-        {"trial": t.number, "neg_elbo": t.user_attrs["neg_elbo"], "params": t.user_attrs.get("params"),
-         "latent_dim": t.params.get("latent_dim"), "base_channels": t.params.get("base_channels"), "state": t.state.name}
-        for t in study.get_trials(deepcopy=False) if "neg_elbo" in t.user_attrs
-    ]
-    if rows:
-        out["neg_elbo_vs_params"] = px.scatter(
-            pd.DataFrame(rows), x="params", y="neg_elbo", color="state", hover_data=["trial", "latent_dim", "base_channels"],
-            log_x=True, title="validation neg_elbo against parameter count (pruned: at the epoch it stopped)",
-        )
-    if complete:
-        out["parallel_coordinates"] = vis.plot_parallel_coordinate(study, **target)
-    curves = learning_curves(study)
-    if curves.data:
-        out["learning_curves"] = curves
-    ttq = time_to_quality(study)
-    if ttq.data:
-        out["time_to_quality"] = ttq
+            with store.open_reader(aid) as f:
+                out.append((name, f.read(), f"Trial {trial.number}: {caption}"))
+        except Exception:  # a missing artifact only leaves the picture out
+            continue
     return out
 
 
-def learning_curves(study: optuna.Study) -> go.Figure:
-    """Validation neg_elbo per epoch of every trial that has one; pruned trials dashed."""
-    import plotly.graph_objects as go
-
-    curves = go.Figure()
-    for t in study.get_trials(deepcopy=False):
-        history = t.user_attrs.get("history") or []
-        if history:
-            curves.add_trace(go.Scatter(
-                x=[h["epoch"] for h in history], y=[h["neg_elbo"] for h in history], mode="lines+markers",
-                name=f"trial {t.number} ({t.state.name.lower()})",
-                line={"dash": "dot" if t.state == TrialState.PRUNED else "solid"}))
-    curves.update_layout(title="learning curves: validation neg_elbo per epoch (pruned trials dotted)",
-                         xaxis_title="epoch", yaxis_title="neg_elbo")
-    return curves
+def _search(study: optuna.Study) -> Section | None:
+    if study.user_attrs.get("kind") == "grid":
+        return None
+    s = Section(f"The search (study '{study.study_name}')")
+    states = trials_frame(study)["state"].value_counts().to_dict() if study.trials else {}
+    budget = study.user_attrs.get("budget", {})
+    s.text.append(
+        f"{len(study.trials)} trials ({', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}); budget "
+        f"{budget.get('epochs', '?')} epochs, batch {budget.get('batch_size', '?')}, precision {budget.get('precision', 'fp32')}."
+    )
+    for name, fig in figures(study).items():
+        s.figures.append((name, fig, FIGURE_TEXT.get(name, name)))
+    return s
 
 
-def time_to_quality(study: optuna.Study) -> go.Figure:
-    """Best validation neg_elbo so far against wall-clock hours since the study's first
-    trial started: what a user waits for a given quality (all workers together)."""
-    import plotly.graph_objects as go
+# ---------------------------------------------------------------- writing
 
-    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete and t.values),
-                  key=lambda t: t.datetime_complete)
-    fig = go.Figure()
-    if not done:
-        return fig
-    start = min(t.datetime_start for t in trials)
-    hours, best, labels, current = [0.0], [None], [""], float("inf")
-    for t in done:
-        current = min(current, t.values[0])
-        hours.append((t.datetime_complete - start).total_seconds() / 3600)
-        best.append(current)
-        labels.append(f"trial {t.number}")
-    hours, best, labels = hours[1:], best[1:], labels[1:]
-    fig.add_trace(go.Scatter(x=hours, y=best, mode="lines+markers", line_shape="hv", text=labels, name="best so far"))
-    fig.update_layout(title="time to quality: best validation neg_elbo so far against wall-clock hours",
-                      xaxis_title="hours since the first trial started", yaxis_title="best neg_elbo so far")
-    return fig
+
+def write_report(study: optuna.Study, storage: optuna.storages.BaseStorage, artifact_dir: Path, out_dir: Path,
+                 images: torch.Tensor | None = None) -> list[Path]:
+    """Write report.html, report.md with PNGs, trials.csv and trials.md into `out_dir`."""
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    b2, chosen = _b2(study, storage)
+    b3 = _b3(study, chosen, artifact_dir, images)
+    if chosen is not None:
+        b3.images += _trial_images(study, chosen, artifact_dir)
+    sections = [s for s in (_b1(study, storage), b2, b3, _search(study)) if s]
+    title = f"vae-search report: study '{study.study_name}'"
+
+    df = trials_frame(study)
+    written = [write_csv(df, out_dir / "trials.csv"),
+               atomic_write(out_dir / "trials.md", lambda f: f.write((markdown_table(df) + "\n").encode()))]
+    pngs = _write_pngs(sections, out_dir)
+    written += pngs
+    written.append(atomic_write(out_dir / "report.md", lambda f: f.write(_markdown(title, sections, pngs).encode())))
+    written.append(atomic_write(out_dir / "report.html", lambda f: f.write(_html(title, sections).encode())))
+    return written
+
+
+def _write_pngs(sections: list[Section], out_dir: Path) -> list[Path]:
+    """Every picture and figure as a PNG beside report.md; figures through kaleido, all in
+    one browser session."""
+    import plotly.io as pio
+
+    written = []
+    for s in sections:
+        for name, data, _ in s.images:
+            written.append(atomic_write(out_dir / name, lambda f, d=data: f.write(d)))
+    figs = [(name, fig) for s in sections for name, fig, _ in s.figures]
+    if figs:
+        paths = [out_dir / f"{name}.png" for name, _ in figs]
+        try:
+            pio.write_images([fig for _, fig in figs], paths, width=1000, height=560)
+            written += paths
+        except Exception as e:  # kaleido needs Chrome/Chromium
+            err.print(f"note: figures not written as PNG ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                      "they need Chrome or Chromium for kaleido (`plotly_get_chrome`, or apt-get install chromium); "
+                      "report.html has them all", markup=False, highlight=False)
+    return written
+
+
+def _markdown(title: str, sections: list[Section], pngs: list[Path]) -> str:
+    have = {p.name for p in pngs}
+    lines = [f"# {title}", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        lines += _md_paragraphs(s.text)
+        if s.table_md:
+            lines += [s.table_md, ""]
+        lines += _md_paragraphs(s.after)
+        for name, _, caption in s.images:
+            lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+        for name, _, caption in s.figures:
+            if f"{name}.png" in have:
+                lines += [f"![{caption}]({name}.png)", "", f"*{caption}*", ""]
+            else:
+                lines += [f"*{caption}* (in report.html)", ""]
+    return "\n".join(lines)
+
+
+def _md_paragraphs(text: list[str]) -> list[str]:
+    """Paragraphs separated by blank lines; consecutive "- " items as one list."""
+    lines: list[str] = []
+    for i, t in enumerate(text):
+        lines.append(t)
+        if not t.startswith("- ") or i + 1 == len(text) or not text[i + 1].startswith("- "):
+            lines.append("")
+    return lines
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:0.85em;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f3f3f3}figure{margin:1.5em 0}figcaption{color:#555;font-size:0.9em}img{image-rendering:pixelated;max-width:100%}
+li{margin:0.2em 0}"""
+
+
+def _html(title: str, sections: list[Section]) -> str:
+    from plotly.offline import get_plotlyjs
+
+    # plotly.js (about 4.5 MB) once, and only where a figure needs it (a grid's report has none)
+    script = f"<script>{get_plotlyjs()}</script>" if any(s.figures for s in sections) else ""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style>{script}</head><body><h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        parts += _html_paragraphs(s.text)
+        if s.table_md:
+            parts.append(_md_table_html(s.table_md))
+        parts += _html_paragraphs(s.after)
+        for name, data, caption in s.images:
+            src = "data:image/png;base64," + base64.b64encode(data).decode()
+            width = "" if "interpolation" not in name else " width='680'"
+            parts.append(f"<figure><img src='{src}' alt='{html.escape(name)}'{width}>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        for name, fig, caption in s.figures:
+            parts.append(f"<figure>{fig.to_html(full_html=False, include_plotlyjs=False, div_id=name)}"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _html_paragraphs(text: list[str]) -> list[str]:
+    parts: list[str] = []
+    items: list[str] = []
+    for t in text:
+        if t.startswith("- "):
+            items.append(f"<li>{_inline(t[2:])}</li>")
+            continue
+        if items:
+            parts.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        parts.append(f"<p>{_inline(t)}</p>")
+    if items:
+        parts.append("<ul>" + "".join(items) + "</ul>")
+    return parts
+
+
+def _inline(text: str) -> str:
+    """Markdown's **bold** and `code` in an otherwise escaped line."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def _md_table_html(table: str) -> str:
+    """A pipe table (as tabulate writes it) as an HTML table."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.strip().splitlines()]
+    head, body = rows[0], [r for r in rows[2:]]
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>")

@@ -17,13 +17,13 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from vae_search.definitions import Preset
+from vae_search.definitions import Preset, load_preset
 from vae_search.errors import UsageError
 from vae_search.model import IMAGE_VALUES
-from vae_search.report import pct
 from vae_search.study import CONFIRM_SUFFIX, confirm_study_name
+from vae_search.tables import pct
 
-BASELINE = {"latent_dim": 8, "base_channels": 32, "beta": 1.0}  # the report's Config 2
+REFERENCE_PRESET = "b1"  # the report whose baseline and figures a search is compared with
 ALPHA = 0.05  # Welch's t-test level for "beyond seed noise"
 NOTE_BEGIN, NOTE_END = "<!-- vae-search best -->", "<!-- /vae-search best -->"
 
@@ -179,9 +179,14 @@ def _preset_of(study: optuna.Study) -> Preset | None:
 
 
 def find_baseline(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[Candidate, str] | None:
-    """The (latent 8, base 32, beta 1) configuration: in this study if it has one, else in study b1."""
+    """The report's baseline configuration (b1.toml's `baseline`: config 2, latent 8, base 32,
+    beta 1): in this study if it has one, else in study b1."""
+    ref = load_preset(REFERENCE_PRESET)
+    point = next(p for p in ref.points if p.config == ref.baseline)
+    baseline = {k: point.params[k] for k in ("latent_dim", "base_channels", "beta")}
+
     def match(c: Candidate) -> bool:
-        return all(c.params.get(k) == v for k, v in BASELINE.items())
+        return all(c.params.get(k) == v for k, v in baseline.items())
 
     found = [(c, study.study_name) for c in candidates(study, _preset_of(study)) if match(c)]
     if not found and study.study_name != "b1" and "b1" in optuna.get_all_study_names(storage=storage):
@@ -305,7 +310,7 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
 
 
 def selection_markdown(study: optuna.Study, sel: Selection, verdicts: list[str] | None = None) -> str:
-    from vae_search.report import markdown
+    from vae_search.tables import markdown
 
     parts = [f"### {sel.headline}", "", *[f"- {r}" for r in sel.reasons]]
     if verdicts:

@@ -1,0 +1,215 @@
+"""Tables (pandas) and figures (plotly) of a study's trials; report.py puts them together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+from vae_search.atomic import atomic_write
+from vae_search.definitions import Preset
+
+
+def pct(measured: float, reported: float) -> float:
+    """Difference of `measured` from `reported`, in percent of `reported`."""
+    return 100.0 * (measured - reported) / reported
+
+
+def grid_table(study: optuna.Study, preset: Preset) -> pd.DataFrame:
+    """One row per preset point: the mean (and standard deviation, n) over its COMPLETE
+    trials, one per seed, beside the report's figures, with the difference of the mean in
+    percent. Points not yet run have empty measurements."""
+    runs: dict[int, list] = {p.config: [] for p in preset.points}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        point = preset.point_for(t.params)
+        if point is not None and "val_loss" in t.user_attrs:
+            runs[point.config].append(t)
+    rows = []
+    for p in preset.points:
+        trials = sorted(runs[p.config], key=lambda t: t.number)
+        r = p.report
+        row = {
+            "config": p.config,
+            "latent_dim": p.params["latent_dim"],
+            "base_channels": p.params["base_channels"],
+            "n": len(trials),
+            "trials": " ".join(str(t.number) for t in trials),
+        }
+        for key in ("val_loss", "recon_loss", "kl", "time_s", "params"):
+            values = pd.Series([float(t.user_attrs[key]) for t in trials if key in t.user_attrs], dtype=float)
+            row[key] = values.mean() if len(values) else None
+            if key != "params":
+                row[f"{key}_sd"] = values.std() if len(values) > 1 else None  # pandas: sample sd (n - 1)
+            # a preset of one's own may have no report figures: the columns stay, empty
+            row[f"{key}_report"] = r.get(key)
+            row[f"{key}_diff_pct"] = pct(row[key], r[key]) if key in r and row[key] is not None else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _num(x: object, fmt: str) -> str:
+    return "-" if x is None or pd.isna(x) else format(x, fmt)
+
+
+def mean_sd(mean: object, sd: object, fmt: str = ".2f") -> str:
+    """"1845.08 +- 0.61" (or the mean alone for one seed)."""
+    return _num(mean, fmt) + ("" if sd is None or pd.isna(sd) else f" +- {format(sd, fmt)}")
+
+
+def grid_rich_table(df: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("config", "latent", "base ch", "n", "val loss", "report", "diff", "recon loss", "report", "diff",
+                "KL", "time s", "report", "params", "report"):
+        table.add_column(col, justify="right")
+    for r in df.to_dict("records"):
+        table.add_row(
+            str(r["config"]), str(r["latent_dim"]), str(r["base_channels"]), str(r["n"]),
+            mean_sd(r["val_loss"], r["val_loss_sd"]), _num(r["val_loss_report"], ".2f"), _num(r["val_loss_diff_pct"], "+.2f") + "%",
+            mean_sd(r["recon_loss"], r["recon_loss_sd"]), _num(r["recon_loss_report"], ".2f"), _num(r["recon_loss_diff_pct"], "+.2f") + "%",
+            mean_sd(r["kl"], r["kl_sd"]), mean_sd(r["time_s"], r["time_s_sd"], ".1f"), _num(r["time_s_report"], ".1f"),
+            _num(r["params"], ",.0f"), _num(r["params_report"], ",.0f"),
+        )
+    return table
+
+
+def grid_markdown(df: pd.DataFrame) -> str:
+    """The grid table as markdown, in the terminal table's words."""
+    from tabulate import tabulate
+
+    headers = ["config", "latent", "base", "n", "val loss", "report", "diff", "recon loss", "report", "diff", "KL",
+               "time s", "report", "params", "report"]
+    rows = [
+        [r["config"], r["latent_dim"], r["base_channels"], r["n"],
+         mean_sd(r["val_loss"], r["val_loss_sd"]), _num(r["val_loss_report"], ".2f"), _num(r["val_loss_diff_pct"], "+.2f") + "%",
+         mean_sd(r["recon_loss"], r["recon_loss_sd"]), _num(r["recon_loss_report"], ".2f"), _num(r["recon_loss_diff_pct"], "+.2f") + "%",
+         mean_sd(r["kl"], r["kl_sd"]), mean_sd(r["time_s"], r["time_s_sd"], ".1f"), _num(r["time_s_report"], ".1f"),
+         _num(r["params"], ",.0f"), _num(r["params_report"], ",.0f")]
+        for r in df.to_dict("records")
+    ]
+    return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    return atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
+
+
+# ---------------------------------------------------------------- `vae-search report`
+
+_DROP_ATTRS = ("history",)  # a list per trial: drawn as learning curves, not a CSV column
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """Trials with their params and user attributes, without Optuna's internal columns."""
+    df = study.trials_dataframe(attrs=("number", "state", "value" if len(study.directions) == 1 else "values",
+                                       "params", "user_attrs", "duration"))
+    df = df.drop(columns=[c for c in df.columns if c.removeprefix("user_attrs_") in _DROP_ATTRS], errors="ignore")
+    df.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in df.columns]
+    if "duration" in df:
+        df["duration"] = df["duration"].dt.total_seconds()
+    return df
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A markdown table with integers as integers and floats to six significant digits.
+    (pandas' to_markdown hands tabulate numpy scalars, which it prints as floats.)"""
+    from tabulate import tabulate
+
+    rows = df.astype(object).where(df.notna(), None).values.tolist()
+    rows = [[v.item() if hasattr(v, "item") else v for v in row] for row in rows]
+    return tabulate(rows, headers=list(df.columns), tablefmt="pipe", floatfmt=".6g", intfmt=",", missingval="")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = [c for c in ("number", "state", "latent_dim", "base_channels", "beta", "lr", "neg_elbo", "recon_loss", "kl",
+                        "val_loss", "params", "time_s", "epochs_run") if c in df]
+    return markdown(df[cols])
+
+
+def figures(study: optuna.Study) -> dict[str, go.Figure]:
+    """The study's plotly figures by name, in report order; those a study cannot have yet
+    are left out. Axes say neg_elbo (the study's metric name), never "Objective Value"."""
+    import plotly.express as px
+    from optuna import visualization as vis
+
+    multi = len(study.directions) > 1
+    target = {"target": (lambda t: t.values[0]), "target_name": "neg_elbo"} if multi else {"target_name": "neg_elbo"}
+    out: dict[str, go.Figure] = {}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        out["history"] = vis.plot_optimization_history(study, **target)  # with the best value so far
+        out["history"].update_layout(title="optimisation history: validation neg_elbo and best so far")
+    if len(complete) >= 2:
+        try:
+            out["importances"] = vis.plot_param_importances(study, **target)
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            pass  # e.g. every trial had the same parameters (a grid with one varying axis)
+    if multi and complete:
+        out["pareto_front"] = vis.plot_pareto_front(study, target_names=["neg_elbo", "params"])
+    rows = [
+        {"trial": t.number, "neg_elbo": t.user_attrs["neg_elbo"], "params": t.user_attrs.get("params"),
+         "latent_dim": t.params.get("latent_dim"), "base_channels": t.params.get("base_channels"), "state": t.state.name}
+        for t in study.get_trials(deepcopy=False) if "neg_elbo" in t.user_attrs
+    ]
+    if rows:
+        out["neg_elbo_vs_params"] = px.scatter(
+            pd.DataFrame(rows), x="params", y="neg_elbo", color="state", hover_data=["trial", "latent_dim", "base_channels"],
+            log_x=True, title="validation neg_elbo against parameter count (pruned: at the epoch it stopped)",
+        )
+    if complete:
+        out["parallel_coordinates"] = vis.plot_parallel_coordinate(study, **target)
+    curves = learning_curves(study)
+    if curves.data:
+        out["learning_curves"] = curves
+    ttq = time_to_quality(study)
+    if ttq.data:
+        out["time_to_quality"] = ttq
+    return out
+
+
+def learning_curves(study: optuna.Study) -> go.Figure:
+    """Validation neg_elbo per epoch of every trial that has one; pruned trials dashed."""
+    import plotly.graph_objects as go
+
+    curves = go.Figure()
+    for t in study.get_trials(deepcopy=False):
+        history = t.user_attrs.get("history") or []
+        if history:
+            curves.add_trace(go.Scatter(
+                x=[h["epoch"] for h in history], y=[h["neg_elbo"] for h in history], mode="lines+markers",
+                name=f"trial {t.number} ({t.state.name.lower()})",
+                line={"dash": "dot" if t.state == TrialState.PRUNED else "solid"}))
+    curves.update_layout(title="learning curves: validation neg_elbo per epoch (pruned trials dotted)",
+                         xaxis_title="epoch", yaxis_title="neg_elbo")
+    return curves
+
+
+def time_to_quality(study: optuna.Study) -> go.Figure:
+    """Best validation neg_elbo so far against wall-clock hours since the study's first
+    trial started: what a user waits for a given quality (all workers together)."""
+    import plotly.graph_objects as go
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete and t.values),
+                  key=lambda t: t.datetime_complete)
+    fig = go.Figure()
+    if not done:
+        return fig
+    start = min(t.datetime_start for t in trials)
+    hours, best, labels, current = [0.0], [None], [""], float("inf")
+    for t in done:
+        current = min(current, t.values[0])
+        hours.append((t.datetime_complete - start).total_seconds() / 3600)
+        best.append(current)
+        labels.append(f"trial {t.number}")
+    hours, best, labels = hours[1:], best[1:], labels[1:]
+    fig.add_trace(go.Scatter(x=hours, y=best, mode="lines+markers", line_shape="hv", text=labels, name="best so far"))
+    fig.update_layout(title="time to quality: best validation neg_elbo so far against wall-clock hours",
+                      xaxis_title="hours since the first trial started", yaxis_title="best neg_elbo so far")
+    return fig
