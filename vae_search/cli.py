@@ -383,10 +383,12 @@ def optimize(
         "and other machines never propose the same points, and one worker from an empty study repeats exactly.")
     ] = SamplerName.tpe,
     pruner: Annotated[str, typer.Option(
-        help="Pruner on the per-epoch val neg_elbo, NAME or NAME:KEY=VALUE:...: sha (successive halving, rungs at epochs "
-        "1 and 3), hyperband, median, percentile (best quarter), patient (median after an epoch without progress), "
-        "none; none of them prunes after epoch `until`. The default is what benchmarks/pruning.py --replay measured "
-        "best (docs/performance.md).")
+        help="Pruner on the per-epoch val neg_elbo, NAME or NAME:KEY=VALUE:...: percentile (the default: a trial goes "
+        "on while it is in the best fifth of earlier trials at epochs 1 to 3, once 2 trials have finished; "
+        "percentile:p=25 for a quarter), sha (successive halving, rungs at epochs 1 and 3), hyperband, median, "
+        "patient (median after an epoch without progress), none. None of them prunes after epoch `until` (3): a late "
+        "rung costs most of a trial before it saves anything. The default is what benchmarks/pruning.py --replay "
+        "measured best on recorded curves (docs/performance.md).")
     ] = samplers.DEFAULT_PRUNER,
     include_preset: Annotated[Optional[str], typer.Option(help="Enqueue this preset's points first (b1: start from the report's grid).")] = None,
     objectives: Annotated[str, typer.Option(help="neg_elbo, or neg_elbo,params for a two-objective study (loss against size) whose "

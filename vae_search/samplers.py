@@ -117,16 +117,19 @@ def space_size(space: dict[str, BaseDistribution]) -> int | None:
 # budget a trial stopped at epoch 9 has spent 90% of its cost, and the replay of recorded
 # curves shows late rungs saving little and losing good trials.
 PRUNERS = ("sha", "median", "percentile", "hyperband", "patient", "none")
-DEFAULT_PRUNER = "sha"
+DEFAULT_PRUNER = "percentile"
 PRUNER_DEFAULTS: dict[str, dict[str, float]] = {
     # asynchronous successive halving: rungs at epochs min, min*rf, min*rf^2, ... up to
     # `until`; a trial passes a rung when it is in the best 1/rf of the trials that reached it
     "sha": {"min": 1, "rf": 3, "until": 3},
     "hyperband": {"min": 1, "rf": 3, "until": 3},
-    # a trial goes on while it is in the better half (median) / quarter (percentile 25) of
-    # the earlier trials at every epoch, once `startup` trials have finished unpruned
+    # a trial goes on while it is in the better half (median) / best fifth (percentile 20)
+    # of the earlier trials at every epoch up to `until`, once `startup` trials have finished.
+    # percentile:p=20:startup=2:until=3 is the default: on 40 recorded curves in 50 orders of
+    # arrival it trained at most 27% of the unpruned epochs, its best within 0.34% of the
+    # unpruned best (successive halving: 37%, same best) (docs/performance.md)
     "median": {"p": 50.0, "startup": 3, "warmup": 0, "until": 3},
-    "percentile": {"p": 25.0, "startup": 3, "warmup": 0, "until": 3},
+    "percentile": {"p": 20.0, "startup": 2, "warmup": 0, "until": 3},
     # the median pruner, consulted only once a trial has not improved for `patience` epochs
     "patient": {"patience": 1, "startup": 3, "until": 8},
     "none": {},
