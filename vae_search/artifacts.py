@@ -125,32 +125,6 @@ def trials_with_weights(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if WEIGHTS_ATTR in t.user_attrs]
 
 
-def choose_trial(study: optuna.Study, which: str) -> FrozenTrial:
-    """The trial `--trial` names: "best" (what `vae-search best` chooses: the lowest mean
-    neg_elbo over seeds; for two objectives the lowest neg_elbo) or a number."""
-    have = trials_with_weights(study)
-    listing = ", ".join(str(t.number) for t in have) or "none"
-    if which == "best":
-        if not have:
-            raise UsageError(f"study {study.study_name!r} has no trial with weights yet")
-        if len(study.directions) > 1:
-            return min(have, key=lambda t: t.user_attrs["neg_elbo"])
-        from vae_search.selection import candidates
-
-        ranked = [c.trial for c in candidates(study) if WEIGHTS_ATTR in c.trial.user_attrs]
-        return ranked[0] if ranked else min(have, key=lambda t: t.user_attrs["neg_elbo"])
-    try:
-        number = int(which)
-    except ValueError:
-        raise UsageError(f"--trial {which!r}: give 'best' or a trial number; trials with weights: {listing}") from None
-    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    if not found:
-        raise UsageError(f"study {study.study_name!r} has no trial {number}; trials with weights: {listing}")
-    if found[0].state != TrialState.COMPLETE or WEIGHTS_ATTR not in found[0].user_attrs:
-        raise UsageError(f"trial {number} has no weights (it is {found[0].state.name}); trials with weights: {listing}")
-    return found[0]
-
-
 def load_checkpoint(store: FileSystemArtifactStore, trial: FrozenTrial) -> dict[str, Any]:
     artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
     if artifact_id is None:

@@ -657,8 +657,9 @@ def interpolate(
     Each complete trial already carries its own random-mode interpolation PNG, made when it
     finished: Optuna does not let a finished trial take new artifacts.
     """
-    from vae_search.artifacts import artifact_store, choose_trial, load_model
+    from vae_search.artifacts import artifact_store, load_model
     from vae_search.interpolation import write_interpolation
+    from vae_search.selection import choose_trial
     from vae_search.ui import err
 
     if mode == Mode.images and data_dir is None:  # never the study's recorded data_source: it is not trusted

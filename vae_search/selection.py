@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from vae_search.artifacts import WEIGHTS_ATTR, trials_with_weights
 from vae_search.definitions import Preset, load_preset
 from vae_search.errors import UsageError
 from vae_search.model import IMAGE_VALUES
@@ -346,3 +347,38 @@ def save_selection_notes(study: optuna.Study, sel: Selection, verdicts: list[str
     chosen = optuna.Trial(study, sel.trial._trial_id)
     save_note(chosen, _replace_section(get_note(chosen), body))
     study.set_user_attr("best_note_trial_id", sel.trial._trial_id)
+
+
+# ---------------------------------------------------------------- the trial a command names
+
+
+def choose_trial(study: optuna.Study, which: str) -> FrozenTrial:
+    """The trial `--trial` names: "best" (what `vae-search best` chooses: the lowest mean
+    neg_elbo over seeds; for two objectives the lowest neg_elbo) or a number."""
+    # A copy of a study may leave some weights out (benchmarks/keep.py records which): say so.
+    dropped = {int(n) for n in study.user_attrs.get("weights_not_kept", []) if isinstance(n, int)}
+    have = [t for t in trials_with_weights(study) if t.number not in dropped]
+    listing = ", ".join(str(t.number) for t in have) or "none"
+    if which == "best":
+        if not have:
+            raise UsageError(f"study {study.study_name!r} has no trial with weights" + (" kept" if dropped else " yet"))
+        if len(study.directions) > 1:
+            return min(have, key=lambda t: t.user_attrs["neg_elbo"])
+        ranked = [c.trial for c in candidates(study) if WEIGHTS_ATTR in c.trial.user_attrs]
+        if ranked and ranked[0].number in dropped:
+            raise UsageError(f"the weights of trial {ranked[0].number}, the best of study {study.study_name!r}, were "
+                             f"not kept in this copy of the study; trials with weights: {listing}")
+        return ranked[0] if ranked else min(have, key=lambda t: t.user_attrs["neg_elbo"])
+    try:
+        number = int(which)
+    except ValueError:
+        raise UsageError(f"--trial {which!r}: give 'best' or a trial number; trials with weights: {listing}") from None
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not found:
+        raise UsageError(f"study {study.study_name!r} has no trial {number}; trials with weights: {listing}")
+    if number in dropped:
+        raise UsageError(f"the weights of trial {number} were not kept in this copy of the study (its images are in "
+                         f"the dashboard); trials with weights: {listing}")
+    if found[0].state != TrialState.COMPLETE or WEIGHTS_ATTR not in found[0].user_attrs:
+        raise UsageError(f"trial {number} has no weights (it is {found[0].state.name}); trials with weights: {listing}")
+    return found[0]

@@ -1,0 +1,113 @@
+"""Keep a long run's state in git: copy the study database and the small artifacts of a
+running or finished `benchmarks/long_runs.sh` into this checkout's benchmarks/results/search/.
+
+    python benchmarks/keep.py --from /work/wt-search     # then git add benchmarks/results/search && git commit
+
+The database is copied with SQLite's backup API (a consistent snapshot even while workers
+write to it). Every PNG artifact is copied; weights only for the trials worth loading later:
+the search's confirmed trials (its top 3, the candidates of `best`) and the first seed of
+each B.1 point. The copy records which weights it left out (study user attribute
+`weights_not_kept`) and says so in a dashboard note on the study and on each such trial, so
+`interpolate` and optuna-dashboard say "not kept" instead of failing on a missing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = Path("benchmarks/results/search")
+KEPT_RULE = ("benchmarks/results/search keeps the weights of the confirmed search trials and of each B.1 point's "
+             "first seed; every trial's images are kept")
+NOT_KEPT = f"The weights of this trial were not kept in this copy of the study ({KEPT_RULE})."
+BEGIN, END = "<!-- vae-search keep -->", "<!-- /vae-search keep -->"
+
+
+def _with_section(note: str, body: str) -> str:
+    """The note with our section (between BEGIN and END) replaced; what others wrote stays."""
+    if BEGIN in note and END in note:
+        note = note.split(BEGIN)[0] + note.split(END, 1)[1]
+    return f"{note.strip()}\n\n{BEGIN}\n{body}\n{END}".strip()
+
+
+def snapshot(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".db.tmp")
+    tmp.unlink(missing_ok=True)
+    with sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True) as source, sqlite3.connect(tmp) as target:
+        source.backup(target)
+    tmp.replace(dst)
+
+
+def keep(src_root: Path, dst_root: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+    from optuna_dashboard import get_note, save_note
+
+    from vae_search.artifacts import WEIGHTS_ATTR
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    snapshot(src_root / RESULTS / "studies.db", dst_root / RESULTS / "studies.db")
+    storage = f"sqlite:///{dst_root / RESULTS / 'studies.db'}"
+    names = optuna.get_all_study_names(storage)
+    keep_weights: set[str] = set()
+    confirmed: set[int] = set()
+    if "search-confirm" in names:
+        runs = optuna.load_study(study_name="search-confirm", storage=storage).get_trials(deepcopy=False)
+        confirmed = {int(t.user_attrs["source_trial"]) for t in runs if "source_trial" in t.user_attrs}
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        dropped = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            wid = t.user_attrs.get(WEIGHTS_ATTR)
+            if wid is None:
+                continue
+            wanted = (name == "search" and t.number in confirmed) or (name == "b1" and t.user_attrs.get("seed") == 0)
+            if wanted:
+                keep_weights.add(wid)
+            else:
+                dropped.append(t.number)
+                trial = optuna.Trial(study, t._trial_id)
+                save_note(trial, _with_section(get_note(trial), NOT_KEPT))
+        study.set_user_attr("weights_not_kept", dropped)
+        if dropped:
+            save_note(study, _with_section(get_note(study), f"Weights not kept in this copy for trial(s) "
+                                           f"{', '.join(map(str, dropped))}: {KEPT_RULE}."))
+    src_art, dst_art = src_root / RESULTS / "artifacts", dst_root / RESULTS / "artifacts"
+    dst_art.mkdir(parents=True, exist_ok=True)
+    weights_ids = set()
+    for name in names:
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+            if WEIGHTS_ATTR in t.user_attrs:
+                weights_ids.add(t.user_attrs[WEIGHTS_ATTR])
+    copied = size = 0
+    for f in src_art.iterdir() if src_art.is_dir() else []:
+        if f.name.startswith("."):
+            continue
+        if f.name in weights_ids and f.name not in keep_weights:
+            (dst_art / f.name).unlink(missing_ok=True)
+            continue
+        if not (dst_art / f.name).exists() or (dst_art / f.name).stat().st_size != f.stat().st_size:
+            shutil.copy2(f, dst_art / f.name)
+        copied += 1
+        size += f.stat().st_size
+    print(f"kept {dst_root / RESULTS}: studies {', '.join(sorted(names))}; {copied} artifacts ({size / 2**20:.1f} MiB), "
+          f"weights of {len(keep_weights)} trials")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--from", dest="src", type=Path, required=True, help="the worktree that runs long_runs.sh")
+    ap.add_argument("--to", dest="dst", type=Path, default=ROOT, help="the checkout to copy into (this one)")
+    args = ap.parse_args()
+    keep(args.src, args.dst)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""benchmarks/keep.py: a long run's studies copied into git with the small artifacts and only
+the weights worth keeping; what was left out is said, not a failure."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import optuna
+
+from tests.conftest import TINY, one_line_error
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _keep_module():
+    spec = importlib.util.spec_from_file_location("keep", ROOT / "benchmarks" / "keep.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["keep"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keep_copies_the_study_and_says_which_weights_it_left_out(tmp_path, batches_dir, cli):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    results = "benchmarks/results/search"
+    storage = f"sqlite:///{src / results / 'studies.db'}"
+    assert cli("optimize", "--trials", 2, "--epochs", 1, "--pruner", "none", "--data-dir", batches_dir, *TINY,
+               "--storage", storage, "--artifact-dir", src / results / "artifacts")[0] == 0
+    search = optuna.load_study(study_name="search", storage=storage)
+    confirmed = min(search.trials, key=lambda t: t.value).number  # as `confirm --top 1` would pick
+    other = 1 - confirmed
+    runs = optuna.create_study(study_name="search-confirm", storage=storage)
+    runs.add_trial(optuna.trial.create_trial(params=search.trials[confirmed].params,
+                                             distributions=search.trials[confirmed].distributions, value=1.0,
+                                             user_attrs={"source_trial": confirmed, "seed": 1}))
+    _keep_module().keep(src, dst)
+
+    copy = f"sqlite:///{dst / results / 'studies.db'}"
+    assert set(optuna.get_all_study_names(copy)) == {"search", "search-confirm"}
+    kept = optuna.load_study(study_name="search", storage=copy)
+    assert kept.user_attrs["weights_not_kept"] == [other]
+    art = dst / results / "artifacts"
+    assert (art / kept.trials[confirmed].user_attrs["weights_artifact_id"]).is_file()
+    assert not (art / kept.trials[other].user_attrs["weights_artifact_id"]).exists()
+    assert (art / kept.trials[other].user_attrs["reconstructions_artifact_id"]).is_file()  # images stay
+
+    from optuna_dashboard import get_note
+
+    assert "were not kept" in get_note(optuna.Trial(kept, kept.trials[other]._trial_id))
+    rc, _, err = cli("interpolate", "--trial", other, "--study-name", "search", "--storage", copy, "--artifact-dir", art,
+                     "--out", tmp_path / "out")
+    assert rc == 2 and f"the weights of trial {other} were not kept" in one_line_error(err)
+    rc, _, err = cli("interpolate", "--trial", confirmed, "--study-name", "search", "--storage", copy,
+                     "--artifact-dir", art, "--out", tmp_path / "out")
+    assert rc == 0, err
