@@ -81,6 +81,23 @@ def test_precision_is_recorded_and_a_study_does_not_mix_them(tmp_path, batches_d
     assert rc == 2 and "precision is bf16 there, fp32 here" in one_line_error(err)
 
 
-def test_grid_help_says_why_it_defaults_to_fp32(cli):
+def test_grid_help_says_why_it_defaults_to_auto(cli):
+    import re
+
     rc, out, _ = cli("grid", "--help")
-    assert rc == 0 and "grid defaults to fp32" in " ".join(out.split())
+    text = re.sub(r"[│\s]+", " ", out)  # the help as prose, without Rich's panel borders
+    assert rc == 0 and "grid defaults to auto" in text and "0.06% of fp32" in text
+
+
+def test_grid_defaults_to_auto(tmp_path, batches_dir, cli, monkeypatch):
+    """auto is bf16 where the CPU does it natively, fp32 elsewhere, for the grid too."""
+    from vae_search import train
+
+    monkeypatch.setattr(train, "native_bf16", lambda device: True)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    assert cli("grid", "--epochs", 1, "--data-dir", batches_dir, "--limit-train", 64, "--limit-val", 16, "--batch-size",
+               64, "--compile", "off", "--storage", storage, "--artifact-dir", tmp_path / "art")[0] == 0
+    import optuna
+
+    trials = optuna.load_study(study_name="b1", storage=storage).trials
+    assert {t.user_attrs["precision"] for t in trials} == {"bf16"}
