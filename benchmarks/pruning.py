@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--orders", type=int, default=20, help="orders of arrival per pruner (at least 3)")
+    ap.add_argument("--orders", type=int, default=50, help="orders of arrival per pruner (at least 3)")
     ap.add_argument("--pruners", default=",".join(CANDIDATES), help="candidate specs, comma-separated")
     ap.add_argument("--out", type=Path, default=OUT, help="folder of curves.db, curves.json and curves-live.db")
     args = ap.parse_args()
