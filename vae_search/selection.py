@@ -120,12 +120,23 @@ def welch_p(a: Candidate, b: Candidate, key: str = "neg_elbo") -> float | None:
     return p
 
 
-def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo") -> str:
-    """The winner's margin over another candidate, in plain words with the test."""
+def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo", noise: Noise | None = None,
+            confirm_hint: str = "") -> str:
+    """The winner's margin over another candidate, in plain words with the test. Where a side
+    has one run, the seed noise measured elsewhere in the storage (`noise`) judges it; tied
+    candidates are named smaller and faster first, with the command that would settle it."""
     margin = pct(other.mean(key), winner.mean(key))  # how much higher the other is, in % of the winner (as in "others")
     p = welch_p(winner, other, key)
     if p is None:
         runs = "one run each" if winner.n == other.n == 1 else f"{winner.n} and {other.n} runs"
+        diff = other.mean(key) - winner.mean(key)
+        if noise is not None and abs(diff) < noise.band(winner.n, other.n):
+            return (f"{_tied_pair(winner, other)} are tied: {margin:.2f}% apart with {runs}, "
+                    f"{_single_run_verdict(diff, noise, winner.n, other.n)}; {_lighter(winner, other)}"
+                    + (f"; {confirm_hint} would settle it" if confirm_hint else ""))
+        if noise is not None:
+            return (f"{winner.label} is best by {margin:.2f}% over {other.label} ({runs}), "
+                    f"{_single_run_verdict(diff, noise, winner.n, other.n)}")
         return (f"{winner.label} is best by {margin:.2f}% over {other.label}, but with {runs} the margin cannot be "
                 f"told from seed noise (`vae-search confirm` / `grid --seeds 3` add seeds)")
     if p < ALPHA:
@@ -133,6 +144,12 @@ def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo") -> str:
                 f"p = {p:.3g}, n = {winner.n} and {other.n})")
     return (f"{winner.label} and {other.label} are tied within seed noise (Welch's t-test p = {p:.2g}, n = {winner.n} "
             f"and {other.n}, {margin:.2f}% apart); {_lighter(winner, other)}")
+
+
+def _tied_pair(a: Candidate, b: Candidate) -> str:
+    """"trial 46 and trial 44", the smaller (then faster) one first."""
+    first, second = sorted((a, b), key=lambda c: (int(c.trial.user_attrs.get("params", 0)), c.mean("time_s")))
+    return f"{first.label} and {second.label}"
 
 
 def _lighter(a: Candidate, b: Candidate) -> str:
@@ -153,6 +170,60 @@ def beyond_noise(a: Candidate, b: Candidate, key: str) -> str:
     if p is None:
         return "one seed: noise unknown"
     return f"{'beyond' if p < ALPHA else 'within'} seed noise, p = {p:.2g}"
+
+
+@dataclass
+class Noise:
+    """Seed noise of one run's neg_elbo, pooled over configurations with several seeds."""
+
+    sd: float  # pooled standard deviation of one run, nats per image
+    df: int  # its degrees of freedom: sum of (runs - 1)
+    source: str  # where it was measured, in words
+
+    def band(self, n_a: int, n_b: int) -> float:
+        """Half-width of the 95% band of a difference of means of n_a and n_b runs."""
+        from scipy.stats import t as student
+
+        return float(student.ppf(0.975, self.df)) * self.sd * math.sqrt(1 / n_a + 1 / n_b)
+
+
+def pooled_noise(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Noise | None:
+    """The seed noise measured anywhere in the storage: the grids' points with several seeds
+    and the search trials with confirmation runs (for this study first, then the b1 grid)."""
+    groups: list[tuple[str, list[float]]] = []
+    names = optuna.get_all_study_names(storage=storage)
+    for name in dict.fromkeys([study.study_name, "b1"]):
+        if name not in names:
+            continue
+        other = study if name == study.study_name else optuna.load_study(study_name=name, storage=storage)
+        if other.user_attrs.get("kind") not in ("grid", "search"):
+            continue
+        for c in candidates(other, _preset_of(other)):
+            if c.n > 1:
+                groups.append((name, c.values()))
+    if not groups:
+        return None
+    df = sum(len(v) - 1 for _, v in groups)
+    sd = math.sqrt(sum((len(v) - 1) * stdev(v) ** 2 for _, v in groups) / df)
+    where = ", ".join(f"study {n!r}" for n in dict.fromkeys(n for n, _ in groups))
+    return Noise(sd, df, f"{len(groups)} configurations with several seeds in {where}")
+
+
+def _single_run_verdict(diff: float, noise: Noise | None, n_a: int, n_b: int) -> str:
+    """Whether a difference of `diff` nats is inside seed noise measured elsewhere."""
+    if noise is None:
+        return "no seed noise measured in this storage yet (`vae-search confirm` / `grid --seeds 3` add seeds)"
+    band = noise.band(n_a, n_b)
+    inside = "inside" if abs(diff) < band else "beyond"
+    return (f"{inside} the seed noise measured in this storage (+-{band:.2f} nats at 95%, from one run's sd "
+            f"{noise.sd:.2f} over {noise.source})")
+
+
+def _verdict(a: Candidate, b: Candidate, noise: Noise | None) -> str:
+    """Welch's t-test where both sides have several runs, else the noise measured elsewhere."""
+    if a.n > 1 and b.n > 1:
+        return beyond_noise(a, b, "neg_elbo")
+    return _single_run_verdict(a.mean() - b.mean(), noise, a.n, b.n)
 
 
 # ---------------------------------------------------------------- the selection
@@ -214,15 +285,19 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
         f"quality: val neg_elbo {best.text()}, recon loss {best.text('recon_loss')} per image (lowest mean neg_elbo of "
         f"{len(ranked)} configurations)",
     ]
+    noise = pooled_noise(study, storage) if study.user_attrs.get("kind") != "grid" else None
     if len(ranked) > 1:
-        reasons.append(f"margin: {compare(best, ranked[1])}")
+        hint = f"`vae-search confirm --study-name {study.study_name} --top 2 --seeds 3`" if best.n == 1 else ""
+        reasons.append(f"margin: {compare(best, ranked[1], noise=noise, confirm_hint=hint)}")
+    if study.user_attrs.get("kind") != "grid":
+        reasons += _against_the_report(best, study, storage, noise)
     base = find_baseline(study, storage)
     if base is not None and not (base[1] == study.study_name and base[0].trial.number == t.number):
         bc, where = base
         b = bc.trial.user_attrs
         reasons.append(
             f"vs B.1 baseline (latent 8, base 32; {bc.label} of study {where!r}, {bc.n} run{'s' * (bc.n > 1)}): "
-            f"neg_elbo {pct(best.mean(), bc.mean()):+.2f}% ({beyond_noise(best, bc, 'neg_elbo')}), "
+            f"neg_elbo {pct(best.mean(), bc.mean()):+.2f}% ({_verdict(best, bc, noise)}), "
             f"recon loss {pct(best.mean('recon_loss'), bc.mean('recon_loss')):+.2f}%"
         )
         reasons.append(f"size: {a['params']:,} parameters, {pct(a['params'], b['params']):+.1f}% against the baseline's {b['params']:,}")
@@ -243,6 +318,33 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
         for c in ranked[1:top]
     ]
     return Selection(t, best, headline, reasons, pd.DataFrame(rows) if rows else None)
+
+
+def _against_the_report(best: Candidate, study: optuna.Study, storage: optuna.storages.BaseStorage,
+                        noise: Noise | None) -> list[str]:
+    """The winner against the report's best (b1.toml's reference figures: one run, seed
+    unknown) and against the B.1 grid's best in the same storage (its mean over seeds),
+    each with a noise verdict. The report's val loss is recon + KL at beta 1: neg_elbo."""
+    ref = load_preset(REFERENCE_PRESET)
+    top = min((p for p in ref.points if "val_loss" in p.report), key=lambda p: p.report["val_loss"])
+    a = best.trial.user_attrs
+    if (a.get("n_train"), a.get("n_val"), a.get("epochs")) not in ((50_000, 10_000, ref.epochs), (None, None, ref.epochs)):
+        return [f"vs the report's best: not comparable (this study trains {a.get('epochs')} epochs on "
+                f"{a.get('n_train')} images and validates on {a.get('n_val')}; the report: {ref.epochs} on 50,000 and "
+                "10,000)"]
+    diff = best.mean() - top.report["val_loss"]
+    out = [f"vs the report's best (config {top.config}, val loss {top.report['val_loss']:.2f}, one run): neg_elbo "
+           f"{pct(best.mean(), top.report['val_loss']):+.2f}%, {_single_run_verdict(diff, noise, best.n, 1)}"]
+    names = optuna.get_all_study_names(storage=storage)
+    if REFERENCE_PRESET in names and study.study_name != REFERENCE_PRESET:
+        grid = optuna.load_study(study_name=REFERENCE_PRESET, storage=storage)
+        ranked = candidates(grid, _preset_of(grid)) if grid.user_attrs.get("kind") == "grid" else []
+        if ranked:
+            g = ranked[0]
+            verdict = _verdict(best, g, noise)
+            out.append(f"vs the B.1 grid's best here ({g.label} of study {REFERENCE_PRESET!r}, {g.text()}): neg_elbo "
+                       f"{pct(best.mean(), g.mean()):+.2f}%, {verdict}")
+    return out
 
 
 def _sig(v: object) -> object:

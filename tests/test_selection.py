@@ -1,0 +1,80 @@
+"""What `best` says about a search: the winner against the report's best and the B.1 grid in
+the same storage, each with a noise verdict; single runs judged by the seed noise measured
+elsewhere in the storage; ties named smaller and faster first, with the command that settles
+them. Synthetic studies: no training needed."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from vae_search.definitions import load_preset
+
+DIST = {"latent_dim": IntDistribution(2, 128), "base_channels": CategoricalDistribution([16, 32, 48, 64]),
+        "beta": FloatDistribution(0.25, 4.0), "lr": FloatDistribution(1e-4, 1e-2)}
+
+
+def _trial(params: dict, neg_elbo: float, n_params: int, time_s: float, seed: int = 0, **extra):
+    attrs = {"neg_elbo": neg_elbo, "val_loss": neg_elbo, "recon_loss": neg_elbo - 20, "kl": 20.0,
+             "train_loss": neg_elbo - 5, "time_s": time_s, "params": n_params, "epochs": 10, "batch_size": 128,
+             "seed": seed, "n_train": 50_000, "n_val": 10_000, **extra}
+    return optuna.trial.create_trial(params=params, distributions={k: DIST[k] for k in params}, value=neg_elbo,
+                                     user_attrs=attrs)
+
+
+@pytest.fixture
+def storage(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    grid = optuna.create_study(study_name="b1", storage=url)
+    grid.set_user_attr("kind", "grid")
+    grid.set_user_attr("preset", "b1")
+    noise = [0.3, -0.3]  # sd 0.42 per point
+    for p in load_preset("b1").points:
+        for seed, e in enumerate(noise):
+            grid.add_trial(_trial(p.params, p.report["val_loss"] + 2.5 + e, p.report["params"], 600.0, seed,
+                                  config=p.config))
+    search = optuna.create_study(study_name="search", storage=url)
+    search.set_user_attr("kind", "search")
+    wide = {"latent_dim": 63, "base_channels": 64, "beta": 0.851, "lr": 1.9e-3}
+    narrow = {"latent_dim": 70, "base_channels": 32, "beta": 0.9, "lr": 2e-3}
+    search.add_trial(_trial(wide, 1824.32, 1_500_000, 1200.0))
+    search.add_trial(_trial(narrow, 1824.59, 580_000, 460.0))
+    return url
+
+
+def test_best_of_a_search_speaks_to_the_question(storage, cli):
+    rc, out, err = cli("best", "--study-name", "search", "--storage", storage)
+    assert rc == 0, err
+    text = " ".join(out.split())
+    # one run each, 0.01% apart: inside the noise measured on the grid's seeds; the smaller, faster one named first
+    assert "trial 1 and trial 0 are tied: 0.01% apart with one run each, inside the seed noise" in text
+    assert "4 configurations with several seeds in study 'b1'" in text
+    assert "trial 1 is smaller and faster" in text
+    assert "`vae-search confirm --study-name search --top 2 --seeds 3` would settle it" in text
+    # against the report's best (config 3, 1843.23) and the grid here (config 3's mean, 1845.73)
+    assert "vs the report's best (config 3, val loss 1843.23, one run): neg_elbo -1.03%, beyond the seed noise" in text
+    assert "vs the B.1 grid's best here (config 3 of study 'b1', 1845.73 +- 0.42 (n = 2)): neg_elbo -1.16%" in text
+
+
+def test_a_clear_winner_with_single_runs_is_beyond_the_measured_noise(storage, cli):
+    search = optuna.load_study(study_name="search", storage=storage)
+    search.add_trial(_trial({"latent_dim": 8, "base_channels": 16, "beta": 1.0, "lr": 1e-3}, 1900.0, 100_000, 300.0))
+    rc, out, _ = cli("best", "--study-name", "search", "--storage", storage, "--json")
+    import json
+
+    reasons = json.loads(out)["reasons"]
+    assert any("tied" in r for r in reasons)  # the top two are still tied
+    rc, out, _ = cli("best", "--study-name", "search", "--storage", storage)
+    assert "1900" not in out.split("other top configurations")[0]
+
+
+def test_a_subset_study_is_not_compared_with_the_report(tmp_path, cli):
+    url = f"sqlite:///{tmp_path}/s.db"
+    search = optuna.create_study(study_name="search", storage=url)
+    search.set_user_attr("kind", "search")
+    search.add_trial(_trial({"latent_dim": 8, "base_channels": 16, "beta": 1.0, "lr": 1e-3}, 1900.0, 100_000, 30.0,
+                            n_train=5000, n_val=2000))
+    rc, out, err = cli("best", "--storage", url, "--study-name", "search")
+    assert rc == 0, err
+    assert "vs the report's best: not comparable (this study trains 10 epochs on 5000 images" in " ".join(out.split())
