@@ -329,6 +329,12 @@ def _is_point(t: FrozenTrial, point: Point, default_seed: int) -> bool:
     return all(params.get(k) == v for k, v in point.params.items()) and trial_seed(t, default_seed) == point.seed
 
 
+def points_complete(study: optuna.Study, points: Sequence[Point], default_seed: int = 0) -> int:
+    """How many of `points` have a COMPLETE trial."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sum(1 for pt in points if any(_is_point(t, pt, default_seed) for t in complete))
+
+
 def enqueue_missing_points(study: optuna.Study, points: Sequence[Point], default_seed: int = 0) -> int:
     """Queue every point that has no COMPLETE, RUNNING or WAITING trial yet. A trial without
     a recorded seed (from before seeds existed) counts as `default_seed`."""

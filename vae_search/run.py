@@ -1,0 +1,516 @@
+"""The run layer under the CLI: what a training command does between parsing its options and
+printing its table, and what the reading commands share.
+
+A training command (`grid`, `optimize`, `confirm`) opens the storage, settles the study's
+heartbeat, resolves device and precision, checks the study's budget cheaply (before any
+data), loads the data, creates or loads the study, checks the budget against the data,
+announces what it trains on, and runs its trials: in this process, in a worker of a parent
+command (reporting to it), or as `--jobs` worker processes started with the command's own
+arguments (passed in explicitly, as `argv`). Progress and announcements go to stderr here;
+tables are the CLI's.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+
+from vae_search import definitions, samplers
+from vae_search import study as st
+from vae_search.errors import RunError, UsageError
+from vae_search.objective import OBJECTIVES, RunSettings, make_objective
+from vae_search.ui import err
+
+FAIL_STALE_HINT = ("nothing checks them on this storage (no heartbeats: a journal or gRPC storage, or --heartbeat 0); "
+                   "if their workers are gone, `vae-search fail-stale --older-than 2h` (longer than any trial takes) "
+                   "fails and re-queues them")
+
+
+@dataclass
+class Training:
+    """The options every training command shares, as given (None: the study's or the default)."""
+
+    argv: Sequence[str]  # the command's own arguments, for its --jobs workers
+    storage: str
+    artifact_dir: Path
+    data_dir: Path | None = None
+    limit_train: int | None = None
+    limit_val: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str | None = "auto"
+    jobs: int | None = None
+    compile: str = "auto"  # auto | on | off
+    heartbeat: int | None = None
+    notes: list[str] = field(default_factory=list)  # said after the command succeeds
+
+    @classmethod
+    def pick(cls, argv: Sequence[str], notes: list[str], given: dict[str, Any]) -> Training:
+        """The training options among a command's arguments (enums as their values)."""
+        from dataclasses import fields
+        from enum import Enum
+
+        keys = {f.name for f in fields(cls)} - {"argv", "notes"}
+        options = {k: v.value if isinstance(v, Enum) else v for k, v in given.items() if k in keys}
+        return cls(argv=list(argv), notes=notes, **options)
+
+
+@dataclass
+class Prepared:
+    storage: BaseStorage
+    study: optuna.Study
+    settings: RunSettings
+
+
+def is_worker() -> bool:
+    from vae_search.workers import worker_identity
+
+    return worker_identity() is not None
+
+
+def say(message: str) -> None:
+    """A line on stderr, from the command a user started (a worker's parent speaks for it)."""
+    if not is_worker():
+        err.print(message)
+
+
+def device_and_precision(device: str, precision: str):
+    """The torch device and the resolved precision (fp32 or bf16), known before any data."""
+    from vae_search.train import pick_device, resolve_precision
+
+    dev = pick_device(device)
+    return dev, resolve_precision(precision, dev)
+
+
+def _settings(opts: Training, *, epochs: int, batch_size: int, seed: int, device, precision: str,
+              objectives: tuple[str, ...] = ("neg_elbo",)) -> RunSettings:
+    from vae_search.artifacts import artifact_store
+    from vae_search.data import load_cifar10
+    from vae_search.workers import apply_worker_threads, worker_identity
+
+    apply_worker_threads()
+    store = artifact_store(opts.artifact_dir)
+    if worker_identity() is None:
+        with err.status("loading CIFAR-10"):
+            data = load_cifar10(opts.data_dir).limit(opts.limit_train, opts.limit_val)
+    else:
+        data = load_cifar10(opts.data_dir).limit(opts.limit_train, opts.limit_val)  # from the cache the parent filled
+    return RunSettings(
+        data=data, epochs=epochs, batch_size=batch_size, seed=seed, device=device, store=store,
+        compile={"auto": "auto", "on": True, "off": False}[opts.compile], precision=precision, objectives=objectives,
+        jobs=(worker_identity() or (1, 1))[1],
+    )
+
+
+def _announce(settings: RunSettings, study: optuna.Study) -> None:
+    """What the run trains on, said once its options have passed every check (so that an
+    error stays one line), and which trials nothing can check."""
+    from vae_search.train import native_bf16
+
+    d, dev, prec = settings.data, settings.device, settings.precision
+    say(f"data: {len(d.train)} train / {len(d.test)} val images from {d.source}; device {dev}, {prec}")
+    if prec == "bf16" and not native_bf16(dev):
+        say(f"note: {dev} has no native bf16 (no AVX512_BF16 or AMX); bf16 is emulated and many times slower than fp32")
+    held = st.unchecked_running(study)
+    if held:
+        say(f"note: trial(s) {', '.join(map(str, held))} of study {study.study_name!r} are RUNNING and {FAIL_STALE_HINT}")
+
+
+def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precision: str, seed: int | None = None,
+            storage: BaseStorage | None = None, directions: Sequence[str] = ("minimize",),
+            sampler: optuna.samplers.BaseSampler | None = None, pruner: optuna.pruners.BasePruner | None = None,
+            objectives: tuple[str, ...] = ("neg_elbo",), budget: dict[str, Any] | None = None,
+            check_data: Callable[[RunSettings], None] | None = None) -> Prepared:
+    """The shared setup of a training command, in the order that keeps errors cheap: the
+    storage, the heartbeat and the budget are checked before the data is loaded."""
+    storage = storage or st.open_storage(opts.storage, heartbeat=opts.heartbeat)
+    dev, prec = device_and_precision(opts.device, precision)
+    existing = st.existing_study(storage, name)
+    beat = st.settle_heartbeat(storage, existing, opts.heartbeat)
+    st.check_budget(existing, {"epochs": epochs, "batch_size": batch_size, "precision": prec}, record=False)
+    settings = _settings(opts, epochs=epochs, batch_size=batch_size, seed=opts.seed if seed is None else seed,
+                         device=dev, precision=prec, objectives=objectives)
+    if check_data is not None:  # before the study is created, so a refusal leaves nothing behind
+        check_data(settings)
+    study = st.create_or_load(storage, name, directions=directions, sampler=sampler, pruner=pruner)
+    st.check_budget(study, {**(budget or {}), "epochs": epochs, "batch_size": batch_size,
+                            "data_fingerprint": settings.data.fingerprint, "precision": settings.precision})
+    st.record_heartbeat(study, beat)
+    _announce(settings, study)
+    return Prepared(storage, study, settings)
+
+
+def run_trials(p: Prepared, opts: Training, loop: Callable[..., int], *, total: int, done: int,
+               counts: Callable[[str], bool], title: str) -> int:
+    """Run `loop(on_trial_end=, on_wait=)` here, in a worker of a parent command, or as
+    `opts.jobs` worker processes; returns how many trials this process (or its workers) trained."""
+    from vae_search import workers
+    from vae_search.storages import fail_and_retry
+    from vae_search.ui import TrainingProgress, trial_line
+
+    if workers.worker_identity() is not None:  # a worker: report to the parent, print nothing
+        with workers.reporter() as rep:
+            p.settings.on_batch_factory = rep.factory
+            return loop(on_trial_end=lambda t: rep.trial_end(t.state.name, t.number, trial_line(t)), on_wait=rep.waiting)
+    n = min(opts.jobs or workers.default_jobs(p.settings.device), max(1, total - done))
+    if n <= 1:
+        with TrainingProgress() as progress:
+            p.settings.on_batch_factory = progress.factory
+            return loop(on_trial_end=lambda t: err.print(trial_line(t)), on_wait=progress.waiting)
+
+    err.print(f"{n} workers, {workers.threads_per_worker(n)} torch thread(s) each")
+    started = datetime.datetime.now()
+    rc = workers.run_workers(opts.argv, n, device=p.settings.device, console=err, total=total, done=done,
+                             counts=counts, title=title,
+                             on_death=lambda trial_id, reason, retry: fail_and_retry(p.study, trial_id, reason, retry))
+    if rc == 130:
+        raise KeyboardInterrupt
+    if rc != 0:
+        raise RunError(f"a worker failed (exit code {rc}; its messages are above); finished trials are saved: run the "
+                       "same command again to complete the study")
+    # what the workers trained: the trials that ended during this run, repeats not counted
+    return sum(1 for t in p.study.get_trials(deepcopy=False) if t.datetime_complete and t.datetime_complete >= started
+               and not t.user_attrs.get("fail_reason", "").startswith(("duplicate of trial", "repeats the parameters")))
+
+
+def _run_points(p: Prepared, opts: Training, points: list[st.Point], distributions: dict, seed: int,
+                title: str) -> None:
+    st.enqueue_missing_points(p.study, points, seed)
+    objective = make_objective(p.settings, distributions)
+    ran = run_trials(p, opts, lambda **kw: st.run_points(p.study, points, objective, default_seed=seed, **kw),
+                     total=len(points), done=st.points_complete(p.study, points, seed),
+                     counts=lambda s: s == "COMPLETE", title=title)
+    say(f"study {p.study.study_name!r}: this run trained {ran} trial(s); {st.points_complete(p.study, points, seed)} of "
+        f"{len(points)} points complete")
+
+
+# ---------------------------------------------------------------- the training commands
+
+
+def grid(opts: Training, preset_name: str, seeds: int, study_name: str | None) -> tuple[optuna.Study, definitions.Preset]:
+    """Every (point, seed) of a preset, each trained exactly once across all workers."""
+    preset = definitions.load_preset(preset_name)
+    name = study_name or preset.name
+    p = prepare(opts, name, epochs=opts.epochs or preset.epochs, batch_size=opts.batch_size or preset.batch_size,
+                precision=opts.precision or "auto", pruner=st.NO_PRUNING)  # every point runs its full budget
+    say(f"preset {preset.name!r}: {preset.path}")
+    p.study.set_user_attr("preset", preset.name)  # a name: a study never makes a command read a file of its choosing
+    p.study.set_user_attr("kind", "grid")
+    points = st.grid_points(preset, st.seeds_from(opts.seed, seeds))
+    _run_points(p, opts, points, preset.distributions(), opts.seed, f"study {name!r}: points complete")
+    return p.study, preset
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    objs = tuple(o.strip() for o in text.split(",") if o.strip())
+    if not objs or objs[0] != "neg_elbo" or len(objs) > 2 or any(o not in OBJECTIVES for o in objs) or len(set(objs)) != len(objs):
+        raise UsageError(f"--objectives {text!r}: use neg_elbo or neg_elbo,params")
+    return objs
+
+
+def optimize(opts: Training, *, trials: int, timeout: float | None, space: str | None, sampler: str, pruner: str,
+             include_preset: str | None, objectives: str, study_name: str) -> tuple[optuna.Study, BaseStorage]:
+    """The search: trials until the study has `trials` finished ones, counting every worker's."""
+    objs = parse_objectives(objectives)
+    distributions = definitions.load_space(space)
+    preset = definitions.load_preset(include_preset) if include_preset else None
+    epochs, batch_size = opts.epochs or 10, opts.batch_size or 128
+    smp = samplers.make_sampler(sampler, opts.seed, len(objs))
+    prn = samplers.make_pruner(pruner, epochs, len(objs))
+    size = samplers.space_size(distributions)
+    if size is not None and size < trials:
+        raise UsageError(f"the search space holds {size} configurations, fewer than --trials {trials}; every trial "
+                         f"trains a configuration of its own: ask for at most {size} or widen the space")
+    p = prepare(opts, study_name, epochs=epochs, batch_size=batch_size, precision=opts.precision or "auto",
+                directions=["minimize"] * len(objs), sampler=smp, pruner=prn, objectives=objs)
+    study = p.study
+    say(f"search space: {definitions.space_path(space)}"
+        + (f"; preset {preset.name!r} first: {preset.path}" if preset is not None else ""))
+    study.set_user_attr("kind", "search")
+    study.set_user_attr("objectives", list(objs))
+    if preset is not None:
+        st.enqueue_missing_points(study, st.grid_points(preset, [opts.seed]), opts.seed)
+    already = st.finished_count(study)
+    say(f"study {study.study_name!r}: {already} of {trials} trials finished; sampler {sampler}, pruner "
+        f"{'none' if len(objs) > 1 else pruner}")
+    objective = make_objective(p.settings, distributions)
+    ran = run_trials(
+        p, opts, lambda **kw: st.run_optimize(study, objective, n_trials=trials, space=distributions, timeout=timeout, **kw),
+        total=trials, done=already, counts=lambda s: s in ("COMPLETE", "PRUNED"), title=f"study {study_name!r}: finished trials",
+    )
+    finished = st.finished_count(study)
+    say(f"study {study.study_name!r}: this run trained {ran} trial(s); {finished} finished in all")
+    held = st.unchecked_running(study)
+    if finished < trials and timeout is None and held:
+        say(f"study {study.study_name!r} has {finished} of {trials} finished trials: trial(s) "
+            f"{', '.join(map(str, held))} still hold the other slots as RUNNING; {FAIL_STALE_HINT}")
+    return study, p.storage
+
+
+def plan_confirm(search: optuna.Study, top: int) -> list:
+    """The search trials `confirm` retrains: its `top` best complete ones. A study of another
+    kind, with two objectives, or with nothing complete is one line."""
+    if search.study_name.endswith(st.CONFIRM_SUFFIX) or search.user_attrs.get("kind") == "confirm":
+        raise UsageError(f"study {search.study_name!r} holds confirmation runs; pass the search's --study-name")
+    st.require_kind(search, "search")
+    if len(search.directions) > 1:
+        raise UsageError(f"study {search.study_name!r} has two objectives; confirm ranks single-objective searches")
+    best = st.top_trials(search, top)
+    if not best:
+        raise UsageError(f"study {search.study_name!r} has no complete trial yet")
+    return best
+
+
+def confirm(opts: Training, *, top: int, seeds: int, study_name: str | None) -> tuple[optuna.Study, BaseStorage]:
+    """The search's best trials again with further seeds, in the companion study NAME-confirm."""
+    storage = st.open_storage(opts.storage, heartbeat=opts.heartbeat, must_exist=True)
+    search = st.load_study(storage, study_name)
+    if study_name is None:
+        opts.notes.append(f"(study {search.study_name!r}: the most recently written; pass --study-name for another)")
+    best = plan_confirm(search, top)
+    budget = search.user_attrs.get("budget") or {}
+    precision = opts.precision or budget.get("precision") or best[0].user_attrs.get("precision") or "fp32"
+    _, prec = device_and_precision(opts.device, precision)
+    given = {"epochs": opts.epochs, "batch_size": opts.batch_size, "precision": prec}
+    st.check_budget(search, {k: v for k, v in given.items() if v is not None}, record=False)  # same budget, or refused
+    name = st.confirm_study_name(search.study_name)
+
+    def same_data(settings: RunSettings) -> None:
+        if budget.get("data_fingerprint") and budget["data_fingerprint"] != settings.data.fingerprint:
+            raise UsageError(f"these data differ from study {search.study_name!r}'s (fingerprint "
+                             f"{settings.data.fingerprint}, the search had {budget['data_fingerprint']}); pass the "
+                             "search's --data-dir and --limit-*")
+
+    p = prepare(opts, name, epochs=int(budget.get("epochs") or best[0].user_attrs["epochs"]),
+                batch_size=int(budget.get("batch_size") or best[0].user_attrs["batch_size"]), precision=precision,
+                seed=0, storage=storage, pruner=st.NO_PRUNING, budget=budget, check_data=same_data)
+    p.study.set_user_attr("kind", "confirm")
+    p.study.set_user_attr("confirms", search.study_name)
+    points = st.confirm_points(best, seeds)
+    distributions = {k: v for t in best for k, v in t.distributions.items()}
+    say(f"study {name!r}: confirming trials {', '.join(str(t.number) for t in best)} of study "
+        f"{search.study_name!r} with {seeds} seeds each ({len(points)} runs)")
+    _run_points(p, opts, points, distributions, 0, f"study {name!r}: runs complete")
+    return search, storage
+
+
+# ---------------------------------------------------------------- the reading commands
+
+
+def load_for_reading(storage_url: str, study_name: str | None, notes: list[str]) -> tuple[BaseStorage, optuna.Study]:
+    """A study as it is (nothing created); without a name, the most recently written, said
+    in `notes` once the command has succeeded (so an error stays one line)."""
+    storage = st.open_storage(storage_url, must_exist=True, heartbeat=None)
+    study = st.load_study(storage, study_name)
+    if study_name is None:
+        notes.append(f"(study {study.study_name!r}: the most recently written; pass --study-name for another)")
+    return storage, study
+
+
+@dataclass
+class Choice:
+    """What `best` found: one object, rendered by the CLI (text or JSON), the dashboard note
+    and the report."""
+
+    study: optuna.Study
+    selection: Any = None  # selection.Selection for one objective
+    verdicts: list[str] = field(default_factory=list)  # a grid's B.2 statements
+    front: Any = None  # the Pareto front (a DataFrame) for two objectives
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same numbers as the text, for scripts (`best --json`)."""
+        if self.front is not None:
+            return {"study": self.study.study_name, "pareto_front": records(self.front)}
+        sel = self.selection
+        c = sel.candidate
+        return {
+            "study": self.study.study_name, "best": c.label, "trial": sel.trial.number, "params": c.params, "n": c.n,
+            "seeds": sorted(int(r.user_attrs.get("seed", 0)) for r in c.runs),
+            **{key: {"mean": c.mean(key), "sd": None if c.n < 2 else c.sd(key)}
+               for key in ("neg_elbo", "val_loss", "recon_loss", "kl", "time_s")},
+            "params_count": int(sel.trial.user_attrs["params"]), "reasons": sel.reasons, "verdicts": self.verdicts,
+            "others": records(sel.others)}
+
+
+def records(df) -> list[dict]:
+    """A table's rows with NaN as null (JSON has no NaN)."""
+    import json
+
+    return json.loads(df.to_json(orient="records")) if df is not None and len(df) else []
+
+
+@dataclass
+class GridSummary:
+    """A grid study's table beside its preset's figures, and the B.2 statements as verdicts."""
+
+    study: optuna.Study
+    preset: definitions.Preset
+    table: Any  # DataFrame, one row per point
+    verdicts: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study.study_name, "preset": self.preset.name, "rows": records(self.table),
+                "verdicts": self.verdicts}
+
+
+def grid_summary(study: optuna.Study, preset: definitions.Preset) -> GridSummary:
+    from vae_search.selection import grid_verdicts
+    from vae_search.tables import grid_table
+
+    return GridSummary(study, preset, grid_table(study, preset), grid_verdicts(study, preset))
+
+
+def show(storage_url: str, study_name: str, preset: str | None) -> GridSummary:
+    storage = st.open_storage(storage_url, must_exist=True, heartbeat=None)
+    study = st.load_study(storage, study_name)
+    st.require_kind(study, "grid")
+    return grid_summary(study, definitions.load_preset(preset) if preset else definitions.preset_of(study.user_attrs))
+
+
+def choose_best(study: optuna.Study, storage: BaseStorage) -> Choice:
+    """The study's best and its reasons, also written as a note on the study and the trial."""
+    from vae_search.selection import grid_verdicts, pareto_front, save_selection_notes, select_best
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise UsageError(f"study {study.study_name!r} has no complete trial yet")
+    if len(study.directions) > 1:
+        return Choice(study, front=pareto_front(study))
+    preset = definitions.preset_of(study.user_attrs) if study.user_attrs.get("kind") == "grid" else None
+    sel = select_best(study, storage, preset=preset)
+    verdicts = grid_verdicts(study, preset) if preset else []
+    save_selection_notes(study, sel, verdicts)
+    return Choice(study, sel, verdicts)
+
+
+def interpolate(storage_url: str, study_name: str | None, notes: list[str], *, trial: str, artifact_dir: Path,
+                out_dir: Path, rows: int, steps: int, mode: str, seed: int, data_dir: Path | None):
+    """The trial's interpolation PNG (returned, with the trial) and its dashboard figure."""
+    from vae_search.artifacts import artifact_store, load_model
+    from vae_search.interpolation import write_interpolation
+    from vae_search.selection import choose_trial
+
+    if mode == "images" and data_dir is None:  # never the study's recorded data_source: it is not trusted
+        raise UsageError("--mode images needs the test images: pass --data-dir (or set VAE_SEARCH_DATA)")
+    _, study = load_for_reading(storage_url, study_name, notes)
+    chosen = choose_trial(study, trial)
+    store = artifact_store(artifact_dir, create=False)
+    model = load_model(store, chosen)
+    images = _test_images(data_dir) if mode == "images" else None
+    writable_folder(out_dir)
+    png = write_interpolation(study, chosen, model, store, out_dir=out_dir, rows=rows, steps=steps, mode=mode,
+                              seed=seed, images=images)
+    return study, chosen, png
+
+
+def _test_images(data_dir: Path | None):
+    from vae_search.data import load_cifar10
+
+    return load_cifar10(data_dir).test if data_dir is not None else None
+
+
+def report(storage_url: str, study_name: str | None, notes: list[str], *, artifact_dir: Path, out: Path,
+           data_dir: Path | None) -> list[Path]:
+    """The study's report in OUT/<the study's name as a safe folder name>/."""
+    from vae_search.names import file_name, inside
+    from vae_search.report import write_report
+
+    storage, study = load_for_reading(storage_url, study_name, notes)
+    st.require_kind(study, "grid", "search", "confirm")
+    writable_folder(out)
+    return write_report(study, storage, artifact_dir, inside(out, file_name(study.study_name)),
+                        images=_test_images(data_dir))
+
+
+def writable_folder(folder: Path) -> None:
+    """`folder` exists and can be written, or one line says why."""
+    import os
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {folder}: {e.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write to {folder}: permission denied")
+
+
+def loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def dashboard(storage_url: str, artifact_dir: Path, host: str, port: int) -> None:
+    """optuna-dashboard on the storage as it is (nothing created) and the artifact folder."""
+    import optuna_dashboard
+
+    from vae_search.artifacts import artifact_store
+
+    storage = st.open_storage(storage_url, must_exist=True, heartbeat=None)
+    try:
+        store = artifact_store(artifact_dir, create=False)
+    except UsageError as e:  # the studies are still worth a look; their files are not there
+        err.print(f"note: {e}; trials' images and weights will not show")
+        store = None
+    if not loopback(host):
+        err.print(f"warning: listening on {host}: optuna-dashboard has no authentication, and anyone who can reach "
+                  f"this port can read every study and delete studies, trials' notes and artifacts; keep it on a "
+                  "trusted network (or use the default 127.0.0.1 with an SSH tunnel)")
+    err.print(f"optuna-dashboard on http://{host}:{port}/ (storage {st.redact(storage_url)}, artifacts {artifact_dir})")
+    try:
+        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def storage_proxy(storage_url: str, host: str, port: int) -> None:
+    """Optuna's gRPC storage proxy in front of a database."""
+    if storage_url.lower().startswith("grpc:"):
+        raise UsageError("--storage of storage-proxy is the database it serves, not another proxy")
+    if storage_url.lower().startswith("journal:"):
+        raise UsageError("Optuna's storage proxy serves a database (sqlite, postgresql, mysql), not a journal file")
+    # A heartbeat-free storage: nobody beats through the proxy, so the proxy itself must not fail trials as stale.
+    backend = optuna.storages.get_storage(st.open_storage(storage_url, heartbeat=None))
+    if not loopback(host):
+        err.print(f"warning: listening on {host}: the storage proxy has no TLS and no authentication, and anyone who "
+                  "can reach this port can read, change and delete every study; keep it on a trusted network")
+    err.print(f"Optuna gRPC storage proxy on {host}:{port} for {st.redact(storage_url)} (Ctrl-C stops it)")
+    try:
+        optuna.storages.run_grpc_proxy_server(backend, host=host, port=port)
+    except RuntimeError as e:  # grpc: "Failed to bind"
+        raise UsageError(f"cannot listen on {host}:{port}: {e}") from None
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """"90s", "30m", "2h", "1d" -> seconds."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        value = float(number) * _DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        raise UsageError(f"--older-than {text!r}: give a number and a unit, as in 90s, 30m, 2h or 1d") from None
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"--older-than {text!r}: must be a positive duration")
+    return value
+
+
+def fail_stale(storage_url: str, study_name: str | None, notes: list[str], older_than: str,
+               dry_run: bool) -> tuple[optuna.Study, list[tuple[int, str]]]:
+    seconds = duration(older_than)
+    _, study = load_for_reading(storage_url, study_name, notes)
+    return study, st.fail_running_older_than(study, seconds, dry_run=dry_run)
