@@ -14,6 +14,7 @@ each B.1 point. The copy records which weights it left out (study user attribute
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sqlite3
 import sys
@@ -97,8 +98,42 @@ def keep(src_root: Path, dst_root: Path) -> None:
             shutil.copy2(f, dst_art / f.name)
         copied += 1
         size += f.stat().st_size
+    status = {name: study_status(optuna.load_study(study_name=name, storage=storage)) for name in sorted(names)}
+    (dst_root / RESULTS / "status.json").write_text(json.dumps(status, indent=1) + "\n")
+    for name, st in status.items():
+        print(f"  {name}: {st['finished']} finished ({st['complete']} complete, {st['pruned']} pruned), {st['failed']} "
+              f"failed, {st['running']} running; {st['wall_h']:.2f} h of wall time with trials running, "
+              f"{st['trial_h']:.2f} h of trial time; best {st['best']}")
     print(f"kept {dst_root / RESULTS}: studies {', '.join(sorted(names))}; {copied} artifacts ({size / 2**20:.1f} MiB), "
           f"weights of {len(keep_weights)} trials")
+
+
+def study_status(study) -> dict:
+    """Counts, and the wall time in all from the trials' own timestamps: the union of every
+    trial's [start, end], so time spent across several sessions adds up and a pause between
+    them does not count."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials if t.datetime_start and t.datetime_complete)
+    wall, end = 0.0, None
+    for a, b in spans:
+        if end is None or a > end:
+            wall += (b - a).total_seconds()
+            end = b
+        elif b > end:
+            wall += (b - end).total_seconds()
+            end = b
+    count = {s: sum(t.state == s for t in trials) for s in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    best = min(complete, key=lambda t: t.values[0]) if complete else None
+    return {"finished": count[TrialState.COMPLETE] + count[TrialState.PRUNED], "complete": count[TrialState.COMPLETE],
+            "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL], "running": count[TrialState.RUNNING],
+            "wall_h": round(wall / 3600, 3), "trial_h": round(sum((b - a).total_seconds() for a, b in spans) / 3600, 3),
+            "workers": sorted({t.user_attrs.get("jobs") for t in trials if t.user_attrs.get("jobs")}),
+            "precision": sorted({t.user_attrs.get("precision") for t in trials if t.user_attrs.get("precision")}),
+            "best": None if best is None else {"trial": best.number, "neg_elbo": round(best.values[0], 2),
+                                               "params": best.params}}
 
 
 def main() -> None:

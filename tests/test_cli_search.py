@@ -274,7 +274,10 @@ def test_dashboard_serves_study_attributes_and_artifacts(searched, cli, tmp_path
         figures = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
         assert figures[f"trial-{chosen.number}-interpolation-random"]["data"][0]["type"] == "image"
         assert detail["has_intermediate_values"]
-        assert all(len(t["intermediate_values"]) == 2 for t in detail["trials"])  # the learning curves, 2 epochs
+        # the learning curves: every epoch a trial ran (2 for complete ones, fewer for pruned ones)
+        ran = {t.number: t.user_attrs["epochs_run"] for t in _study(tmp).get_trials() if "epochs_run" in t.user_attrs}
+        assert ran and all(len(by_number[n]["intermediate_values"]) == e for n, e in ran.items())
+        assert any(len(t["intermediate_values"]) == 2 for t in detail["trials"] if t["state"] == "Complete")
         trial = next(t for t in detail["trials"] if t["state"] == "Complete")
         attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
         assert {"neg_elbo", "recon_loss", "params", "history"} <= set(attrs)
@@ -316,7 +319,7 @@ class TestBadInput:
         assert rc == 2 and "--objectives" in one_line_error(err)
 
     def test_best_on_empty_storage(self, cli, tmp_path):
-        optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path}/s.db")
+        optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path}/s.db").set_user_attr("kind", "search")
         rc, _, err = cli("best", "--storage", f"sqlite:///{tmp_path}/s.db")
         assert rc == 2 and "no complete trial" in one_line_error(err)
 

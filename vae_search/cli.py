@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import warnings
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import optuna
 import typer
 
 from vae_search import options as o
@@ -34,11 +36,9 @@ app = typer.Typer(
 
 
 def _stdout():
-    """A console for tables: a file or pipe gets 200 columns, not rich's default 80."""
-    from rich.console import Console
+    from vae_search.ui import table_console
 
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    return table_console()
 
 
 def _training(ctx: typer.Context, given: dict[str, Any]):
@@ -414,6 +414,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     interrupts as exit 130."""
     global _interrupted
     _interrupted = False
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the commands print their own progress
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # metric names, notes
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends a trial like Ctrl-C does
     signal.signal(signal.SIGINT, _raise_interrupt)
     args = sys.argv[1:] if argv is None else list(argv)

@@ -11,6 +11,7 @@ import typer
 
 from vae_search import samplers
 from vae_search import study as st_defaults
+from vae_search.storages import STORAGE_HELP
 
 
 class Device(StrEnum):
@@ -49,7 +50,7 @@ DataDir = Annotated[
 ]
 LimitTrain = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N training images (quick runs).")]
 LimitVal = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N test images for validation.")]
-StorageOpt = Annotated[str, typer.Option(envvar="VAE_SEARCH_STORAGE", help=f"Optuna storage URL: {st_defaults.STORAGE_HELP}.")]
+StorageOpt = Annotated[str, typer.Option(envvar="VAE_SEARCH_STORAGE", help=f"Optuna storage URL: {STORAGE_HELP}.")]
 StudyName = Annotated[Optional[str], typer.Option(help="Study name (default: the study most recently written).")]
 ArtifactDir = Annotated[Path, typer.Option(envvar="VAE_SEARCH_ARTIFACTS", help="Folder of the artifact store (weights, images).")]
 CompileOpt = Annotated[

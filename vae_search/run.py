@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from vae_search import definitions, samplers
+from vae_search import definitions, samplers, storages
 from vae_search import study as st
 from vae_search.errors import RunError, UsageError
 from vae_search.objective import OBJECTIVES, RunSettings, make_objective
@@ -132,7 +132,7 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
             check_data: Callable[[RunSettings], None] | None = None) -> Prepared:
     """The shared setup of a training command, in the order that keeps errors cheap: the
     storage, the heartbeat and the budget are checked before the data is loaded."""
-    storage = storage or st.open_storage(opts.storage, heartbeat=opts.heartbeat)
+    storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
     dev, prec = device_and_precision(opts.device, precision)
     existing = st.existing_study(storage, name)
     beat = st.settle_heartbeat(storage, existing, opts.heartbeat)
@@ -272,7 +272,7 @@ def plan_confirm(search: optuna.Study, top: int) -> list:
 
 def confirm(opts: Training, *, top: int, seeds: int, study_name: str | None) -> tuple[optuna.Study, BaseStorage]:
     """The search's best trials again with further seeds, in the companion study NAME-confirm."""
-    storage = st.open_storage(opts.storage, heartbeat=opts.heartbeat, must_exist=True)
+    storage = storages.open_storage(opts.storage, heartbeat=opts.heartbeat, must_exist=True)
     search = st.load_study(storage, study_name)
     if study_name is None:
         opts.notes.append(f"(study {search.study_name!r}: the most recently written; pass --study-name for another)")
@@ -309,7 +309,7 @@ def confirm(opts: Training, *, top: int, seeds: int, study_name: str | None) -> 
 def load_for_reading(storage_url: str, study_name: str | None, notes: list[str]) -> tuple[BaseStorage, optuna.Study]:
     """A study as it is (nothing created); without a name, the most recently written, said
     in `notes` once the command has succeeded (so an error stays one line)."""
-    storage = st.open_storage(storage_url, must_exist=True, heartbeat=None)
+    storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
     study = st.load_study(storage, study_name)
     if study_name is None:
         notes.append(f"(study {study.study_name!r}: the most recently written; pass --study-name for another)")
@@ -370,7 +370,7 @@ def grid_summary(study: optuna.Study, preset: definitions.Preset) -> GridSummary
 
 
 def show(storage_url: str, study_name: str, preset: str | None) -> GridSummary:
-    storage = st.open_storage(storage_url, must_exist=True, heartbeat=None)
+    storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
     study = st.load_study(storage, study_name)
     st.require_kind(study, "grid")
     return grid_summary(study, definitions.load_preset(preset) if preset else definitions.preset_of(study.user_attrs))
@@ -459,7 +459,7 @@ def dashboard(storage_url: str, artifact_dir: Path, host: str, port: int) -> Non
 
     from vae_search.artifacts import artifact_store
 
-    storage = st.open_storage(storage_url, must_exist=True, heartbeat=None)
+    storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
     try:
         store = artifact_store(artifact_dir, create=False)
     except UsageError as e:  # the studies are still worth a look; their files are not there
@@ -469,7 +469,7 @@ def dashboard(storage_url: str, artifact_dir: Path, host: str, port: int) -> Non
         err.print(f"warning: listening on {host}: optuna-dashboard has no authentication, and anyone who can reach "
                   f"this port can read every study and delete studies, trials' notes and artifacts; keep it on a "
                   "trusted network (or use the default 127.0.0.1 with an SSH tunnel)")
-    err.print(f"optuna-dashboard on http://{host}:{port}/ (storage {st.redact(storage_url)}, artifacts {artifact_dir})")
+    err.print(f"optuna-dashboard on http://{host}:{port}/ (storage {storages.redact(storage_url)}, artifacts {artifact_dir})")
     try:
         optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
     except OSError as e:
@@ -483,11 +483,11 @@ def storage_proxy(storage_url: str, host: str, port: int) -> None:
     if storage_url.lower().startswith("journal:"):
         raise UsageError("Optuna's storage proxy serves a database (sqlite, postgresql, mysql), not a journal file")
     # A heartbeat-free storage: nobody beats through the proxy, so the proxy itself must not fail trials as stale.
-    backend = optuna.storages.get_storage(st.open_storage(storage_url, heartbeat=None))
+    backend = optuna.storages.get_storage(storages.open_storage(storage_url, heartbeat=None))
     if not loopback(host):
         err.print(f"warning: listening on {host}: the storage proxy has no TLS and no authentication, and anyone who "
                   "can reach this port can read, change and delete every study; keep it on a trusted network")
-    err.print(f"Optuna gRPC storage proxy on {host}:{port} for {st.redact(storage_url)} (Ctrl-C stops it)")
+    err.print(f"Optuna gRPC storage proxy on {host}:{port} for {storages.redact(storage_url)} (Ctrl-C stops it)")
     try:
         optuna.storages.run_grpc_proxy_server(backend, host=host, port=port)
     except RuntimeError as e:  # grpc: "Failed to bind"

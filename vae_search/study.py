@@ -28,22 +28,19 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.definitions import Preset
 from vae_search.errors import RunError, UsageError
-from vae_search.storages import (  # noqa: F401  (re-exported: the CLI opens storages through here)
+from vae_search.storages import (
     DEFAULT_HEARTBEAT,
-    STORAGE_HELP,
     StorageUnavailable,
     fail_and_retry,
     fail_stale_trials,
     heartbeat_interval,
-    open_storage,
     rdb_of,
-    redact,
     set_heartbeat,
 )
 
@@ -55,10 +52,6 @@ MAX_WAIT_POLL = 10.0  # seconds between looks at other workers' trials while wai
 NO_PRUNING = optuna.pruners.NopPruner()  # grids and confirmations: every run trains its whole budget
 
 Objective = Callable[[optuna.Trial], float | Sequence[float]]
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own progress
-warnings.filterwarnings("ignore", category=ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 # ---------------------------------------------------------------- studies
@@ -494,7 +487,9 @@ def run_optimize(
         if repeats >= MAX_REPEATS:
             raise RunError(f"the sampler proposed {repeats} configurations in a row that were trained already: the "
                            "space looks exhausted; widen it (--space) or ask for fewer --trials")
-        trial = study.ask(fixed_distributions=space)
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": this loop beats itself
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask(fixed_distributions=space)
         ahead = [
             t for t in study.get_trials(deepcopy=False)
             if t.state in FINISHED or (t.state == TrialState.RUNNING and t.number < trial.number)

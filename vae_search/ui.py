@@ -83,3 +83,9 @@ def trial_line(t: FrozenTrial) -> str:
     if t.state == TrialState.PRUNED:
         return f"trial {t.number} {cfg}: pruned after epoch {a.get('pruned_at_epoch', '?')}"
     return f"trial {t.number} {cfg}: {t.state.name} ({a.get('fail_reason', 'no reason recorded')})"
+
+
+def table_console() -> Console:
+    """A console for tables on stdout: a file or pipe gets 200 columns, not rich's default 80."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
