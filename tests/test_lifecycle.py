@@ -74,12 +74,12 @@ def test_orphans_on_a_journal_are_named_and_fail_stale_frees_their_slot(tmp_path
     # a trial younger than --older-than is left alone; --dry-run changes nothing
     rc, out, _ = cli("fail-stale", "--older-than", "1h", "--storage", storage, "--study-name", "search")
     assert rc == 0 and "no trial has been RUNNING for more than 1h" in out
+    import time
+
+    time.sleep(1.1)  # the orphan is now older than 1 s, however fast the run above was
     rc, out, _ = cli("fail-stale", "--older-than", "1s", "--dry-run", "--storage", storage, "--study-name", "search")
     assert rc == 0 and f"trial {orphan} would be failed" in out
     assert _search(storage).trials[orphan].state == TrialState.RUNNING
-    import time
-
-    time.sleep(1.1)
     rc, out, _ = cli("fail-stale", "--older-than", "1s", "--storage", storage, "--study-name", "search")
     assert rc == 0 and f"trial {orphan} failed; retried as trial" in out
     failed = _search(storage).trials[orphan]

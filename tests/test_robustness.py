@@ -162,7 +162,7 @@ def test_journal_file_storage(tmp_path, batches_dir, cli):
     rc, _, err = cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
                      "--artifact-dir", tmp_path / "art")
     assert rc == 0, err
-    from vae_search.study import open_storage
+    from vae_search.storages import open_storage
 
     study = optuna.load_study(study_name="b1", storage=open_storage(storage))
     _assert_each_point_complete_once(study.get_trials())
