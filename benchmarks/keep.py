@@ -5,8 +5,8 @@ running or finished `benchmarks/long_runs.sh` into this checkout's benchmarks/re
 
 The database is copied with SQLite's backup API (a consistent snapshot even while workers
 write to it). Every PNG artifact is copied; weights only for the trials worth loading later:
-the search's confirmed trials (its top 3, the candidates of `best`) and the first seed of
-each B.1 point. The copy records which weights it left out (study user attribute
+the search's 3 best trials and its confirmed ones (the candidates of `best`, and what
+`interpolate --trial best` loads) and the first seed of each B.1 point. The copy records which weights it left out (study user attribute
 `weights_not_kept`) and says so in a dashboard note on the study and on each such trial, so
 `interpolate` and optuna-dashboard say "not kept" instead of failing on a missing file.
 """
@@ -24,17 +24,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RESULTS = Path("benchmarks/results/search")
-KEPT_RULE = ("benchmarks/results/search keeps the weights of the confirmed search trials and of each B.1 point's "
-             "first seed; every trial's images are kept")
+TOP_KEPT = 3  # the search's best trials whose weights are kept (confirm's --top)
+KEPT_RULE = ("benchmarks/results/search keeps the weights of the search's 3 best and confirmed trials and of each B.1 "
+             "point's first seed; every trial's images are kept")
 NOT_KEPT = f"The weights of this trial were not kept in this copy of the study ({KEPT_RULE})."
 BEGIN, END = "<!-- vae-search keep -->", "<!-- /vae-search keep -->"
 
 
-def _with_section(note: str, body: str) -> str:
-    """The note with our section (between BEGIN and END) replaced; what others wrote stays."""
+def _without_section(note: str) -> str:
     if BEGIN in note and END in note:
         note = note.split(BEGIN)[0] + note.split(END, 1)[1]
-    return f"{note.strip()}\n\n{BEGIN}\n{body}\n{END}".strip()
+    return note.strip()
+
+
+def _with_section(note: str, body: str) -> str:
+    """The note with our section (between BEGIN and END) replaced; what others wrote stays."""
+    return f"{_without_section(note)}\n\n{BEGIN}\n{body}\n{END}".strip()
 
 
 def snapshot(src: Path, dst: Path) -> None:
@@ -64,14 +69,21 @@ def keep(src_root: Path, dst_root: Path) -> None:
         confirmed = {int(t.user_attrs["source_trial"]) for t in runs if "source_trial" in t.user_attrs}
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
+        # the search's current best few: what `confirm --top 3` will retrain and `interpolate --trial best` loads
+        top = {t.number for t in sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                                         if t.values), key=lambda t: t.values[0])[:TOP_KEPT]}
         dropped = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             wid = t.user_attrs.get(WEIGHTS_ATTR)
             if wid is None:
                 continue
-            wanted = (name == "search" and t.number in confirmed) or (name == "b1" and t.user_attrs.get("seed") == 0)
+            wanted = ((name == "search" and (t.number in confirmed or t.number in top))
+                      or (name == "b1" and t.user_attrs.get("seed") == 0))
             if wanted:
                 keep_weights.add(wid)
+                note = get_note(optuna.Trial(study, t._trial_id))
+                if BEGIN in note:  # left out by an earlier copy, kept now
+                    save_note(optuna.Trial(study, t._trial_id), _without_section(note))
             else:
                 dropped.append(t.number)
                 trial = optuna.Trial(study, t._trial_id)

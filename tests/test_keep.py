@@ -35,7 +35,9 @@ def test_keep_copies_the_study_and_says_which_weights_it_left_out(tmp_path, batc
     runs.add_trial(optuna.trial.create_trial(params=search.trials[confirmed].params,
                                              distributions=search.trials[confirmed].distributions, value=1.0,
                                              user_attrs={"source_trial": confirmed, "seed": 1}))
-    _keep_module().keep(src, dst)
+    keep = _keep_module()
+    keep.TOP_KEPT = 0  # only the confirmed trial's weights, to see the others left out
+    keep.keep(src, dst)
 
     copy = f"sqlite:///{dst / results / 'studies.db'}"
     assert set(optuna.get_all_study_names(copy)) == {"search", "search-confirm"}
