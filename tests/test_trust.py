@@ -249,8 +249,13 @@ def test_a_study_cannot_name_a_preset_file(tmp_path, cli):
 
 @pytest.mark.slow
 def test_a_wheel_installed_without_e_finds_its_presets(tmp_path, batches_dir):
+    import shutil
+
+    # built from a copy: setuptools writes build/ beside the sources, and the checkout stays as it is
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "results", "docs"))
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, ROOT],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, src],
                    check=True, capture_output=True)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site,

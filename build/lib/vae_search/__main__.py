@@ -1,4 +1,0 @@
-from vae_search.cli import main
-
-if __name__ == "__main__":
-    main()
