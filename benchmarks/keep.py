@@ -63,6 +63,7 @@ def keep(src_root: Path, dst_root: Path) -> None:
     storage = f"sqlite:///{dst_root / RESULTS / 'studies.db'}"
     names = optuna.get_all_study_names(storage)
     keep_weights: set[str] = set()
+    weights_ids: set[str] = set()
     confirmed: set[int] = set()
     if "search-confirm" in names:
         runs = optuna.load_study(study_name="search-confirm", storage=storage).get_trials(deepcopy=False)
@@ -77,6 +78,7 @@ def keep(src_root: Path, dst_root: Path) -> None:
             wid = t.user_attrs.get(WEIGHTS_ATTR)
             if wid is None:
                 continue
+            weights_ids.add(wid)
             wanted = ((name == "search" and (t.number in confirmed or t.number in top))
                       or (name == "b1" and t.user_attrs.get("seed") == 0))
             if wanted:
@@ -94,11 +96,6 @@ def keep(src_root: Path, dst_root: Path) -> None:
                                            f"{', '.join(map(str, dropped))}: {KEPT_RULE}."))
     src_art, dst_art = src_root / RESULTS / "artifacts", dst_root / RESULTS / "artifacts"
     dst_art.mkdir(parents=True, exist_ok=True)
-    weights_ids = set()
-    for name in names:
-        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
-            if WEIGHTS_ATTR in t.user_attrs:
-                weights_ids.add(t.user_attrs[WEIGHTS_ATTR])
     copied = size = 0
     for f in src_art.iterdir() if src_art.is_dir() else []:
         if f.name.startswith("."):

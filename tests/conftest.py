@@ -129,6 +129,27 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
+def synthetic_grid(storage: str, values: dict[int, list[float]]):
+    """A b1 grid study whose runs have the given val losses per config (one run per value)."""
+    import optuna
+
+    from vae_search.definitions import load_preset
+
+    preset = load_preset("b1")
+    study = optuna.create_study(study_name="b1", storage=storage)
+    study.set_user_attr("kind", "grid")
+    study.set_user_attr("preset", "b1")
+    params_count = {1: 285355, 2: 309939, 3: 359107, 4: 1131859}
+    for point in preset.points:
+        for seed, v in enumerate(values[point.config]):
+            attrs = {"val_loss": v, "neg_elbo": v, "recon_loss": v - 20, "kl": 20.0, "train_loss": v - 1, "time_s": 10.0 + seed,
+                     "params": params_count[point.config], "epochs": 10, "batch_size": 128, "seed": seed,
+                     "config": point.config}
+            study.add_trial(optuna.trial.create_trial(params=point.params, distributions=preset.distributions(), value=v,
+                                                      user_attrs=attrs))
+    return study
+
+
 # ---------------------------------------------------------------- workers and PostgreSQL
 
 import subprocess  # noqa: E402

@@ -10,8 +10,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tests.conftest import TINY, invoke, one_line_error
-from vae_search.definitions import load_preset
+from tests.conftest import TINY, invoke, one_line_error, synthetic_grid
 from vae_search.selection import Candidate, compare, welch_p
 
 B1 = {(4, 32), (8, 32), (16, 32), (8, 64)}
@@ -62,26 +61,9 @@ class TestGridSeeds:
 # ---------------------------------------------------------------- noise verdicts on studies with known numbers
 
 
-def _synthetic_grid(storage: str, values: dict[int, list[float]]) -> optuna.Study:
-    """A b1 grid study whose runs have the given val losses per config (one run per value)."""
-    preset = load_preset("b1")
-    study = optuna.create_study(study_name="b1", storage=storage)
-    study.set_user_attr("kind", "grid")
-    study.set_user_attr("preset", "b1")
-    params_count = {1: 285355, 2: 309939, 3: 359107, 4: 1131859}
-    for point in preset.points:
-        for seed, v in enumerate(values[point.config]):
-            attrs = {"val_loss": v, "neg_elbo": v, "recon_loss": v - 20, "kl": 20.0, "train_loss": v - 1, "time_s": 10.0 + seed,
-                     "params": params_count[point.config], "epochs": 10, "batch_size": 128, "seed": seed,
-                     "config": point.config}
-            study.add_trial(optuna.trial.create_trial(params=point.params, distributions=preset.distributions(), value=v,
-                                                      user_attrs=attrs))
-    return study
-
-
 def test_best_says_beyond_noise_for_a_clear_winner(tmp_path, cli):
     storage = f"sqlite:///{tmp_path}/s.db"
-    _synthetic_grid(storage, {1: [1912, 1913, 1911], 2: [1872.0, 1873.0, 1871.0], 3: [1840, 1841, 1839],
+    synthetic_grid(storage, {1: [1912, 1913, 1911], 2: [1872.0, 1873.0, 1871.0], 3: [1840, 1841, 1839],
                               4: [1872.5, 1871.5, 1873.0]})
     rc, out, err = cli("best", "--study-name", "b1", "--storage", storage)
     assert rc == 0, err
@@ -96,7 +78,7 @@ def test_best_says_beyond_noise_for_a_clear_winner(tmp_path, cli):
 
 def test_best_says_tied_within_noise(tmp_path, cli):
     storage = f"sqlite:///{tmp_path}/s.db"
-    _synthetic_grid(storage, {1: [1912, 1913, 1911], 2: [1872.0, 1875.0, 1869.0], 3: [1871.0, 1874.5, 1870.0],
+    synthetic_grid(storage, {1: [1912, 1913, 1911], 2: [1872.0, 1875.0, 1869.0], 3: [1871.0, 1874.5, 1870.0],
                               4: [1890, 1891, 1889]})
     rc, out, err = cli("best", "--study-name", "b1", "--storage", storage)
     assert rc == 0, err
@@ -235,7 +217,7 @@ def test_lr_schedules(schedule, start, peak, end):
 
 def test_a_grid_with_some_points_unseeded_says_so(tmp_path, cli):
     storage = f"sqlite:///{tmp_path}/s.db"
-    _synthetic_grid(storage, {1: [1912.0], 2: [1872.0], 3: [1840.0, 1841.0], 4: [1872.5, 1871.5]})
+    synthetic_grid(storage, {1: [1912.0], 2: [1872.0], 3: [1840.0, 1841.0], 4: [1872.5, 1871.5]})
     rc, out, err = cli("best", "--study-name", "b1", "--storage", storage)
     assert rc == 0, err
     text = " ".join(out.split())

@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from tests.conftest import synthetic_grid
 from vae_search.definitions import load_preset
 
 DIST = {"latent_dim": IntDistribution(2, 128), "base_channels": CategoricalDistribution([16, 32, 48, 64]),
@@ -26,14 +27,8 @@ def _trial(params: dict, neg_elbo: float, n_params: int, time_s: float, seed: in
 @pytest.fixture
 def storage(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    grid = optuna.create_study(study_name="b1", storage=url)
-    grid.set_user_attr("kind", "grid")
-    grid.set_user_attr("preset", "b1")
-    noise = [0.3, -0.3]  # sd 0.42 per point
-    for p in load_preset("b1").points:
-        for seed, e in enumerate(noise):
-            grid.add_trial(_trial(p.params, p.report["val_loss"] + 2.5 + e, p.report["params"], 600.0, seed,
-                                  config=p.config))
+    # every point 2.5 above the report's val loss, two seeds 0.6 apart: sd 0.42 per point
+    synthetic_grid(url, {p.config: [p.report["val_loss"] + 2.2, p.report["val_loss"] + 2.8] for p in load_preset("b1").points})
     search = optuna.create_study(study_name="search", storage=url)
     search.set_user_attr("kind", "search")
     wide = {"latent_dim": 63, "base_channels": 64, "beta": 0.851, "lr": 1.9e-3}

@@ -187,20 +187,14 @@ class Noise:
         return float(student.ppf(0.975, self.df)) * self.sd * math.sqrt(1 / n_a + 1 / n_b)
 
 
-def pooled_noise(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Noise | None:
-    """The seed noise measured anywhere in the storage: the grids' points with several seeds
-    and the search trials with confirmation runs (for this study first, then the b1 grid)."""
-    groups: list[tuple[str, list[float]]] = []
-    names = optuna.get_all_study_names(storage=storage)
-    for name in dict.fromkeys([study.study_name, "b1"]):
-        if name not in names:
-            continue
-        other = study if name == study.study_name else optuna.load_study(study_name=name, storage=storage)
-        if other.user_attrs.get("kind") not in ("grid", "search"):
-            continue
-        for c in candidates(other, _preset_of(other)):
-            if c.n > 1:
-                groups.append((name, c.values()))
+def pooled_noise(study: optuna.Study, ranked: list[Candidate], storage: optuna.storages.BaseStorage) -> Noise | None:
+    """The seed noise measured anywhere in the storage: this study's candidates with several
+    runs (`ranked`, already computed), then the b1 grid's points with several seeds."""
+    groups = [(study.study_name, c.values()) for c in ranked if c.n > 1]
+    if study.study_name != "b1" and "b1" in optuna.get_all_study_names(storage=storage):
+        grid = optuna.load_study(study_name="b1", storage=storage)
+        if grid.user_attrs.get("kind") == "grid":
+            groups += [("b1", c.values()) for c in candidates(grid, _preset_of(grid)) if c.n > 1]
     if not groups:
         return None
     df = sum(len(v) - 1 for _, v in groups)
@@ -285,7 +279,7 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
         f"quality: val neg_elbo {best.text()}, recon loss {best.text('recon_loss')} per image (lowest mean neg_elbo of "
         f"{len(ranked)} configurations)",
     ]
-    noise = pooled_noise(study, storage) if study.user_attrs.get("kind") != "grid" else None
+    noise = pooled_noise(study, ranked, storage) if study.user_attrs.get("kind") != "grid" else None
     if len(ranked) > 1:
         hint = f"`vae-search confirm --study-name {study.study_name} --top 2 --seeds 3`" if best.n == 1 else ""
         reasons.append(f"margin: {compare(best, ranked[1], noise=noise, confirm_hint=hint)}")
