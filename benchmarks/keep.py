@@ -57,6 +57,7 @@ def keep(src_root: Path, dst_root: Path) -> None:
     from optuna_dashboard import get_note, save_note
 
     from vae_search.artifacts import WEIGHTS_ATTR
+    from vae_search.storages import trial_handle
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     snapshot(src_root / RESULTS / "studies.db", dst_root / RESULTS / "studies.db")
@@ -83,12 +84,12 @@ def keep(src_root: Path, dst_root: Path) -> None:
                       or (name == "b1" and t.user_attrs.get("seed") == 0))
             if wanted:
                 keep_weights.add(wid)
-                note = get_note(optuna.Trial(study, t._trial_id))
+                note = get_note(trial_handle(study, t))
                 if BEGIN in note:  # left out by an earlier copy, kept now
-                    save_note(optuna.Trial(study, t._trial_id), _without_section(note))
+                    save_note(trial_handle(study, t), _without_section(note))
             else:
                 dropped.append(t.number)
-                trial = optuna.Trial(study, t._trial_id)
+                trial = trial_handle(study, t)
                 save_note(trial, _with_section(get_note(trial), NOT_KEPT))
         study.set_user_attr("weights_not_kept", dropped)
         if dropped:

@@ -20,6 +20,7 @@ from PIL import Image
 from tests.conftest import TINY, invoke, one_line_error
 from vae_search import objective as objective_module
 from vae_search import train as train_module
+from vae_search.storages import storage_of, study_id_of
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ class TestInterpolate:
         names = {a.filename for a in optuna.artifacts.get_all_artifact_meta(_study(tmp))}
         assert any(n.endswith("interpolation-random.png") for n in names)
         study = _study(tmp)
-        attrs = study._storage.get_study_system_attrs(study._study_id)
+        attrs = storage_of(study).get_study_system_attrs(study_id_of(study))
         figures = {k: v for k, v in attrs.items() if k.startswith("dashboard:plot_data:")}
         assert any("interpolation-random" in k for k in figures)
         assert sum(len(v) for v in figures.values()) < 300_000  # the pixels as one PNG, not a JSON array

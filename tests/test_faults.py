@@ -254,7 +254,7 @@ def _pop_all(storage_url: str, out) -> None:
     import optuna
 
     from vae_search.storages import open_storage
-    from vae_search.study import _pop_waiting
+    from vae_search.trial_loop import _pop_waiting
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name="pop", storage=open_storage(storage_url, heartbeat=None))
@@ -295,7 +295,7 @@ def test_a_point_half_way_through_its_suggestions_is_not_queued_again(tmp_path):
     """A trial that has suggested some of its parameters still owns its grid point."""
     from vae_search.definitions import load_preset
     from vae_search.storages import open_storage
-    from vae_search.study import _pop_waiting, enqueue_missing_points, grid_points
+    from vae_search.trial_loop import _pop_waiting, enqueue_missing_points, grid_points
 
     preset = load_preset("b1")
     study = optuna.create_study(study_name="b1", storage=open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=None))

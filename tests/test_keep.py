@@ -50,7 +50,9 @@ def test_keep_copies_the_study_and_says_which_weights_it_left_out(tmp_path, batc
 
     from optuna_dashboard import get_note
 
-    assert "were not kept" in get_note(optuna.Trial(kept, kept.trials[other]._trial_id))
+    from vae_search.storages import trial_handle
+
+    assert "were not kept" in get_note(trial_handle(kept, kept.trials[other]))
     rc, _, err = cli("interpolate", "--trial", other, "--study-name", "search", "--storage", copy, "--artifact-dir", art,
                      "--out", tmp_path / "out")
     assert rc == 2 and f"the weights of trial {other} were not kept" in one_line_error(err)

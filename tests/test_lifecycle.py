@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 
 from tests.conftest import TINY, one_line_error
 from vae_search import study as st
-from vae_search.storages import fail_and_retry, open_storage
+from vae_search.storages import open_storage, trial_id_of
+from vae_search.trial_loop import fail_and_retry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,11 +140,11 @@ def test_requeue_survives_a_worker_that_pops_the_retry_first(tmp_path):
 
     def create_then_popped(study_id, template_trial=None):  # another worker takes it at once
         frozen = create(study_id, template_trial=template_trial)
-        storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING)
+        storage.set_trial_state_values(trial_id_of(frozen), state=TrialState.RUNNING)
         return frozen
 
     storage._create_new_trial = create_then_popped
-    fate = fail_and_retry(study, trial._trial_id, "worker 1 died (SIGKILL)")
+    fate = fail_and_retry(study, trial_id_of(trial), "worker 1 died (SIGKILL)")
     assert fate == "retried as trial 1"
     retry = optuna.load_study(study_name="b1", storage=f"sqlite:///{tmp_path}/s.db").trials[1]
     assert retry.params == study.trials[0].params and retry.state == TrialState.RUNNING

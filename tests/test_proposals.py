@@ -13,9 +13,11 @@ from optuna.trial import TrialState
 
 from tests.conftest import TINY, one_line_error, worker
 from vae_search import study as st
+from vae_search import trial_loop as loop
 from vae_search.errors import RunError
 from vae_search.objective import suggest
 from vae_search.samplers import SAMPLERS, make_sampler, space_size, stream_seed
+from vae_search.storages import storage_of
 
 SPACE = {
     "latent_dim": IntDistribution(2, 128, log=True),
@@ -44,7 +46,7 @@ def test_two_workers_with_one_seed_propose_distinct_points(sampler):
     """Two samplers built from the same --seed (two workers of one command, or two machines)
     asking in turn on one storage: before the fix, their random start-up drew twins."""
     study = optuna.create_study()
-    workers = [optuna.load_study(study_name=study.study_name, storage=study._storage,
+    workers = [optuna.load_study(study_name=study.study_name, storage=storage_of(study),
                                  sampler=make_sampler(sampler, 0)) for _ in range(2)]
     for i in range(12):
         w = workers[i % 2]
@@ -69,7 +71,7 @@ def test_a_restart_draws_new_points():
     points instead of drawing the start-up points again."""
     study = optuna.create_study(sampler=make_sampler("tpe", 0))
     study.optimize(lambda t: _toy({k: suggest(t, k, d) for k, d in SPACE.items()}), n_trials=4)
-    again = optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=make_sampler("tpe", 0))
+    again = optuna.load_study(study_name=study.study_name, storage=storage_of(study), sampler=make_sampler("tpe", 0))
     again.optimize(lambda t: _toy({k: suggest(t, k, d) for k, d in SPACE.items()}), n_trials=4)
     keys = Counter(_key(t) for t in again.get_trials())
     assert len(keys) == 8 and max(keys.values()) == 1
@@ -99,7 +101,7 @@ def test_a_repeated_proposal_is_failed_before_training():
     configuration; every repeat is a FAIL that says which trial it repeats."""
     study = optuna.create_study(sampler=make_sampler("random", 0))
     calls: list = []
-    st.run_optimize(study, _counting_objective(calls), n_trials=2, space=SMALL)
+    loop.run_optimize(study, _counting_objective(calls), n_trials=2, space=SMALL)
     assert sorted(c["latent_dim"] for c in calls) == [2, 3]
     finished = study.get_trials(states=st.FINISHED)
     assert len({_key(t) for t in finished}) == len(finished) == 2
@@ -111,11 +113,11 @@ def test_a_repeated_proposal_is_failed_before_training():
 
 
 def test_an_exhausted_space_stops_with_one_line(monkeypatch):
-    monkeypatch.setattr(st, "MAX_REPEATS", 5)
+    monkeypatch.setattr(loop, "MAX_REPEATS", 5)
     study = optuna.create_study(sampler=make_sampler("random", 0))
     calls: list = []
     with pytest.raises(RunError, match="5 configurations in a row that were trained already"):
-        st.run_optimize(study, _counting_objective(calls), n_trials=3, space=SMALL)
+        loop.run_optimize(study, _counting_objective(calls), n_trials=3, space=SMALL)
     assert len(calls) == 2
 
 
@@ -126,7 +128,7 @@ def test_enqueued_points_are_not_twins():
     calls: list = []
     study.enqueue_trial({"latent_dim": 2, "base_channels": 16, "beta": 1.0, "lr": 3e-3})
     study.enqueue_trial({"latent_dim": 2, "base_channels": 16, "beta": 1.0, "lr": 3e-3})
-    st.run_optimize(study, _counting_objective(calls), n_trials=2, space=SMALL)
+    loop.run_optimize(study, _counting_objective(calls), n_trials=2, space=SMALL)
     assert [c["latent_dim"] for c in calls] == [2, 2]
 
 

@@ -24,8 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.atomic import atomic_write
 from vae_search.errors import RunError, UsageError
-from vae_search.images import interpolate, prior_samples, reconstructions, save_png
+from vae_search.images import interpolation_frames, prior_samples, reconstructions, save_png
 from vae_search.model import VAE, ModelConfig
+from vae_search.storages import artifact_folder
 from vae_search.train import TrainConfig, TrainResult
 
 CHECKPOINT_FORMAT = "vae-search-checkpoint/1"
@@ -75,7 +76,7 @@ def save_trial_artifacts(
     try:
         return _save(trial, store, model_config, train_config, result, test_images)
     except OSError as e:
-        where = e.filename or store._base_path
+        where = e.filename or artifact_folder(store)
         raise ArtifactWriteError(
             f"cannot save the files of trial {trial.number} ({where}: {e.strerror or e}); finished trials are saved: "
             "free space or fix --artifact-dir, then run the same command again"
@@ -108,7 +109,7 @@ def _save(
         recon = save_png(reconstructions(model, test_images.cpu()), Path(tmp) / f"trial-{trial.number}-reconstructions.png")
         samples = save_png(prior_samples(model, seed=train_config.seed), Path(tmp) / f"trial-{trial.number}-samples.png")
         # The B.3 figure, made now because Optuna does not let a finished trial take artifacts.
-        frames = interpolate(model, rows=INTERP_ROWS, steps=INTERP_STEPS, mode="random", seed=train_config.seed)
+        frames = interpolation_frames(model, rows=INTERP_ROWS, steps=INTERP_STEPS, mode="random", seed=train_config.seed)
         interp = save_png(frames.flatten(0, 1), Path(tmp) / f"trial-{trial.number}-interpolation.png", nrow=INTERP_STEPS)
         for attr, path, mime in (
             (WEIGHTS_ATTR, ckpt, "application/octet-stream"),
@@ -136,7 +137,7 @@ def load_checkpoint(store: FileSystemArtifactStore, trial: FrozenTrial) -> dict[
         except Exception:
             raise UsageError(
                 f"the weights of trial {trial.number} (artifact {artifact_id}) are missing from "
-                f"{store._base_path}; pass the --artifact-dir the study was run with"
+                f"{artifact_folder(store)}; pass the --artifact-dir the study was run with"
             ) from None
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)

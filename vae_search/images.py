@@ -36,7 +36,7 @@ def interpolation_latents(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> tor
 
 
 @torch.inference_mode()
-def interpolate(
+def interpolation_frames(
     model: VAE,
     *,
     rows: int,

@@ -10,7 +10,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial
 
-from vae_search.images import interpolate, save_png
+from vae_search.images import interpolation_frames, save_png
 from vae_search.model import VAE
 from vae_search.names import file_name, inside
 
@@ -29,7 +29,7 @@ def figure(frames: torch.Tensor, title: str):
     return fig
 
 
-def write_interpolation(
+def publish_interpolation(
     study: optuna.Study,
     trial: FrozenTrial,
     model: VAE,
@@ -46,7 +46,7 @@ def write_interpolation(
     for the same trial and mode replaces."""
     from optuna_dashboard import save_plotly_graph_object
 
-    frames = interpolate(model, rows=rows, steps=steps, mode=mode, seed=seed, images_u8=images)
+    frames = interpolation_frames(model, rows=rows, steps=steps, mode=mode, seed=seed, images_u8=images)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{file_name(study.study_name)}-trial-{trial.number}-interpolation-{mode}"
     png = save_png(frames.flatten(0, 1), inside(out_dir, f"{stem}.png"), nrow=steps)

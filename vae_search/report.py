@@ -106,7 +106,7 @@ def _b3(study: optuna.Study, trial, artifact_dir: Path, images: torch.Tensor | N
     from torchvision.utils import save_image
 
     from vae_search.artifacts import artifact_store, load_model
-    from vae_search.images import interpolate
+    from vae_search.images import interpolation_frames
 
     s = Section("B.3 Latent space interpolation")
     if trial is None:
@@ -125,7 +125,7 @@ def _b3(study: optuna.Study, trial, artifact_dir: Path, images: torch.Tensor | N
                           + (f"; the trial recorded its data as {recorded!r}, which a report never opens on the "
                              "study's word" if recorded else "") + ".")
             continue
-        frames = interpolate(model, rows=8, steps=10, mode=mode, seed=0, images_u8=test)
+        frames = interpolation_frames(model, rows=8, steps=10, mode=mode, seed=0, images_u8=test)
         buf = io.BytesIO()
         save_image(frames.flatten(0, 1), buf, format="png", nrow=10, padding=2)
         what = ("between pairs of random latent vectors z ~ N(0, I), as in the report's Figure 1" if mode == "random"

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from vae_search import definitions, samplers, storages
 from vae_search import study as st
+from vae_search import trial_loop as loop
 from vae_search.errors import RunError, UsageError
 from vae_search.objective import OBJECTIVES, RunSettings, make_objective
 from vae_search.ui import err
@@ -120,7 +121,7 @@ def _announce(settings: RunSettings, study: optuna.Study) -> None:
     say(f"data: {len(d.train)} train / {len(d.test)} val images from {d.source}; device {dev}, {prec}")
     if prec == "bf16" and not native_bf16(dev):
         say(f"note: {dev} has no native bf16 (no AVX512_BF16 or AMX); bf16 is emulated and many times slower than fp32")
-    held = st.unchecked_running(study)
+    held = loop.unchecked_running(study)
     if held:
         say(f"note: trial(s) {', '.join(map(str, held))} of study {study.study_name!r} are RUNNING and {FAIL_STALE_HINT}")
 
@@ -154,7 +155,6 @@ def run_trials(p: Prepared, opts: Training, loop: Callable[..., int], *, total: 
     """Run `loop(on_trial_end=, on_wait=)` here, in a worker of a parent command, or as
     `opts.jobs` worker processes; returns how many trials this process (or its workers) trained."""
     from vae_search import workers
-    from vae_search.storages import fail_and_retry
     from vae_search.ui import TrainingProgress, trial_line
 
     if workers.worker_identity() is not None:  # a worker: report to the parent, print nothing
@@ -171,7 +171,7 @@ def run_trials(p: Prepared, opts: Training, loop: Callable[..., int], *, total: 
     started = datetime.datetime.now()
     rc = workers.run_workers(opts.argv, n, device=p.settings.device, console=err, total=total, done=done,
                              counts=counts, title=title,
-                             on_death=lambda trial_id, reason, retry: fail_and_retry(p.study, trial_id, reason, retry))
+                             on_death=lambda trial_id, reason, retry: loop.fail_and_retry(p.study, trial_id, reason, retry))
     if rc == 130:
         raise KeyboardInterrupt
     if rc != 0:
@@ -182,14 +182,14 @@ def run_trials(p: Prepared, opts: Training, loop: Callable[..., int], *, total: 
                and not t.user_attrs.get("fail_reason", "").startswith(("duplicate of trial", "repeats the parameters")))
 
 
-def _run_points(p: Prepared, opts: Training, points: list[st.Point], distributions: dict, seed: int,
+def _run_points(p: Prepared, opts: Training, points: list[loop.Point], distributions: dict, seed: int,
                 title: str) -> None:
-    st.enqueue_missing_points(p.study, points, seed)
+    loop.enqueue_missing_points(p.study, points, seed)
     objective = make_objective(p.settings, distributions)
-    ran = run_trials(p, opts, lambda **kw: st.run_points(p.study, points, objective, default_seed=seed, **kw),
-                     total=len(points), done=st.points_complete(p.study, points, seed),
+    ran = run_trials(p, opts, lambda **kw: loop.run_points(p.study, points, objective, default_seed=seed, **kw),
+                     total=len(points), done=loop.points_complete(p.study, points, seed),
                      counts=lambda s: s == "COMPLETE", title=title)
-    say(f"study {p.study.study_name!r}: this run trained {ran} trial(s); {st.points_complete(p.study, points, seed)} of "
+    say(f"study {p.study.study_name!r}: this run trained {ran} trial(s); {loop.points_complete(p.study, points, seed)} of "
         f"{len(points)} points complete")
 
 
@@ -205,7 +205,7 @@ def grid(opts: Training, preset_name: str, seeds: int, study_name: str | None) -
     say(f"preset {preset.name!r}: {preset.path}")
     p.study.set_user_attr("preset", preset.name)  # a name: a study never makes a command read a file of its choosing
     p.study.set_user_attr("kind", "grid")
-    points = st.grid_points(preset, st.seeds_from(opts.seed, seeds))
+    points = loop.grid_points(preset, loop.seeds_from(opts.seed, seeds))
     _run_points(p, opts, points, preset.distributions(), opts.seed, f"study {name!r}: points complete")
     return p.study, preset
 
@@ -238,18 +238,18 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     study.set_user_attr("kind", "search")
     study.set_user_attr("objectives", list(objs))
     if preset is not None:
-        st.enqueue_missing_points(study, st.grid_points(preset, [opts.seed]), opts.seed)
+        loop.enqueue_missing_points(study, loop.grid_points(preset, [opts.seed]), opts.seed)
     already = st.finished_count(study)
     say(f"study {study.study_name!r}: {already} of {trials} trials finished; sampler {sampler}, pruner "
         f"{'none' if len(objs) > 1 else pruner}")
     objective = make_objective(p.settings, distributions)
     ran = run_trials(
-        p, opts, lambda **kw: st.run_optimize(study, objective, n_trials=trials, space=distributions, timeout=timeout, **kw),
+        p, opts, lambda **kw: loop.run_optimize(study, objective, n_trials=trials, space=distributions, timeout=timeout, **kw),
         total=trials, done=already, counts=lambda s: s in ("COMPLETE", "PRUNED"), title=f"study {study_name!r}: finished trials",
     )
     finished = st.finished_count(study)
     say(f"study {study.study_name!r}: this run trained {ran} trial(s); {finished} finished in all")
-    held = st.unchecked_running(study)
+    held = loop.unchecked_running(study)
     if finished < trials and timeout is None and held:
         say(f"study {study.study_name!r} has {finished} of {trials} finished trials: trial(s) "
             f"{', '.join(map(str, held))} still hold the other slots as RUNNING; {FAIL_STALE_HINT}")
@@ -295,7 +295,7 @@ def confirm(opts: Training, *, top: int, seeds: int, study_name: str | None) -> 
                 seed=0, storage=storage, pruner=st.NO_PRUNING, budget=budget, check_data=same_data)
     p.study.set_user_attr("kind", "confirm")
     p.study.set_user_attr("confirms", search.study_name)
-    points = st.confirm_points(best, seeds)
+    points = loop.confirm_points(best, seeds)
     distributions = {k: v for t in best for k, v in t.distributions.items()}
     say(f"study {name!r}: confirming trials {', '.join(str(t.number) for t in best)} of study "
         f"{search.study_name!r} with {seeds} seeds each ({len(points)} runs)")
@@ -395,7 +395,7 @@ def interpolate(storage_url: str, study_name: str | None, notes: list[str], *, t
                 out_dir: Path, rows: int, steps: int, mode: str, seed: int, data_dir: Path | None):
     """The trial's interpolation PNG (returned, with the trial) and its dashboard figure."""
     from vae_search.artifacts import artifact_store, load_model
-    from vae_search.interpolation import write_interpolation
+    from vae_search.interpolation import publish_interpolation
     from vae_search.selection import choose_trial
 
     if mode == "images" and data_dir is None:  # never the study's recorded data_source: it is not trusted
@@ -406,7 +406,7 @@ def interpolate(storage_url: str, study_name: str | None, notes: list[str], *, t
     model = load_model(store, chosen)
     images = _test_images(data_dir) if mode == "images" else None
     writable_folder(out_dir)
-    png = write_interpolation(study, chosen, model, store, out_dir=out_dir, rows=rows, steps=steps, mode=mode,
+    png = publish_interpolation(study, chosen, model, store, out_dir=out_dir, rows=rows, steps=steps, mode=mode,
                               seed=seed, images=images)
     return study, chosen, png
 
@@ -513,4 +513,4 @@ def fail_stale(storage_url: str, study_name: str | None, notes: list[str], older
                dry_run: bool) -> tuple[optuna.Study, list[tuple[int, str]]]:
     seconds = duration(older_than)
     _, study = load_for_reading(storage_url, study_name, notes)
-    return study, st.fail_running_older_than(study, seconds, dry_run=dry_run)
+    return study, loop.fail_running_older_than(study, seconds, dry_run=dry_run)

@@ -21,6 +21,7 @@ from vae_search.artifacts import WEIGHTS_ATTR, trials_with_weights
 from vae_search.definitions import Preset, load_preset
 from vae_search.errors import UsageError
 from vae_search.model import IMAGE_VALUES
+from vae_search.storages import storage_of, trial_handle, trial_id_of
 from vae_search.study import CONFIRM_SUFFIX, confirm_study_name
 from vae_search.tables import pct
 
@@ -95,10 +96,10 @@ def candidates(study: optuna.Study, preset: Preset | None = None) -> list[Candid
 def _confirmations(study: optuna.Study) -> dict[int, list[FrozenTrial]]:
     """Complete confirmation runs of each search trial, by the trial's number."""
     name = confirm_study_name(study.study_name)
-    if study.study_name.endswith(CONFIRM_SUFFIX) or name not in optuna.get_all_study_names(storage=study._storage):
+    if study.study_name.endswith(CONFIRM_SUFFIX) or name not in optuna.get_all_study_names(storage=storage_of(study)):
         return {}
     out: dict[int, list[FrozenTrial]] = {}
-    for t in _complete(optuna.load_study(study_name=name, storage=study._storage)):
+    for t in _complete(optuna.load_study(study_name=name, storage=storage_of(study))):
         out.setdefault(int(t.user_attrs["source_trial"]), []).append(t)
     return out
 
@@ -437,12 +438,12 @@ def save_selection_notes(study: optuna.Study, sel: Selection, verdicts: list[str
     body = selection_markdown(study, sel, verdicts)
     save_note(study, _replace_section(get_note(study), body))
     previous = study.user_attrs.get("best_note_trial_id")
-    if previous is not None and previous != sel.trial._trial_id:
+    if previous is not None and previous != trial_id_of(sel.trial):
         old = optuna.Trial(study, previous)
         save_note(old, _replace_section(get_note(old), ""))
-    chosen = optuna.Trial(study, sel.trial._trial_id)
+    chosen = trial_handle(study, sel.trial)
     save_note(chosen, _replace_section(get_note(chosen), body))
-    study.set_user_attr("best_note_trial_id", sel.trial._trial_id)
+    study.set_user_attr("best_note_trial_id", trial_id_of(sel.trial))
 
 
 # ---------------------------------------------------------------- the trial a command names

@@ -8,18 +8,15 @@ What Optuna does not do by itself, and this module adds:
   - a database that restarts: every call of an RDB storage that fails for a lost or refused
     connection is retried with backoff for up to `OUTAGE_S` seconds, then `StorageUnavailable`
     (one line naming the storage) stops the worker; the running trial stays RUNNING, and
-    the heartbeat check fails and re-queues it on the next run;
-  - a dead worker's trial: Optuna fails a RUNNING trial whose heartbeat is stale, but never
-    one whose worker died before its first beat (between taking the trial and starting the
-    heartbeat thread); `fail_stale_trials` fails those too, once they are older than the grace
-    period;
-  - why a trial failed: a stale trial gets `fail_reason` ("worker stopped sending heartbeats;
-    retried as trial N"), like every other failed trial.
+    the heartbeat check fails and re-queues it on the next run (trial_loop.py);
+  - SQLite transactions that take the write lock first, so state changes are atomic;
+  - commands that only read open a storage without creating anything in it;
+  - passwords masked wherever a URL is shown.
+It is also the one module that touches Optuna's private API (the last section).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import json
@@ -31,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -42,7 +39,6 @@ DEFAULT_HEARTBEAT = 30  # seconds between heartbeats of a running trial (RDB sto
 SQLITE_TIMEOUT = 120  # seconds a writer waits for SQLite's lock instead of failing "locked"
 # How long a worker waits for its database to come back before it stops (VAE_SEARCH_OUTAGE_S).
 OUTAGE_S = float(os.environ.get("VAE_SEARCH_OUTAGE_S", 60))
-MAX_RETRY = 3  # times a stale trial is re-queued
 STORAGE_HELP = (
     "sqlite:///FILE, postgresql+psycopg://USER:PASS@HOST:PORT/DB, mysql+pymysql://..., "
     "journal:///FILE.log or grpc://HOST:PORT"
@@ -202,7 +198,7 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
     else:
         engine_kwargs["pool_pre_ping"] = True  # a connection that died with the server is replaced
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    # No heartbeat_stale_trial_callback: fail_stale_trials below fails and re-queues stale
+    # No heartbeat_stale_trial_callback: trial_loop.fail_stale_trials fails and re-queues stale
     # trials itself (with their reason); Optuna's own check is not called.
     hb = dict(heartbeat_interval=heartbeat, grace_period=3 * heartbeat) if heartbeat else {}
     for attempt in range(5):
@@ -333,7 +329,42 @@ def rdb_of(storage: BaseStorage) -> RDBStorage | None:
     return inner if isinstance(inner, RDBStorage) else None
 
 
-# ---------------------------------------------------------------- dead workers' trials
+# ---------------------------------------------------------------- Optuna's private API, in one place
+# Everything here reaches past Optuna's public API: check it on an Optuna upgrade. No other
+# module touches a private name of Optuna (tests/test_structure.py keeps it so).
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage a study writes through (Optuna's in-process cache around RDB storages)."""
+    return study._storage
+
+
+def study_id_of(study: optuna.Study) -> int:
+    return study._study_id
+
+
+def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (its number counts within the study; the id is global)."""
+    return trial._trial_id
+
+
+def trial_handle(study: optuna.Study, trial: FrozenTrial) -> optuna.Trial:
+    """A live `optuna.Trial` for a stored trial: what a worker runs, and what notes and
+    artifacts attach to."""
+    return optuna.Trial(study, trial._trial_id)
+
+
+def artifact_folder(store: FileSystemArtifactStore) -> str:
+    """The folder a file-system artifact store writes to, for messages."""
+    return str(store._base_path)
+
+
+def stale_trial_ids(rdb: RDBStorage, study_id: int, grace: float) -> set[int]:
+    """RUNNING trials of dead workers: Optuna's stale ones (no heartbeat for the grace
+    period), and those that never beat and started more than `grace` seconds ago (their
+    worker died before its first beat; Optuna's check skips them)."""
+    stale = set(rdb._get_stale_trial_ids(study_id))
+    return stale | set(_retrying(lambda self: _unbeaten_running_trials(self, study_id, grace))(rdb))
 
 
 def _unbeaten_running_trials(rdb: RDBStorage, study_id: int, grace: float) -> list[int]:
@@ -356,68 +387,7 @@ def _unbeaten_running_trials(rdb: RDBStorage, study_id: int, grace: float) -> li
     return [tid for tid, start in started if start is not None and (now - start).total_seconds() > grace]
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Fail the RUNNING trials of dead workers (no heartbeat for the grace period, or none
-    ever) with a `fail_reason`, and re-queue each as a WAITING trial (up to MAX_RETRY
-    times). Returns the ids of the trials
-    failed here; two workers checking at once fail each trial once (the state change is atomic)."""
-    storage = study._storage
-    interval, rdb = heartbeat_interval(storage), rdb_of(storage)
-    if not interval or rdb is None:
-        return []
-    grace = rdb.grace_period or 2 * interval
-    stale = set(rdb._get_stale_trial_ids(study._study_id))
-    stale |= set(_retrying(lambda self: _unbeaten_running_trials(self, study._study_id, grace))(rdb))
-    reason = f"worker stopped sending heartbeats (silent for more than {grace:.0f} s)"
-    return [tid for tid in sorted(stale) if fail_and_retry(study, tid, reason) is not None]
-
-
-def fail_and_retry(study: optuna.Study, trial_id: int, reason: str, retry: bool = True) -> str | None:
-    """Fail a RUNNING trial of a worker that is gone, with `reason`, and (if `retry`) queue
-    its parameters again; the failed trial's reason says which trial retries it. Returns
-    what became of it ("retried as trial N"), or None if the trial was no longer RUNNING (it
-    finished, or another worker failed it first: the state change is atomic)."""
-    storage = study._storage
-    if rdb_of(storage) is None:  # no direct write later: say why now, while it is RUNNING
-        with contextlib.suppress(UpdateFinishedTrialError):
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-    try:
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return None
-    except UpdateFinishedTrialError:
-        return None
-    note = "not retried"
-    if retry:
-        number = _requeue(study, storage.get_trial(trial_id))
-        note = f"retried as trial {number}" if number is not None else f"not retried (retried {MAX_RETRY} times already)"
-    _annotate_finished(storage, trial_id, "fail_reason", f"{reason}; {note}")
-    return note
-
-
-RETRY_KEEPS = ("config", "seed", "source_trial")  # the user attributes that define a point
-
-
-def _requeue(study: optuna.Study, failed: FrozenTrial) -> int | None:
-    """Queue the failed trial's parameters again as a WAITING trial. Optuna's
-    RetryHeartbeatStaleTrialCallback does this too, but copies every user attribute (the
-    failed run's history and reason would sit on the retry); this keeps only what defines
-    the point, and Optuna's `failed_trial` / `retry_history` system attributes."""
-    history = [*failed.system_attrs.get("retry_history", []), failed.number]
-    if len(history) > MAX_RETRY:
-        return None
-    template = optuna.trial.create_trial(
-        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
-        user_attrs={k: failed.user_attrs[k] for k in RETRY_KEEPS if k in failed.user_attrs},
-        system_attrs={"failed_trial": failed.system_attrs.get("failed_trial", failed.number), "retry_history": history},
-    )
-    # The new trial's number from its id, not from a look at the WAITING trials: another
-    # worker may pop it (WAITING -> RUNNING) before we look.
-    storage = study._storage
-    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
-    return storage.get_trial_number_from_id(trial_id)
-
-
-def _annotate_finished(storage: BaseStorage, trial_id: int, key: str, value: Any) -> None:
+def annotate_finished(storage: BaseStorage, trial_id: int, key: str, value: Any) -> None:
     """Write a user attribute on a finished trial. Optuna refuses that through its API (a
     finished trial is immutable), so for RDB storages it is one row written directly; the
     reason is worth it: a failed trial says why, and which trial retries it."""

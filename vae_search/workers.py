@@ -1,7 +1,7 @@
 """`--jobs N`: N local worker processes on one study, shown in one progress display.
 
 Each worker is the same command run again (`python -m vae_search <the same options> --jobs 1`)
-on the same storage, so the exactly-once grid and the N-finished-trials logic of study.py
+on the same storage, so the exactly-once grid and the N-finished-trials logic of trial_loop.py
 hold as they do for workers on many machines. Processes, not threads (Optuna's own advice,
 and measured here: on 2 cores two one-thread processes train 20-50% more images per second
 than one two-thread process, README "Performance"). On CPU each worker gets its share of the
@@ -120,8 +120,10 @@ class PipeReporter:
             self.out.close()
 
     def factory(self, trial: Any, model: Any, config: Any) -> Callable:
+        from vae_search.storages import trial_id_of
+
         label = f"trial {trial.number} L={model.latent_dim} b={model.base_channels}"
-        self.send("start", trial=trial.number, trial_id=trial._trial_id, label=label)
+        self.send("start", trial=trial.number, trial_id=trial_id_of(trial), label=label)
 
         def on_batch(epoch: int, batch: int, n_batches: int, loss: torch.Tensor) -> None:
             self.send("batch", label=f"{label} epoch {epoch}/{config.epochs}", batch=batch, n=n_batches,
@@ -322,7 +324,7 @@ def _supervise(workers: list[Worker], stopping: threading.Event, console: Any,
             if w.index in killed and trial is not None:  # it did not stop when asked: its trial is ours to fail
                 on_death(trial[1], "interrupted", False)
             elif rc < 0 and not stopping.is_set():
-                name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+                name = signal_name(-rc)
                 said = f"worker {w.index} died ({name})"
                 if trial is not None:
                     fate = on_death(trial[1], said, True)
@@ -342,3 +344,11 @@ def _supervise(workers: list[Worker], stopping: threading.Event, console: Any,
     if not bad:
         return 0
     return 1 if any(rc < 0 for rc in bad) else bad[0]
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL for 9; "signal 64" for a number with no name here."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
