@@ -124,16 +124,11 @@ def study_status(study) -> dict:
     them does not count."""
     from optuna.trial import TrialState
 
+    from vae_search.tables import running_clock
+
     trials = study.get_trials(deepcopy=False)
-    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials if t.datetime_start and t.datetime_complete)
-    wall, end = 0.0, None
-    for a, b in spans:
-        if end is None or a > end:
-            wall += (b - a).total_seconds()
-            end = b
-        elif b > end:
-            wall += (b - end).total_seconds()
-            end = b
+    spans = [(t.datetime_start, t.datetime_complete) for t in trials if t.datetime_start and t.datetime_complete]
+    wall = running_clock(spans)(max(b for _, b in spans)) if spans else 0.0
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
     best = min(complete, key=lambda t: t.values[0]) if complete else None

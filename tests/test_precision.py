@@ -101,3 +101,22 @@ def test_grid_defaults_to_auto(tmp_path, batches_dir, cli, monkeypatch):
 
     trials = optuna.load_study(study_name="b1", storage=storage).trials
     assert {t.user_attrs["precision"] for t in trials} == {"bf16"}
+
+
+def test_auto_keeps_the_studys_precision_on_another_machine(tmp_path, batches_dir, cli, monkeypatch):
+    """A search started on AVX2 cores (fp32) resumes on AVX512_BF16 cores with the same
+    command: auto takes the study's recorded precision instead of being refused."""
+    from vae_search import train
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    common = ("--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "a")
+    monkeypatch.setattr(train, "native_bf16", lambda device: False)
+    assert cli("grid", *common)[0] == 0  # auto on "AVX2": fp32
+    monkeypatch.setattr(train, "native_bf16", lambda device: True)
+    rc, _, err = cli("grid", "--seeds", 2, *common)  # auto on "AVX512_BF16" would be bf16
+    assert rc == 0, err
+    assert "runs in fp32 (its budget); --precision auto keeps it (this machine alone would use bf16)" in err
+    trials = optuna.load_study(study_name="b1", storage=storage).trials
+    assert len(trials) == 8 and {t.user_attrs["precision"] for t in trials} == {"fp32"}
+    rc, _, err = cli("grid", "--seeds", 2, "--precision", "bf16", *common)  # asked for explicitly: still refused
+    assert rc == 2 and "precision is fp32 there, bf16 here" in one_line_error(err)

@@ -60,8 +60,9 @@ CompileOpt = Annotated[
 PrecisionOpt = Annotated[
     Precision,
     typer.Option(case_sensitive=False, help="fp32, or bf16 autocast of the convolutions and linears (loss, weights "
-                 "and Adam stay fp32); auto = bf16 where the device does it natively (CUDA with bf16, CPUs with "
-                 "AVX512_BF16 or AMX), fp32 elsewhere. A study does not mix precisions."),
+                 "and Adam stay fp32); auto = the study's own precision when it exists (a study does not mix precisions, "
+                 "so a search resumes on any machine), else bf16 where the device does it natively (CUDA with bf16, "
+                 "CPUs with AVX512_BF16 or AMX) and fp32 elsewhere."),
 ]
 Jobs = Annotated[
     Optional[int],

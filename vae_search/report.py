@@ -36,7 +36,7 @@ FIGURE_TEXT = {
     "neg_elbo_vs_params": "Validation neg_elbo against parameter count, pruned trials at the epoch they stopped.",
     "parallel_coordinates": "Parallel coordinates of the parameters, coloured by neg_elbo.",
     "learning_curves": "Learning curves: validation neg_elbo after each epoch, pruned trials included.",
-    "time_to_quality": "Time to quality: the best neg_elbo so far against wall-clock hours.",
+    "time_to_quality": "Time to quality: the best neg_elbo so far against the hours with trials running (gaps between sessions left out), with the report's best where the budget is the report's.",
 }
 
 
@@ -158,6 +158,8 @@ def _trial_images(study: optuna.Study, trial, artifact_dir: Path) -> list[tuple[
 
 
 def _search(study: optuna.Study) -> Section | None:
+    from vae_search.selection import report_reference
+
     if study.user_attrs.get("kind") == "grid":
         return None
     s = Section(f"The search (study '{study.study_name}')")
@@ -167,7 +169,7 @@ def _search(study: optuna.Study) -> Section | None:
         f"{len(study.trials)} trials ({', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}); budget "
         f"{budget.get('epochs', '?')} epochs, batch {budget.get('batch_size', '?')}, precision {budget.get('precision', 'fp32')}."
     )
-    for name, fig in figures(study).items():
+    for name, fig in figures(study, report_reference(study)).items():
         s.figures.append((name, fig, FIGURE_TEXT.get(name, name)))
     return s
 

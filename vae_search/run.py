@@ -134,8 +134,17 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     """The shared setup of a training command, in the order that keeps errors cheap: the
     storage, the heartbeat and the budget are checked before the data is loaded."""
     storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
-    dev, prec = device_and_precision(opts.device, precision)
     existing = st.existing_study(storage, name)
+    recorded = (existing.user_attrs.get("budget") or {}).get("precision") if existing is not None else None
+    if precision == "auto" and recorded in ("fp32", "bf16"):
+        # a study does not mix precisions: auto keeps the study's, so that a search started on
+        # an AVX512_BF16 machine resumes on an AVX2 one (and back) instead of being refused
+        machine = device_and_precision(opts.device, "auto")[1]
+        if machine != recorded:
+            say(f"note: study {name!r} runs in {recorded} (its budget); --precision auto keeps it (this machine "
+                f"alone would use {machine})")
+        precision = recorded
+    dev, prec = device_and_precision(opts.device, precision)
     beat = st.settle_heartbeat(storage, existing, opts.heartbeat)
     st.check_budget(existing, {"epochs": epochs, "batch_size": batch_size, "precision": prec}, record=False)
     settings = _settings(opts, epochs=epochs, batch_size=batch_size, seed=opts.seed if seed is None else seed,

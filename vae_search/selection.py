@@ -18,7 +18,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.artifacts import WEIGHTS_ATTR, trials_with_weights
-from vae_search.definitions import Preset, load_preset
+from vae_search.definitions import GridPoint, Preset, load_preset
 from vae_search.errors import UsageError
 from vae_search.model import IMAGE_VALUES
 from vae_search.storages import storage_of, trial_handle, trial_id_of
@@ -315,15 +315,38 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
     return Selection(t, best, headline, reasons, pd.DataFrame(rows) if rows else None)
 
 
+def report_best(ref: Preset) -> GridPoint:
+    """The report's best row (lowest val loss) of the reference preset."""
+    return min((p for p in ref.points if "val_loss" in p.report), key=lambda p: p.report["val_loss"])
+
+
+def comparable_with_report(attrs: dict, ref: Preset) -> bool:
+    """A trial (its user attributes) trained on the report's budget: the full CIFAR-10 split
+    and the report's epochs (a trial from before the data sizes were recorded counts)."""
+    return (attrs.get("n_train"), attrs.get("n_val"), attrs.get("epochs")) in (
+        (50_000, 10_000, ref.epochs), (None, None, ref.epochs))
+
+
+def report_reference(study: optuna.Study) -> tuple[str, float] | None:
+    """("the report's best (config 3)", its val loss) for a study of the report's budget,
+    drawn as a line on its time-to-quality figure; None for other budgets or no trials."""
+    ref = load_preset(REFERENCE_PRESET)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done or not comparable_with_report(done[0].user_attrs, ref):
+        return None
+    top = report_best(ref)
+    return f"the report's best (config {top.config})", top.report["val_loss"]
+
+
 def _against_the_report(best: Candidate, study: optuna.Study, storage: optuna.storages.BaseStorage,
                         noise: Noise | None) -> list[str]:
     """The winner against the report's best (b1.toml's reference figures: one run, seed
     unknown) and against the B.1 grid's best in the same storage (its mean over seeds),
     each with a noise verdict. The report's val loss is recon + KL at beta 1: neg_elbo."""
     ref = load_preset(REFERENCE_PRESET)
-    top = min((p for p in ref.points if "val_loss" in p.report), key=lambda p: p.report["val_loss"])
+    top = report_best(ref)
     a = best.trial.user_attrs
-    if (a.get("n_train"), a.get("n_val"), a.get("epochs")) not in ((50_000, 10_000, ref.epochs), (None, None, ref.epochs)):
+    if not comparable_with_report(a, ref):
         return [f"vs the report's best: not comparable (this study trains {a.get('epochs')} epochs on "
                 f"{a.get('n_train')} images and validates on {a.get('n_val')}; the report: {ref.epochs} on 50,000 and "
                 "10,000)"]

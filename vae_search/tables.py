@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -133,9 +135,9 @@ def markdown_table(df: pd.DataFrame) -> str:
     return markdown(df[cols])
 
 
-def figures(study: optuna.Study) -> dict[str, go.Figure]:
+def figures(study: optuna.Study, reference: tuple[str, float] | None = None) -> dict[str, go.Figure]:
     """The study's plotly figures by name, in report order; those a study cannot have yet
-    are left out. Axes say neg_elbo (the study's metric name), never "Objective Value"."""
+    are left out; `reference` (label, neg_elbo) is drawn on the time-to-quality figure. Axes say neg_elbo (the study's metric name), never "Objective Value"."""
     import plotly.express as px
     from optuna import visualization as vis
 
@@ -168,7 +170,7 @@ def figures(study: optuna.Study) -> dict[str, go.Figure]:
     curves = learning_curves(study)
     if curves.data:
         out["learning_curves"] = curves
-    ttq = time_to_quality(study)
+    ttq = time_to_quality(study, reference)
     if ttq.data:
         out["time_to_quality"] = ttq
     return out
@@ -191,26 +193,54 @@ def learning_curves(study: optuna.Study) -> go.Figure:
     return curves
 
 
-def time_to_quality(study: optuna.Study) -> go.Figure:
-    """Best validation neg_elbo so far against wall-clock hours since the study's first
-    trial started: what a user waits for a given quality (all workers together)."""
+def running_clock(spans: list[tuple[datetime.datetime, datetime.datetime]]) -> Callable[[datetime.datetime], float]:
+    """Seconds during which at least one of `spans` (start, end) was running, up to a moment:
+    the union of the spans, so time spent across several sessions adds up and the gaps
+    between them (nothing running) do not count. `clock(last end)` is the wall time in all."""
+    merged: list[list[datetime.datetime]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+
+    def clock(moment: datetime.datetime) -> float:
+        return sum((min(b, moment) - a).total_seconds() for a, b in merged if a < moment)
+
+    return clock
+
+
+def time_to_quality(study: optuna.Study, reference: tuple[str, float] | None = None) -> go.Figure:
+    """Best validation neg_elbo so far against the hours the study has had trials running
+    (all workers together; the gaps between sessions cut out, so a search resumed over days
+    reads as one run), from the first trial's start to the last trial's end. `reference`
+    (label, value) draws a horizontal line, e.g. the report's best."""
     import plotly.graph_objects as go
 
-    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete and t.values),
-                  key=lambda t: t.datetime_complete)
+    spans = [(t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False)
+             if t.datetime_start is not None and t.datetime_complete is not None]
+    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if t.datetime_complete and t.values), key=lambda t: t.datetime_complete)
     fig = go.Figure()
     if not done:
         return fig
-    start = min(t.datetime_start for t in trials)
-    hours, best, labels, current = [0.0], [None], [""], float("inf")
+    clock = running_clock(spans)
+    hours, best, labels, current = [], [], [], float("inf")
     for t in done:
         current = min(current, t.values[0])
-        hours.append((t.datetime_complete - start).total_seconds() / 3600)
+        hours.append(clock(t.datetime_complete) / 3600)
         best.append(current)
-        labels.append(f"trial {t.number}")
-    hours, best, labels = hours[1:], best[1:], labels[1:]
+        labels.append(f"trial {t.number}: {t.values[0]:.2f}")
+    end = clock(max(b for _, b in spans)) / 3600
+    if end > hours[-1]:  # the trials after the last improvement: the line runs on to the end
+        hours.append(end)
+        best.append(current)
+        labels.append("last trial ended")
     fig.add_trace(go.Scatter(x=hours, y=best, mode="lines+markers", line_shape="hv", text=labels, name="best so far"))
-    fig.update_layout(title="time to quality: best validation neg_elbo so far against wall-clock hours",
-                      xaxis_title="hours since the first trial started", yaxis_title="best neg_elbo so far")
+    if reference is not None:
+        fig.add_hline(y=reference[1], line_dash="dash", annotation_text=f"{reference[0]}: {reference[1]:.2f}",
+                      annotation_position="top right")
+    fig.update_layout(title="time to quality: best validation neg_elbo so far against hours with trials running",
+                      xaxis_title="hours with trials running (all workers; gaps between sessions left out)",
+                      yaxis_title="best neg_elbo so far")
     return fig

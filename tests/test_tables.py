@@ -1,0 +1,56 @@
+"""Figures of a search that ran over several sessions: the clock counts only the hours with
+trials running, and the time-to-quality line runs to the last trial."""
+
+from __future__ import annotations
+
+import datetime
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from vae_search.tables import running_clock, time_to_quality
+
+T0 = datetime.datetime(2026, 11, 25, 9, 0)
+
+
+def _at(hours: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(hours=hours)
+
+
+def test_the_running_clock_adds_sessions_and_leaves_out_the_gaps():
+    # session 1: two workers 0-1 h and 0.5-2 h (overlapping: 2 h of wall time); nothing for
+    # 10 h; session 2: 12-13 h
+    clock = running_clock([(_at(0.5), _at(2)), (_at(0), _at(1)), (_at(12), _at(13))])
+    assert clock(_at(13)) / 3600 == 3.0
+    assert clock(_at(2)) / 3600 == 2.0
+    assert clock(_at(7)) / 3600 == 2.0  # the gap between sessions does not tick
+    assert clock(_at(12.5)) / 3600 == 2.5
+    assert clock(_at(0)) == 0.0
+    assert running_clock([])(_at(1)) == 0.0
+
+
+def _trial(number: int, state: TrialState, start: float, end: float, value: float | None) -> FrozenTrial:
+    return FrozenTrial(number=number, state=state, value=value, datetime_start=_at(start), datetime_complete=_at(end),
+                       params={"x": 0.1 * number}, distributions={"x": FloatDistribution(0, 10)}, user_attrs={},
+                       system_attrs={}, intermediate_values={1: 2000.0 - number}, trial_id=number)
+
+
+def test_time_to_quality_counts_running_hours_and_runs_to_the_last_trial():
+    study = optuna.create_study()
+    for t in (_trial(0, TrialState.COMPLETE, 0, 1, 1850.0),       # session 1
+              _trial(1, TrialState.COMPLETE, 1, 2, 1840.0),
+              _trial(2, TrialState.COMPLETE, 20, 21, 1845.0),     # session 2, a day later: no better
+              _trial(3, TrialState.PRUNED, 21, 21.5, None)):
+        study.add_trial(t)
+    fig = time_to_quality(study, reference=("the report's best (config 3)", 1843.23))
+    line = fig.data[0]
+    assert list(line.x) == [1.0, 2.0, 3.0, 3.5]  # not 21 and 21.5: the night between is left out
+    assert list(line.y) == [1850.0, 1840.0, 1840.0, 1840.0]
+    assert any(s.y0 == 1843.23 for s in fig.layout.shapes)  # the report's best as a line
+
+
+def test_time_to_quality_is_empty_without_a_complete_trial():
+    study = optuna.create_study()
+    study.add_trial(_trial(0, TrialState.PRUNED, 0, 1, None))
+    assert not time_to_quality(study).data
