@@ -51,6 +51,38 @@ def test_worker_argv_replaces_jobs_and_moves_the_storage_to_the_environment():
         assert not any("secret" in a for a in args)
 
 
+def test_a_dead_workers_trial_is_failed_and_requeued_by_the_run_layer(tmp_path, monkeypatch):
+    """run_trials' side of a worker death, without starting a process: run_workers reports
+    the death (as it does on SIGKILL), the trial is failed with the reason and queued again,
+    and the command ends with one RunError line."""
+    from types import SimpleNamespace
+
+    from vae_search import run, workers
+    from vae_search.errors import RunError
+    from vae_search.storages import open_storage, trial_id_of
+
+    study = optuna.create_study(study_name="b1", storage=open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=None))
+    study.enqueue_trial({"latent_dim": 4, "base_channels": 32}, user_attrs={"seed": 0, "config": 1})
+    running = study.ask()
+    fates = []
+
+    def one_worker_dies(argv, n, *, on_death, **kw):
+        fates.append(on_death(trial_id_of(running), "worker 2 died (SIGKILL)", True))
+        return 1
+
+    monkeypatch.setattr(workers, "worker_identity", lambda: None)
+    monkeypatch.setattr(workers, "run_workers", one_worker_dies)
+    opts = run.Training(argv=["grid"], storage="unused", artifact_dir=tmp_path / "a", jobs=2)
+    prepared = run.Prepared(None, study, SimpleNamespace(device="cpu"))
+    with pytest.raises(RunError, match="a worker failed"):
+        run.run_trials(prepared, opts, lambda **kw: 0, total=4, done=0, counts=lambda s: True, title="b1")
+    trials = study.get_trials()
+    assert fates == ["retried as trial 1"]
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["fail_reason"].startswith("worker 2 died (SIGKILL)")
+    assert trials[1].state == TrialState.WAITING and trials[1].params == trials[0].params
+    assert trials[1].user_attrs == {"seed": 0, "config": 1}
+
+
 @pytest.mark.multiprocess
 def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"

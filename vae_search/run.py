@@ -159,9 +159,9 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     return Prepared(storage, study, settings)
 
 
-def run_trials(p: Prepared, opts: Training, loop: Callable[..., int], *, total: int, done: int,
+def run_trials(p: Prepared, opts: Training, trials: Callable[..., int], *, total: int, done: int,
                counts: Callable[[str], bool], title: str) -> int:
-    """Run `loop(on_trial_end=, on_wait=)` here, in a worker of a parent command, or as
+    """Run `trials(on_trial_end=, on_wait=)` (a trial loop) here, in a worker of a parent command, or as
     `opts.jobs` worker processes; returns how many trials this process (or its workers) trained."""
     from vae_search import workers
     from vae_search.ui import TrainingProgress, trial_line
@@ -169,12 +169,12 @@ def run_trials(p: Prepared, opts: Training, loop: Callable[..., int], *, total: 
     if workers.worker_identity() is not None:  # a worker: report to the parent, print nothing
         with workers.reporter() as rep:
             p.settings.on_batch_factory = rep.factory
-            return loop(on_trial_end=lambda t: rep.trial_end(t.state.name, t.number, trial_line(t)), on_wait=rep.waiting)
+            return trials(on_trial_end=lambda t: rep.trial_end(t.state.name, t.number, trial_line(t)), on_wait=rep.waiting)
     n = min(opts.jobs or workers.default_jobs(p.settings.device), max(1, total - done))
     if n <= 1:
         with TrainingProgress() as progress:
             p.settings.on_batch_factory = progress.factory
-            return loop(on_trial_end=lambda t: err.print(trial_line(t)), on_wait=progress.waiting)
+            return trials(on_trial_end=lambda t: err.print(trial_line(t)), on_wait=progress.waiting)
 
     err.print(f"{n} workers, {workers.threads_per_worker(n)} torch thread(s) each")
     started = datetime.datetime.now()
