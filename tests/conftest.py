@@ -95,6 +95,10 @@ def image_folder(tmp_path_factory) -> Path:
 
 # Tiny training runs: a fixed subset of the generated data, small batches, no compilation.
 TINY = ("--limit-train", "128", "--limit-val", "32", "--batch-size", "64", "--compile", "off")
+# b1's shape (four points, one wider) at a fraction of its cost, for the tests of workers,
+# signals and faults, where b1's parameter counts are not the point: study "small"
+SMALL = ("--preset", str(Path(__file__).resolve().parent / "small.toml"))
+SMALL_POINTS = {(4, 8), (8, 8), (16, 8), (8, 16)}
 
 
 def invoke(*args: object) -> int:

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import TINY, free_port, one_line_error, wait_for, worker
+from tests.conftest import SMALL, SMALL_POINTS, TINY, free_port, one_line_error, wait_for, worker
 
 B1 = {(4, 32), (8, 32), (16, 32), (8, 64)}
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,10 +112,10 @@ def own_pg():
 @pytest.mark.postgres
 def test_storage_unreachable_mid_run_then_resumed(own_pg, tmp_path, batches_dir, warm_cache):
     storage = own_pg.create_database("vae")
-    args = ("grid", "--epochs", 25, "--heartbeat", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+    args = ("grid", *SMALL, "--epochs", 25, "--heartbeat", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
             "--artifact-dir", tmp_path / "art")
     proc = worker(*args, env={**warm_cache, "VAE_SEARCH_OUTAGE_S": "5"})
-    wait_for(lambda: any(t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage)),
+    wait_for(lambda: any(t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage, "small")),
              what="a running trial")
     own_pg.stop()
     stopped = time.monotonic()
@@ -129,8 +129,8 @@ def test_storage_unreachable_mid_run_then_resumed(own_pg, tmp_path, batches_dir,
     rerun = worker(*args, env=warm_cache)
     _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
-    trials = _trials(storage)
-    assert _complete_points(trials) == Counter({(*p, 0): 1 for p in B1})
+    trials = _trials(storage, "small")
+    assert _complete_points(trials) == Counter({(*p, 0): 1 for p in SMALL_POINTS})
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     stale = [t for t in trials if t.state == TrialState.FAIL]
     assert stale and all("stopped sending heartbeats" in t.user_attrs["fail_reason"] for t in stale)
@@ -139,15 +139,15 @@ def test_storage_unreachable_mid_run_then_resumed(own_pg, tmp_path, batches_dir,
 @pytest.mark.postgres
 def test_a_restart_under_a_running_worker_is_ridden_out(own_pg, tmp_path, batches_dir, warm_cache):
     storage = own_pg.create_database("vae")
-    proc = worker("grid", "--epochs", 12, "--data-dir", batches_dir, *TINY, "--storage", storage,
+    proc = worker("grid", *SMALL, "--epochs", 12, "--data-dir", batches_dir, *TINY, "--storage", storage,
                   "--artifact-dir", tmp_path / "art", env=warm_cache)
-    wait_for(lambda: any(t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage)),
+    wait_for(lambda: any(t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage, "small")),
              what="a running trial")
     own_pg.restart(down_s=2)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    trials = _trials(storage)
-    assert _complete_points(trials) == Counter({(*p, 0): 1 for p in B1}) and len(trials) == 4
+    trials = _trials(storage, "small")
+    assert _complete_points(trials) == Counter({(*p, 0): 1 for p in SMALL_POINTS}) and len(trials) == 4
 
 
 # ---------------------------------------------------------------- many local workers on SQLite
@@ -165,25 +165,30 @@ def test_four_local_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
 
 
 @pytest.mark.multiprocess
-def test_heartbeat_failed_trial_says_why_and_which_trial_retries_it(tmp_path, batches_dir, warm_cache):
+def test_a_killed_worker_is_found_by_heartbeat_and_its_point_retried_once(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
-    args = ("grid", "--epochs", 30, "--heartbeat", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+    args = ("grid", *SMALL, "--epochs", 30, "--heartbeat", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
             "--artifact-dir", tmp_path / "art")
     victim = worker(*args, env=warm_cache)
-    running = wait_for(lambda: [t for t in _trials(storage) if t.state == TrialState.RUNNING and t.user_attrs.get("history")],
+    running = wait_for(lambda: [t for t in _trials(storage, "small")
+                                if t.state == TrialState.RUNNING and t.user_attrs.get("history")],
                        what="a running trial")[0]
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
-    time.sleep(3.5)
+    assert _trials(storage, "small")[running.number].state == TrialState.RUNNING  # nobody told the storage
+    time.sleep(3.5)  # the grace period: three missed beats
     rescuer = worker(*args, env=warm_cache)
     _, err = rescuer.communicate(timeout=600)
     assert rescuer.returncode == 0, err
-    trials = _trials(storage)
+    trials = _trials(storage, "small")
     reason = trials[running.number].user_attrs["fail_reason"]
+    assert trials[running.number].state == TrialState.FAIL
     assert reason.startswith("worker stopped sending heartbeats (silent for more than 3 s); retried as trial ")
     retry = trials[int(reason.rsplit(" ", 1)[1])]
     assert retry.state == TrialState.COMPLETE and retry.params == running.params
+    assert retry.system_attrs["failed_trial"] == running.number
     assert "fail_reason" not in retry.user_attrs  # the retry does not inherit the failed run's attributes
+    assert _complete_points(trials) == Counter({(*p, 0): 1 for p in SMALL_POINTS})  # each point once
 
 
 # ---------------------------------------------------------------- Optuna's gRPC storage proxy
