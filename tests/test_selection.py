@@ -73,3 +73,18 @@ def test_a_subset_study_is_not_compared_with_the_report(tmp_path, cli):
     rc, out, err = cli("best", "--storage", url, "--study-name", "search")
     assert rc == 0, err
     assert "vs the report's best: not comparable (this study trains 10 epochs on 5000 images" in " ".join(out.split())
+
+
+def test_a_grid_still_running_is_not_taken_for_the_grids_best(tmp_path, cli):
+    """With only config 4 run (the grid hands out its widest point first), its best so far
+    is not the grid's best: `best` says the comparison waits for the rest."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    synthetic_grid(url, {1: [], 2: [], 3: [], 4: [1875.71, 1875.04]})
+    search = optuna.create_study(study_name="search", storage=url)
+    search.set_user_attr("kind", "search")
+    search.add_trial(_trial({"latent_dim": 114, "base_channels": 32, "beta": 1.7, "lr": 2.6e-3}, 1832.47, 961_415, 700.0))
+    rc, out, err = cli("best", "--study-name", "search", "--storage", url)
+    assert rc == 0, err
+    text = " ".join(out.split())
+    assert "vs the B.1 grid here (study 'b1'): not yet, config 1, config 2, config 3 of 4 have no complete run" in text
+    assert "vs the B.1 grid's best here" not in text

@@ -357,7 +357,13 @@ def _against_the_report(best: Candidate, study: optuna.Study, storage: optuna.st
     if REFERENCE_PRESET in names and study.study_name != REFERENCE_PRESET:
         grid = optuna.load_study(study_name=REFERENCE_PRESET, storage=storage)
         ranked = candidates(grid, _preset_of(grid)) if grid.user_attrs.get("kind") == "grid" else []
-        if ranked:
+        have = {c.label for c in ranked}
+        missing = [f"config {p.config}" for p in ref.points if f"config {p.config}" not in have]
+        if ranked and missing:  # its best so far is not the grid's best: no comparison until every point has run
+            out.append(f"vs the B.1 grid here (study {REFERENCE_PRESET!r}): not yet, {', '.join(missing)} of "
+                       f"{len(ref.points)} ha{'s' if len(missing) == 1 else 've'} no complete run (`vae-search grid "
+                       "--preset b1` completes it)")
+        elif ranked:
             g = ranked[0]
             verdict = _verdict(best, g, noise)
             out.append(f"vs the B.1 grid's best here ({g.label} of study {REFERENCE_PRESET!r}, {g.text()}): neg_elbo "
