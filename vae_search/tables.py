@@ -217,10 +217,11 @@ def time_to_quality(study: optuna.Study, reference: tuple[str, float] | None = N
     (label, value) draws a horizontal line, e.g. the report's best."""
     import plotly.graph_objects as go
 
-    spans = [(t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False)  # read once: a study on a server is a query per call
+    spans = [(t.datetime_start, t.datetime_complete) for t in trials
              if t.datetime_start is not None and t.datetime_complete is not None]
-    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if t.datetime_complete and t.values), key=lambda t: t.datetime_complete)
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete and t.values),
+                  key=lambda t: t.datetime_complete)
     fig = go.Figure()
     if not done:
         return fig
