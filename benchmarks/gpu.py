@@ -84,7 +84,7 @@ def grid(args: argparse.Namespace, tmp: Path) -> dict:
     return out
 
 
-def _worker(device: str, precision: str, images: int, epochs: int, start_at: float, results) -> None:
+def _worker(device: str, precision: str, images: int, epochs: int, ready, results) -> None:
     """One worker process: train latent 16 / base 32 on random images and report img/s of
     the epochs after the first (which pays for cuDNN's autotuning and any compilation)."""
     import torch
@@ -98,8 +98,7 @@ def _worker(device: str, precision: str, images: int, epochs: int, start_at: flo
     x = torch.randint(0, 256, (images + 512, 3, 32, 32), dtype=torch.uint8)
     data = Cifar10(x[:images], x[images:], "random")
     times: list[float] = []
-    while time.time() < start_at:  # every worker starts its training at the same moment
-        time.sleep(0.01)
+    ready.wait()  # every worker starts its training at the same moment, once all have spawned and imported
     train(ModelConfig(16, 32), TrainConfig(epochs=epochs, batch_size=128), data, device=dev, compile=False,
           precision=precision, on_epoch=lambda m: times.append(m["time_s"]))
     per_epoch = (times[-1] - times[0]) / (len(times) - 1)
@@ -112,9 +111,8 @@ def throughput(args: argparse.Namespace) -> dict:
     ctx = mp.get_context("spawn")  # CUDA does not survive fork
     out = {}
     for n in (1, 2, 4):
-        results = ctx.Queue()
-        start_at = time.time() + (8 if args.quick else 20)  # spawn and import first, then start together
-        procs = [ctx.Process(target=_worker, args=(args.device, args.precision, images, epochs, start_at, results))
+        results, ready = ctx.Queue(), ctx.Barrier(n, timeout=args.grid_timeout)
+        procs = [ctx.Process(target=_worker, args=(args.device, args.precision, images, epochs, ready, results))
                  for _ in range(n)]
         for p in procs:
             p.start()

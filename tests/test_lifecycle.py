@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -17,6 +19,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import TINY, one_line_error
 from vae_search import study as st
+from vae_search import trial_loop
 from vae_search.storages import open_storage, trial_id_of
 from vae_search.trial_loop import fail_and_retry
 
@@ -51,6 +54,33 @@ def test_the_first_run_records_the_default(tmp_path, batches_dir, cli):
     assert cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
                "--artifact-dir", tmp_path / "art")[0] == 0
     assert _search(storage, "b1").user_attrs["heartbeat_s"] == st.DEFAULT_HEARTBEAT
+
+
+# ---------------------------------------------------------------- a worker waiting for others
+
+
+def test_a_waiting_worker_leaves_when_the_last_running_trial_ends_not_a_heartbeat_later(tmp_path):
+    """A worker with nothing left to start waits for the others' running trials (one may
+    come back as a retry); it must stop waiting when they end, not sleep out its interval."""
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=60)
+    study = optuna.create_study(storage=storage)
+    other = study.ask()  # another worker's trial, RUNNING
+    threading.Timer(0.3, lambda: study.tell(other, 1.0)).start()
+    start = time.monotonic()
+    assert trial_loop._wait_for_others(study, None) is True  # it waited: a trial was running
+    waited = time.monotonic() - start
+    assert 0.3 <= waited < 3  # it saw the trial end; the interval (60 s, polled at most every 10 s) was not slept out
+    assert trial_loop._wait_for_others(study, None) is False  # nothing runs now: nothing to wait for
+
+
+def test_a_waiting_worker_leaves_when_a_retry_is_queued(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=60)
+    study = optuna.create_study(storage=storage)
+    study.ask()
+    threading.Timer(0.3, lambda: study.enqueue_trial({})).start()
+    start = time.monotonic()
+    assert trial_loop._wait_for_others(study, None) is True
+    assert time.monotonic() - start < 3  # back to pop the queued trial
 
 
 # ---------------------------------------------------------------- trials nothing can check

@@ -51,7 +51,8 @@ from vae_search.storages import (
 )
 from vae_search.study import FINISHED, finished_count
 
-MAX_WAIT_POLL = 10.0  # seconds between looks at other workers' trials while waiting for them
+MAX_WAIT_POLL = 10.0  # seconds between looks for stale trials while waiting for other workers' trials
+WAIT_STEP = 0.5  # seconds between cheap looks for a change (a trial ended or queued) while waiting
 MAX_RETRY = 3  # times a stale trial is re-queued
 
 Objective = Callable[[optuna.Trial], float | Sequence[float]]
@@ -235,17 +236,33 @@ def _duplicate_of(study: optuna.Study, trial: optuna.Trial, default_seed: int) -
 
 
 def _wait_for_others(study: optuna.Study, on_wait: Callable[[list[int]], None] | None) -> bool:
-    """Where heartbeats tell live workers from dead ones, wait a little while other trials
-    run (one of them may fail and come back as a retry); False when there is nothing to wait
-    for (no other trial running, or no heartbeats: then a dead worker's trial would never end)."""
+    """Where heartbeats tell live workers from dead ones, wait while other trials run (one of
+    them may fail and come back as a retry); False when there is nothing to wait for (no other
+    trial running, or no heartbeats: then a dead worker's trial would never end).
+
+    The wait ends as soon as something changes (a running trial ends, a trial is queued), so
+    the last worker of a run leaves when the last trial does, not up to a heartbeat later; at
+    the latest after one heartbeat interval, when the caller looks for stale trials again."""
     interval = heartbeat_interval(storage_of(study))
-    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    running = _running_and_waiting(study)[0]
     if not interval or not running:
         return False
     if on_wait:
         on_wait(running)
-    time.sleep(min(float(interval), MAX_WAIT_POLL))
+    deadline = time.monotonic() + min(float(interval), MAX_WAIT_POLL)
+    while time.monotonic() < deadline:
+        time.sleep(WAIT_STEP)
+        now_running, waiting = _running_and_waiting(study)
+        if waiting or now_running != running:
+            break
     return True
+
+
+def _running_and_waiting(study: optuna.Study) -> tuple[list[int], bool]:
+    trials = storage_of(study).get_all_trials(study_id_of(study), deepcopy=False,
+                                             states=(TrialState.RUNNING, TrialState.WAITING))
+    return sorted(t.number for t in trials if t.state == TrialState.RUNNING), any(
+        t.state == TrialState.WAITING for t in trials)
 
 
 def run_points(
