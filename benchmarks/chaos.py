@@ -2,11 +2,11 @@
 lost or duplicated (both must be 0).
 
     python benchmarks/chaos.py                          # about 5 minutes of kills, 4 workers
-    python benchmarks/chaos.py --minutes 1 --workers 3  # the short run the test suite makes
+    python benchmarks/chaos.py --minutes 1 --workers 3 --preset tests/small.toml  # the test suite's short run
 
 Starts a real PostgreSQL server (tests/pgserver.py, the test fixtures' way: initdb in a
 temporary folder, 127.0.0.1) and tiny generated CIFAR-10 data, then W worker processes of the
-real CLI on one storage with a 2 s heartbeat: two on `grid --preset b1 --seeds 2`, the rest on
+real CLI on one storage with a 2 s heartbeat: two on `grid --preset b1 --seeds 2` (or `--preset`'s grid), the rest on
 `optimize --trials 12`. For `--minutes`, a supervisor SIGKILLs a random worker every few
 seconds (exponential gaps, seeded) and starts a replacement of the same kind; at half time it
 restarts the server (fast shutdown, start). Then it stops killing and the workers finish on
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4, help="workers at a time: 2 on the grid, the rest on the search")
     ap.add_argument("--kill-every", type=float, default=5.0, help="mean seconds between kills")
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--preset", default="b1", help="the grid the grid workers run: b1, or a TOML file (tests/small.toml)")
     ap.add_argument("--images", type=int, default=768, help="training images (a quarter as many for validation)")
     ap.add_argument("--heartbeat", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -116,7 +117,7 @@ def main() -> None:
         load_cifar10(data, cache_dir=tmp / "cache")  # decoded once, not by every worker
         common = ["--epochs", str(args.epochs), "--batch-size", "64", "--data-dir", str(data), "--storage", storage,
                   "--artifact-dir", str(tmp / "artifacts"), "--heartbeat", str(args.heartbeat), "--compile", "off"]
-        commands = {"grid": ["grid", "--preset", "b1", "--seeds", str(GRID_SEEDS), *common],
+        commands = {"grid": ["grid", "--preset", args.preset, "--seeds", str(GRID_SEEDS), *common],
                     "search": ["optimize", "--trials", str(SEARCH_TRIALS), *common]}
         roles = ["grid", "grid", *["search"] * max(1, args.workers - 2)][: max(args.workers, 3)]
         fleet = Fleet(commands, roles, env, tmp / "logs")
@@ -153,7 +154,7 @@ def main() -> None:
         hung = len(fleet.live())
         for _, p in fleet.live():
             p.kill()
-        result = check(storage, data, tmp / "artifacts", tmp / "cache")
+        result = check(storage, args.preset, data, tmp / "artifacts", tmp / "cache")
         result.update(killed=killed, restarts=restarts, worker_errors=fleet.errors, workers_started=fleet.started,
                       hung=hung, wall_s=round(time.monotonic() - start, 1))
         print(f"grid: {result['grid_complete']} of {result['grid_points']} (point, seed) complete; search: "
@@ -188,7 +189,7 @@ def reevaluate(store, trial, data) -> tuple[str, float, float]:
     return precision, float(a["neg_elbo"]), again["neg_elbo"]
 
 
-def check(storage_url: str, data_dir: Path, artifact_dir: Path, cache: Path) -> dict:
+def check(storage_url: str, preset_name: str, data_dir: Path, artifact_dir: Path, cache: Path) -> dict:
     """What the studies hold, against what the workers owed."""
     import optuna
     from optuna.trial import TrialState
@@ -198,10 +199,11 @@ def check(storage_url: str, data_dir: Path, artifact_dir: Path, cache: Path) -> 
     from vae_search.definitions import load_preset
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    grid = optuna.load_study(study_name="b1", storage=storage_url).get_trials()
+    preset = load_preset(preset_name)
+    grid = optuna.load_study(study_name=preset.name, storage=storage_url).get_trials()
     search = optuna.load_study(study_name="search", storage=storage_url).get_trials()
     owed = Counter({(p.params["latent_dim"], p.params["base_channels"], s): 0
-                    for p in load_preset("b1").points for s in range(GRID_SEEDS)})
+                    for p in preset.points for s in range(GRID_SEEDS)})
     for t in grid:
         if t.state == TrialState.COMPLETE:
             owed[(t.params["latent_dim"], t.params["base_channels"], t.user_attrs["seed"])] += 1
@@ -210,7 +212,7 @@ def check(storage_url: str, data_dir: Path, artifact_dir: Path, cache: Path) -> 
     duplicates = sum(n - 1 for n in owed.values() if n > 1) + max(0, finished - SEARCH_TRIALS)
     data = load_cifar10(data_dir, cache_dir=cache)
     store, bad, checked = artifact_store(artifact_dir), 0, 0
-    for name, t in [(n, t) for n, ts in (("b1", grid), ("search", search)) for t in ts if t.state == TrialState.COMPLETE]:
+    for name, t in [(n, t) for n, ts in ((preset.name, grid), ("search", search)) for t in ts if t.state == TrialState.COMPLETE]:
         try:
             precision, stored, again = reevaluate(store, t, data)
             rel = abs(again - stored) / abs(stored)

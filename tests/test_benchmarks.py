@@ -33,7 +33,7 @@ def test_gpu_benchmark_dry_run_on_cpu():
     grid = result["grid"]
     assert grid["rc"] == 0 and sorted(grid["configs"]) == ["1", "2", "3", "4"]
     assert all(c["cpu_fp32"]["val_loss"] > 1800 and c["time_s"] > 0 for c in grid["configs"].values())
-    assert sorted(result["throughput"]) == ["1", "2", "4"]
+    assert sorted(result["throughput"]) == ["1", "2"]  # --quick: 4 workers only on the real run
     assert all(len(r["img_s_each"]) == int(n) and r["img_s_total"] > 0 for n, r in result["throughput"].items())
 
 

@@ -244,7 +244,7 @@ def test_the_proxy_refuses_what_it_cannot_serve(backend, tmp_path, cli):
 @pytest.mark.postgres
 def test_short_chaos_run_loses_and_duplicates_nothing(pg_server):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "chaos.py"), "--minutes", "1", "--workers", "3",
-                           "--kill-every", "6", "--epochs", "3", "--images", "384"],
+                           "--kill-every", "6", "--epochs", "3", "--images", "384", "--preset", SMALL[1]],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
