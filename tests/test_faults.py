@@ -19,7 +19,6 @@ from optuna.trial import TrialState
 
 from tests.conftest import SMALL, SMALL_POINTS, TINY, free_port, one_line_error, wait_for, worker
 
-B1 = {(4, 32), (8, 32), (16, 32), (8, 64)}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -49,9 +48,9 @@ def warm_cache(batches_dir, tmp_path):
 @pytest.mark.multiprocess
 def test_artifact_folder_removed_mid_trial(tmp_path, batches_dir, warm_cache, cli):
     storage, art = f"sqlite:///{tmp_path}/s.db", tmp_path / "art"
-    proc = worker("grid", "--epochs", 25, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", art,
-                  env=warm_cache)
-    wait_for(lambda: any(t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage)),
+    proc = worker("grid", *SMALL, "--epochs", 25, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                  "--artifact-dir", art, env=warm_cache)
+    wait_for(lambda: any(t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage, "small")),
              what="a running trial")
     shutil.rmtree(art)
     _, err = proc.communicate(timeout=300)
@@ -59,11 +58,11 @@ def test_artifact_folder_removed_mid_trial(tmp_path, batches_dir, warm_cache, cl
     last = err.strip().splitlines()[-1]
     assert last.startswith("vae-search: error: cannot save the files of trial") and "No such file or directory" in last
     assert "Traceback" not in err
-    trials = _trials(storage)  # the study stays readable
+    trials = _trials(storage, "small")  # the study stays readable
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and "cannot save the files" in failed[0].user_attrs["fail_reason"]
     assert "weights_artifact_id" not in failed[0].user_attrs  # nothing interpolate would trust
-    rc, _, err = cli("interpolate", "--trial", failed[0].number, "--study-name", "b1", "--storage", storage,
+    rc, _, err = cli("interpolate", "--trial", failed[0].number, "--study-name", "small", "--storage", storage,
                      "--artifact-dir", tmp_path / "art2", "--out", tmp_path / "out")
     assert rc == 2 and "has no weights (it is FAIL)" in one_line_error(err)
 
@@ -156,12 +155,12 @@ def test_a_restart_under_a_running_worker_is_ridden_out(own_pg, tmp_path, batche
 @pytest.mark.multiprocess
 def test_four_local_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
-    proc = worker("grid", "--jobs", 4, "--seeds", 2, "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
-                  "--artifact-dir", tmp_path / "art", env=warm_cache)
+    proc = worker("grid", *SMALL, "--jobs", 4, "--seeds", 2, "--epochs", 1, "--data-dir", batches_dir, *TINY,
+                  "--storage", storage, "--artifact-dir", tmp_path / "art", env=warm_cache)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "database is locked" not in err and "[worker 4]" in err
-    assert _complete_points(_trials(storage)) == Counter({(*p, s): 1 for p in B1 for s in (0, 1)})
+    assert _complete_points(_trials(storage, "small")) == Counter({(*p, s): 1 for p in SMALL_POINTS for s in (0, 1)})
 
 
 @pytest.mark.multiprocess

@@ -11,10 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import TINY, wait_for, worker
+from tests.conftest import SMALL, SMALL_POINTS, TINY, wait_for, worker
 from vae_search.workers import worker_argv
-
-B1_POINTS = {(4, 32), (8, 32), (16, 32), (8, 64)}
 
 
 def _trials(storage: str, name: str = "b1"):
@@ -86,18 +84,18 @@ def test_a_dead_workers_trial_is_failed_and_requeued_by_the_run_layer(tmp_path, 
 @pytest.mark.multiprocess
 def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
-    proc = worker("grid", "--jobs", 2, "--seeds", 2, "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
-                  "--artifact-dir", tmp_path / "art", env=warm_cache)
+    proc = worker("grid", *SMALL, "--jobs", 2, "--seeds", 2, "--epochs", 1, "--data-dir", batches_dir, *TINY,
+                  "--storage", storage, "--artifact-dir", tmp_path / "art", env=warm_cache)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    trials = _trials(storage)
+    trials = _trials(storage, "small")
     complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
-    assert complete == Counter({(*p, s): 1 for p in B1_POINTS for s in (0, 1)}), complete
+    assert complete == Counter({(*p, s): 1 for p in SMALL_POINTS for s in (0, 1)}), complete
     assert {t.user_attrs["jobs"] for t in trials} == {2} and {t.user_attrs["threads"] for t in trials} == {max(1, os.cpu_count() // 2)}
     assert "[worker 1]" in err and "[worker 2]" in err  # both trained, and said so through the parent
     epochs = [line for line in err.splitlines() if " epoch " in line and line.startswith("[worker ")]
     assert len(epochs) == 8, err  # 8 trials of 1 epoch; not a terminal: one line per epoch instead of a live bar
-    assert "1843.23" in out  # the parent printed the table
+    assert "b1's shape at base 8 and 16" in out and "23,347" in out  # the parent printed the table (title, params)
 
 
 @pytest.mark.multiprocess
@@ -131,18 +129,19 @@ def test_ctrl_c_stops_every_worker_and_leaves_no_running_trial(tmp_path, batches
 @pytest.mark.multiprocess
 def test_a_worker_that_dies_does_not_stop_the_others(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
-    proc = worker("grid", "--jobs", 2, "--epochs", 8, "--data-dir", batches_dir, *TINY, "--storage", storage,
+    proc = worker("grid", *SMALL, "--jobs", 2, "--epochs", 8, "--data-dir", batches_dir, *TINY, "--storage", storage,
                   "--artifact-dir", tmp_path / "art", env=warm_cache)
     wait_for(lambda: len(_children(proc.pid)) == 2 and any(
-        t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage)), what="a running trial")
+        t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage, "small")),
+        what="a running trial")
     victim = _children(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err  # the exit code says a worker failed ...
     assert "died (SIGKILL)" in err and "Traceback" not in err
-    trials = _trials(storage)
+    trials = _trials(storage, "small")
     complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
-    assert complete == Counter({(*p, 0): 1 for p in B1_POINTS})  # ... and the other worker completed the grid
+    assert complete == Counter({(*p, 0): 1 for p in SMALL_POINTS})  # ... and the other worker completed the grid
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and "died (SIGKILL)" in failed[0].user_attrs["fail_reason"]
     retry = int(failed[0].user_attrs["fail_reason"].rsplit("retried as trial ", 1)[1])

@@ -32,9 +32,9 @@ def _point(t) -> tuple[int, int]:
     return t.params["latent_dim"], t.params["base_channels"]
 
 
-def _assert_each_point_complete_once(trials) -> None:
+def _assert_each_point_complete_once(trials, points=B1_POINTS) -> None:
     complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
-    assert complete == Counter({p: 1 for p in B1_POINTS}), complete
+    assert complete == Counter({p: 1 for p in points}), complete
 
 
 @pytest.fixture
@@ -102,10 +102,10 @@ def _two_workers(args, env):
 @pytest.mark.multiprocess
 def test_two_grid_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
-    _two_workers(("grid", "--epochs", 3, "--data-dir", batches_dir, *TINY, "--storage", storage,
+    _two_workers(("grid", *SMALL, "--epochs", 3, "--data-dir", batches_dir, *TINY, "--storage", storage,
                   "--artifact-dir", tmp_path / "art"), warm_cache)
-    trials = _trials(storage)
-    _assert_each_point_complete_once(trials)
+    trials = _trials(storage, "small")
+    _assert_each_point_complete_once(trials, SMALL_POINTS)
     assert all(t.state == TrialState.COMPLETE or "duplicate" in t.user_attrs.get("fail_reason", "") for t in trials)
 
 
@@ -120,9 +120,9 @@ def test_two_optimize_workers_on_sqlite(tmp_path, batches_dir, warm_cache):
 
 @pytest.mark.postgres
 def test_two_grid_workers_on_postgresql(fresh_pg_db, tmp_path, batches_dir, warm_cache):
-    _two_workers(("grid", "--epochs", 3, "--data-dir", batches_dir, *TINY, "--storage", fresh_pg_db,
+    _two_workers(("grid", *SMALL, "--epochs", 3, "--data-dir", batches_dir, *TINY, "--storage", fresh_pg_db,
                   "--artifact-dir", tmp_path / "art"), warm_cache)
-    _assert_each_point_complete_once(_trials(fresh_pg_db))
+    _assert_each_point_complete_once(_trials(fresh_pg_db, "small"), SMALL_POINTS)
 
 
 @pytest.mark.postgres
