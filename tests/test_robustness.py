@@ -83,7 +83,7 @@ def test_interrupt_fails_the_running_trial_and_a_rerun_resumes(tmp_path, batches
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     trials = _trials(storage, "small")
-    assert Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE) == Counter(dict.fromkeys(SMALL_POINTS, 1))
+    _assert_each_point_complete_once(trials, SMALL_POINTS)
     after = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
     assert all(after[t.number] == t.value for t in done)  # the finished trials were kept, not run again
 

@@ -357,8 +357,8 @@ def _against_the_report(best: Candidate, study: optuna.Study, storage: optuna.st
     if REFERENCE_PRESET in names and study.study_name != REFERENCE_PRESET:
         grid = optuna.load_study(study_name=REFERENCE_PRESET, storage=storage)
         ranked = candidates(grid, _preset_of(grid)) if grid.user_attrs.get("kind") == "grid" else []
-        have = {c.label for c in ranked}
-        missing = [f"config {p.config}" for p in ref.points if f"config {p.config}" not in have]
+        have = {p.config for c in ranked if (p := ref.point_for(c.trial.params))}
+        missing = [f"config {p.config}" for p in ref.points if p.config not in have]
         if ranked and missing:  # its best so far is not the grid's best: no comparison until every point has run
             out.append(f"vs the B.1 grid here (study {REFERENCE_PRESET!r}): not yet, {', '.join(missing)} of "
                        f"{len(ref.points)} ha{'s' if len(missing) == 1 else 've'} no complete run (`vae-search grid "

@@ -244,8 +244,8 @@ def _wait_for_others(study: optuna.Study, on_wait: Callable[[list[int]], None] |
     the last worker of a run leaves when the last trial does, not up to a heartbeat later; at
     the latest after one heartbeat interval, when the caller looks for stale trials again."""
     interval = heartbeat_interval(storage_of(study))
-    running = _running_and_waiting(study)[0]
-    if not interval or not running:
+    running = _running_and_waiting(study)[0] if interval else []
+    if not running:
         return False
     if on_wait:
         on_wait(running)
