@@ -293,6 +293,18 @@ def test_dashboard_serves_study_attributes_and_artifacts(searched, cli, tmp_path
 
 
 class TestBadInput:
+    @pytest.mark.parametrize("command", ["grid", "optimize"])
+    @pytest.mark.parametrize("bad", ["missing", "empty"])
+    def test_a_data_dir_that_is_no_data_writes_nothing(self, cli, tmp_path, command, bad):
+        """Refused before the storage is opened: no database, no artifact folder left behind."""
+        data = tmp_path / "data"
+        if bad == "empty":
+            data.mkdir()
+        rc, _, err = cli(command, "--data-dir", data, "--storage", f"sqlite:///{tmp_path}/db/s.db",
+                         "--artifact-dir", tmp_path / "art")
+        assert rc == 2 and ("does not exist" if bad == "missing" else "is empty") in one_line_error(err)
+        assert not (tmp_path / "db").exists() and not (tmp_path / "art").exists()
+
     def test_missing_space_file(self, cli, tmp_path):
         rc, _, err = cli("optimize", "--space", tmp_path / "none.toml", "--storage", f"sqlite:///{tmp_path}/s.db")
         assert rc == 2 and "does not exist" in one_line_error(err)

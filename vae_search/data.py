@@ -91,18 +91,29 @@ def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) ->
     if data_dir is None:
         return _download(cache_dir)
     data_dir = Path(data_dir).expanduser()
+    layout, path = data_layout(data_dir)
+    if layout == "archive":
+        data = load_cifar10(_unpacked(path, cache_dir), cache_dir)
+        return Cifar10(data.train, data.test, str(path))
+    return _cached(path, cache_dir, _read_batches if layout == "batches" else _read_image_folder)
+
+
+def data_layout(data_dir: Path) -> tuple[str, Path]:
+    """("archive" | "batches" | "imagefolder", the path to read) for a --data-dir, from names
+    alone (nothing is read or unpacked), or a UsageError naming the accepted layouts: cheap
+    enough for a command to check before it writes anything."""
+    data_dir = Path(data_dir).expanduser()
     if not data_dir.exists():
         raise UsageError(f"data folder {data_dir} does not exist; {LAYOUTS}")
     if data_dir.is_file() and data_dir.name.endswith(ARCHIVE_SUFFIXES):
-        data = load_cifar10(_unpacked(data_dir, cache_dir), cache_dir)
-        return Cifar10(data.train, data.test, str(data_dir))
+        return "archive", data_dir
     if not data_dir.is_dir():
         raise UsageError(f"data path {data_dir} is not a folder; {LAYOUTS}")
     batches = data_dir if data_dir.name == BATCHES_DIR else data_dir / BATCHES_DIR
     if batches.is_dir():
-        return _cached(batches, cache_dir, _read_batches)
+        return "batches", batches
     if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
-        return _cached(data_dir, cache_dir, _read_image_folder)
+        return "imagefolder", data_dir
     if not any(data_dir.iterdir()):
         raise UsageError(f"data folder {data_dir} is empty; {LAYOUTS}")
     raise UsageError(f"data folder {data_dir} has no layout vae-search knows; {LAYOUTS}")
