@@ -1,7 +1,7 @@
 """The GPU path, checked in one command: the CUDA tests, the full-data B.1 grid in bf16, and
 training throughput with 1, 2 and 4 workers sharing the GPU.
 
-    python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz     # on a GPU machine: < 9 minutes
+    python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz     # on a GPU machine: 4.5 minutes on an H200
     python benchmarks/gpu.py --device cpu --quick                    # the same code on tiny data, 1 and 2 workers (the test suite)
 
 On a bare GPU machine (the `device` tool sends the checkout, not ../shared), from the
@@ -9,6 +9,13 @@ repository root, with the archive copied into the working tree first:
 
     python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && \\
         .venv/bin/python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz
+
+Where that machine has no package index but has PyTorch (the `device` tool's), the missing
+packages travel as wheels downloaded here for its Python (optuna, sqlalchemy, alembic,
+colorlog, mako, greenlet, plotly, cmaes, optuna-dashboard, bottle: the device README's
+`pip download` recipe), installed there with `pip install --no-index --no-deps --target
+/tmp/site .whl/*.whl` and PYTHONPATH=/tmp/site; that is how benchmarks/results/gpu/ was
+measured.
 
 Prints progress on stderr and, as its last line on stdout, one JSON object:
   - cuda_tests: what `pytest -m cuda` said (passed, failed, skipped), and its exit code;
@@ -45,8 +52,12 @@ def say(message: str) -> None:
 
 def cuda_tests(timeout: float) -> dict:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-                           "tests/test_cuda.py"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+                               "tests/test_cuda.py"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        return {"rc": None, "timed_out": True, "seconds": round(time.monotonic() - start, 1),
+                "tail": (e.stdout or b"")[-2000:].decode(errors="replace")}  # bytes, whatever text= says
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr.strip()[-300:]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", summary)}
     failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
@@ -65,12 +76,19 @@ def grid(args: argparse.Namespace, tmp: Path) -> dict:
            *(["--data-dir", args.data_dir] if args.data_dir else []), *(["--jobs", str(args.jobs)] if args.jobs else []),
            *limits]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.grid_timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.grid_timeout)
+    except subprocess.TimeoutExpired:
+        # the trials finished so far are in the study: report them rather than nothing
+        proc = subprocess.CompletedProcess(cmd, 0, "", "")
+        timed_out = True
+    else:
+        timed_out = False
     wall = time.monotonic() - start
     if proc.returncode != 0:
         return {"rc": proc.returncode, "error": proc.stderr.strip().splitlines()[-1:] or ["?"], "wall_s": round(wall, 1)}
     reference = json.loads(CPU_REFERENCE.read_text())["configs"]
-    out: dict = {"rc": 0, "wall_s": round(wall, 1), "precision": args.precision, "configs": {}}
+    out: dict = {"rc": 0, "timed_out": timed_out, "wall_s": round(wall, 1), "precision": args.precision, "configs": {}}
     trials = optuna.load_study(study_name="b1-gpu", storage=storage).get_trials(states=(TrialState.COMPLETE,))
     for t in sorted(trials, key=lambda t: t.user_attrs["config"]):
         a, ref = t.user_attrs, reference[str(t.user_attrs["config"])]
@@ -137,6 +155,8 @@ def main() -> None:
     ap.add_argument("--skip-grid", action="store_true", help="leave out the full-data grid")
     ap.add_argument("--throughput-images", type=int, default=25_000, help="images per epoch in the throughput runs")
     ap.add_argument("--grid-timeout", type=float, default=420.0, help="seconds the grid may take")
+    ap.add_argument("--json", type=Path, help="also write the JSON here, rewritten after each part, so a run cut "
+                                              "short by a time limit still leaves what it measured")
     args = ap.parse_args()
     args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
     if args.quick and not args.data_dir:
@@ -151,15 +171,22 @@ def main() -> None:
         sys.exit(2)
     result: dict = {"device": args.device, "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "quick": args.quick}
+
+    def keep(part: str, value: dict) -> None:
+        result[part] = value
+        say(f"{part}: {json.dumps(value)}")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         os.environ.setdefault("VAE_SEARCH_CACHE", str(Path(tmp) / "cache"))
         say("CUDA tests ...")
-        result["cuda_tests"] = cuda_tests(timeout=180)
+        keep("cuda_tests", cuda_tests(timeout=180))
         if not args.skip_grid:
             say("B.1 grid ...")
-            result["grid"] = grid(args, Path(tmp))
+            keep("grid", grid(args, Path(tmp)))
         say("throughput ...")
-        result["throughput"] = throughput(args)
+        keep("throughput", throughput(args))
     print(json.dumps(result))
 
 

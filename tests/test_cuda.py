@@ -95,7 +95,8 @@ def test_workers_spread_over_gpus(tmp_path, batches_dir):
 
 
 def test_out_of_memory_fails_the_trial_and_the_study_goes_on(tmp_path, batches_dir, cli):
-    torch.cuda.set_per_process_memory_fraction(0.0005)  # ~40 MB of an 80 GB card: a batch of 512 cannot fit
+    # 40 MB, whatever the card's size: a batch of 512 cannot fit
+    torch.cuda.set_per_process_memory_fraction(40 * 2**20 / torch.cuda.get_device_properties(0).total_memory)
     try:
         storage = f"sqlite:///{tmp_path}/s.db"
         rc, _, err = cli("optimize", "--trials", 3, "--device", "cuda", "--epochs", 1, "--batch-size", 512,

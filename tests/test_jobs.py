@@ -49,6 +49,26 @@ def test_worker_argv_replaces_jobs_and_moves_the_storage_to_the_environment():
         assert not any("secret" in a for a in args)
 
 
+@pytest.mark.parametrize("device, gpus, cores, free_gb, expected", [
+    ("cpu", 0, 2, 24, 2),    # one per core
+    ("cpu", 0, 16, 5, 2),    # as many as the memory holds (2 GB each)
+    ("cuda", 1, 16, 64, 4),  # GPU_WORKERS share one GPU
+    ("cuda", 2, 16, 64, 8),
+    ("cuda", 1, 2, 64, 2),   # each feeds its GPU from a core
+    ("cuda", 8, 4, 64, 8),   # never fewer than one per GPU
+    ("mps", 0, 8, 64, 1),
+])
+def test_default_jobs(monkeypatch, device, gpus, cores, free_gb, expected):
+    import torch
+
+    from vae_search import workers
+
+    monkeypatch.setattr(workers, "cores", lambda: cores)
+    monkeypatch.setattr(workers, "_available_memory", lambda: free_gb * 1024**3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert workers.default_jobs(torch.device(device)) == expected
+
+
 def test_a_dead_workers_trial_is_failed_and_requeued_by_the_run_layer(tmp_path, monkeypatch):
     """run_trials' side of a worker death, without starting a process: run_workers reports
     the death (as it does on SIGKILL), the trial is failed with the reason and queued again,

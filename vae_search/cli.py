@@ -9,7 +9,6 @@ finished trial, and exits 130.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import warnings
 from enum import StrEnum
@@ -19,8 +18,8 @@ from typing import Annotated, Any, Optional
 import optuna
 import typer
 
+from vae_search import interrupts, samplers
 from vae_search import options as o
-from vae_search import samplers
 from vae_search import study as st_defaults
 from vae_search.errors import RunError, UsageError
 
@@ -395,29 +394,14 @@ def storage_proxy(
 
 
 _notes: list[str] = []  # printed on stderr after a command succeeds
-_interrupted = False
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    """The first Ctrl-C or SIGTERM interrupts; later ones are ignored, so that the
-    interrupted trial's FAIL reaches the storage (a parent forwards SIGTERM after the
-    terminal's SIGINT: both arrive)."""
-    global _interrupted
-    if _interrupted:
-        return
-    _interrupted = True
-    raise KeyboardInterrupt
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI: bad input as one line and exit 2, a failed run as one line and exit 1,
     interrupts as exit 130."""
-    global _interrupted
-    _interrupted = False
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the commands print their own progress
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # metric names, notes
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends a trial like Ctrl-C does
-    signal.signal(signal.SIGINT, _raise_interrupt)
+    interrupts.install()  # Ctrl-C and SIGTERM end the running trial, never inside a storage call
     args = sys.argv[1:] if argv is None else list(argv)
     _notes.clear()
     command = typer.main.get_command(app)

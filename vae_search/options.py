@@ -67,7 +67,8 @@ PrecisionOpt = Annotated[
 Jobs = Annotated[
     Optional[int],
     typer.Option(min=1, envvar="VAE_SEARCH_JOBS", help="Worker processes on this machine, all on the same study "
-                 "(default: one per CPU core, each with one torch thread, as memory allows; one per GPU). "
+                 "(default: one per CPU core, each with one torch thread, as memory allows; with CUDA, 4 per GPU within "
+                 "the same limits). "
                  "--jobs 1 trains in this process."),
 ]
 Heartbeat = Annotated[

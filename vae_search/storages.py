@@ -33,6 +33,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from vae_search import interrupts
 from vae_search.errors import RunError, UsageError
 
 DEFAULT_HEARTBEAT = 30  # seconds between heartbeats of a running trial (RDB storages)
@@ -125,7 +126,8 @@ def _retrying(method: Callable) -> Callable:
         deadline, delay = time.monotonic() + self.outage_s, 0.25
         while True:
             try:
-                return method(self, *args, **kwargs)
+                with interrupts.deferred():  # a Ctrl-C must not leave a transaction open (interrupts.py)
+                    return method(self, *args, **kwargs)
             except Exception as e:
                 if not _connection_lost(e):
                     raise
@@ -176,7 +178,7 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
             raise UsageError(f"no study journal at {path}; run grid or optimize first")
         if not must_exist:
             path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(_JournalFile(str(path)))
     if scheme == "grpc":
         return _grpc_proxy(url)
     if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
@@ -292,6 +294,12 @@ def _serialize_sqlite(engine) -> None:
     engine.dispose()  # connections opened while Optuna created the tables get the settings too
 
 
+class _JournalFile(JournalFileBackend):
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with interrupts.deferred():  # a Ctrl-C must not leave the journal's lock file behind (interrupts.py)
+            super().append_logs(logs)
+
+
 def _grpc_proxy(url: str) -> BaseStorage:
     """A client of `vae-search storage-proxy` (Optuna's gRPC storage proxy)."""
     from optuna.storages import GrpcStorageProxy
@@ -397,7 +405,7 @@ def annotate_finished(storage: BaseStorage, trial_id: int, key: str, value: Any)
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    with _create_scoped_session(rdb.scoped_session, True) as session:
+    with interrupts.deferred(), _create_scoped_session(rdb.scoped_session, True) as session:
         trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
         attr = models.TrialUserAttributeModel.find_by_trial_and_key(trial, key, session)
         if attr is None:

@@ -37,6 +37,11 @@ WORKER_ENV = "VAE_SEARCH_WORKER"  # "i/N" in a worker process
 PROGRESS_FD_ENV = "VAE_SEARCH_PROGRESS_FD"  # where a worker writes its progress events
 THREADS_ENV = "VAE_SEARCH_THREADS"  # torch threads of a worker
 WORKER_MEMORY = 2 * 1024**3  # bytes a full-data worker may take (README: a trial process peaks near 1.5 GB)
+# Workers sharing one GPU by default: these models are too small to fill a GPU from one
+# process (kernel launches bound it). On an H200, 4 workers trained 3.9x the images/s of one
+# (1.8x with two) and the B.1 grid took 0.63x the wall time
+# (benchmarks/results/gpu/); more were not measured.
+GPU_WORKERS = 4
 STOP_GRACE_S = 60.0  # after asking workers to stop, how long before they are killed
 
 
@@ -66,15 +71,18 @@ def _available_memory() -> int | None:
 
 
 def default_jobs(device: torch.device) -> int:
-    """One worker per GPU; on Apple MPS one; on CPU one per core (each with one thread),
-    as many as the free memory holds."""
-    if device.type == "cuda":
-        return max(1, torch.cuda.device_count())
+    """On CPU one worker per core (each with one thread), as many as the free memory holds;
+    with CUDA, GPU_WORKERS per GPU within the same limits (each feeds its GPU from a core),
+    at least one per GPU; on Apple MPS one."""
     if device.type == "mps":
         return 1
     memory = _available_memory()
     by_memory = max(1, memory // WORKER_MEMORY) if memory else cores()
-    return max(1, min(cores(), by_memory))
+    fits = max(1, min(cores(), by_memory))
+    if device.type == "cuda":
+        gpus = max(1, torch.cuda.device_count())
+        return max(gpus, min(GPU_WORKERS * gpus, fits))
+    return fits
 
 
 def threads_per_worker(jobs: int) -> int:

@@ -1,0 +1,117 @@
+"""Ctrl-C inside a storage call: held until the call has ended, so no transaction stays open
+and SQLite is never left locked (the CI failure of test_jobs' Ctrl-C test: both workers
+waited on a lock one of them held, until the parent killed them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+
+import optuna
+import pytest
+
+from vae_search import interrupts
+from vae_search.storages import open_storage, rdb_of
+
+
+@pytest.fixture
+def handlers():
+    """vae-search's handlers for the test, pytest's back afterwards."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    yield
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def _interrupt_mid_transaction(engine, monkeypatch, sig=signal.SIGINT):
+    """Send `sig` to this process just after the first statement that follows BEGIN IMMEDIATE
+    (which took SQLite's lock): the handler runs inside SQLAlchemy's execute, where a raised
+    KeyboardInterrupt once left the transaction open and the database locked."""
+    real, sent = engine.dialect.do_execute, []
+
+    def execute_then_signal(cursor, statement, *args, **kwargs):
+        result = real(cursor, statement, *args, **kwargs)
+        if not statement.startswith("BEGIN") and not sent:
+            sent.append(sig)
+            os.kill(os.getpid(), sig)
+        return result
+
+    monkeypatch.setattr(engine.dialect, "do_execute", execute_then_signal)
+    return lambda: monkeypatch.setattr(engine.dialect, "do_execute", real)
+
+
+def _unlocked(path) -> bool:
+    c = sqlite3.connect(path, timeout=0.5)
+    try:
+        c.execute("BEGIN IMMEDIATE")
+        c.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        c.close()
+
+
+def test_an_interrupt_in_a_storage_call_is_raised_after_it(tmp_path, handlers, monkeypatch):
+    path = tmp_path / "s.db"
+    storage = open_storage(f"sqlite:///{path}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    stop = _interrupt_mid_transaction(rdb_of(storage).engine, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        trial.set_user_attr("history", [1.0, 2.0])
+    stop()
+    assert _unlocked(path)  # the transaction ended: another worker can write at once
+    assert study.trials[0].user_attrs["history"] == [1.0, 2.0]  # and the call was not cut in two
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # the interrupted trial's FAIL goes through
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_a_second_signal_does_not_interrupt_the_clean_up(tmp_path, handlers, monkeypatch):
+    """A terminal's Ctrl-C reaches a worker directly and again as the parent's SIGTERM."""
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10**8):  # the handler runs between bytecodes: soon
+            pass
+    stop = _interrupt_mid_transaction(rdb_of(storage).engine, monkeypatch, signal.SIGTERM)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # what trial_loop.execute does next
+    stop()
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_outside_storage_calls_an_interrupt_is_raised_at_once(handlers):
+    counted = []
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        while len(counted) < 10**7:  # the handler runs between bytecodes: soon
+            counted.append(1)
+    assert len(counted) < 10**7
+    interrupts.install()  # a new command in the same process starts afresh
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        reached = sum(1 for _ in range(1000))  # not cut short: the interrupt waits for the block's end
+    assert reached == 1000
+
+
+def test_an_interrupt_in_a_journal_append_is_raised_after_it(tmp_path, handlers, monkeypatch):
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = open_storage(f"journal:///{tmp_path}/j.log")
+    study = optuna.create_study(storage=storage, study_name="s")
+    real = JournalFileBackend.append_logs
+
+    def append_then_signal(self, logs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the lock file is held
+        return real(self, logs)
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", append_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        study.ask()
+    monkeypatch.undo()
+    assert not list(tmp_path.glob("j.log.lock*"))  # no lock left behind
+    assert len(study.trials) == 1  # the append went through whole
