@@ -26,6 +26,11 @@ def _point(t):
     return t.params["latent_dim"], t.params["base_channels"], t.user_attrs.get("seed")
 
 
+def _params_point(t):
+    fixed = t.system_attrs.get("fixed_params", {})
+    return fixed.get("latent_dim"), fixed.get("base_channels"), t.user_attrs.get("seed")
+
+
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(c) for c in path.read_text().split()] if path.exists() else []
@@ -149,19 +154,30 @@ def test_ctrl_c_stops_every_worker_and_leaves_no_running_trial(tmp_path, batches
 @pytest.mark.multiprocess
 def test_a_worker_that_dies_does_not_stop_the_others(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"
-    proc = worker("grid", *SMALL, "--jobs", 2, "--epochs", 8, "--data-dir", batches_dir, *TINY, "--storage", storage,
+    proc = worker("grid", *SMALL, "--jobs", 2, "--epochs", 20, "--data-dir", batches_dir, *TINY, "--storage", storage,
                   "--artifact-dir", tmp_path / "art", env=warm_cache)
-    wait_for(lambda: len(_children(proc.pid)) == 2 and any(
-        t.state == TrialState.RUNNING and t.user_attrs.get("history") for t in _trials(storage, "small")),
-        what="a running trial")
-    victim = _children(proc.pid)[0]
+    # The victim: a worker running a trial well short of its end (the trial's `worker`
+    # attribute names its process), once both workers have trained (so both have queued the
+    # grid's points). Killed between trials it would leave nothing to fail; killed before the
+    # other worker's start, its point could be queued again as the parent fails it (the
+    # duplicate guard then fails one of the two "duplicate; not run": right, but another test).
+    def running_early():
+        workers = {str(pid) for pid in _children(proc.pid)}
+        trials = _trials(storage, "small")
+        if len(workers) != 2 or not workers <= {t.user_attrs.get("worker", ":").rsplit(":", 1)[1] for t in trials}:
+            return None
+        return next((t for t in trials if t.state == TrialState.RUNNING and 0 < len(t.user_attrs.get("history", [])) < 10
+                     and t.user_attrs["worker"].rsplit(":", 1)[1] in workers), None)
+
+    victim = int(wait_for(running_early, what="a running trial").user_attrs["worker"].rsplit(":", 1)[1])
     os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err  # the exit code says a worker failed ...
     assert "died (SIGKILL)" in err and "Traceback" not in err
     trials = _trials(storage, "small")
     complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
-    assert complete == Counter({(*p, 0): 1 for p in SMALL_POINTS})  # ... and the other worker completed the grid
+    table = [(t.number, t.state.name, _params_point(t), t.user_attrs.get("fail_reason")) for t in trials]
+    assert complete == Counter({(*p, 0): 1 for p in SMALL_POINTS}), (table, err[-3000:])  # ... the other worker completed the grid
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and "died (SIGKILL)" in failed[0].user_attrs["fail_reason"]
     retry = int(failed[0].user_attrs["fail_reason"].rsplit("retried as trial ", 1)[1])

@@ -3,6 +3,7 @@ objective values. The one place where training meets a trial."""
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class RunSettings:
             "torch": torch.__version__,
             "optuna": optuna.__version__,
             "python": platform.python_version(),
+            # which machine and process trained it: a dead worker's trial is found by its pid
+            "worker": f"{platform.node()}:{os.getpid()}",
             "data_fingerprint": self.data.fingerprint,
             "data_source": self.data.source,
             "n_train": len(self.data.train),
