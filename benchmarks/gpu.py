@@ -79,13 +79,10 @@ def grid(args: argparse.Namespace, tmp: Path) -> dict:
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.grid_timeout)
     except subprocess.TimeoutExpired:
-        # the trials finished so far are in the study: report them rather than nothing
-        proc = subprocess.CompletedProcess(cmd, 0, "", "")
-        timed_out = True
-    else:
-        timed_out = False
+        proc = None  # the trials finished so far are in the study: report them rather than nothing
+    timed_out = proc is None
     wall = time.monotonic() - start
-    if proc.returncode != 0:
+    if proc is not None and proc.returncode != 0:
         return {"rc": proc.returncode, "error": proc.stderr.strip().splitlines()[-1:] or ["?"], "wall_s": round(wall, 1)}
     reference = json.loads(CPU_REFERENCE.read_text())["configs"]
     out: dict = {"rc": 0, "timed_out": timed_out, "wall_s": round(wall, 1), "precision": args.precision, "configs": {}}

@@ -23,12 +23,14 @@ def _trials(storage: str, name: str = "b1"):
 
 
 def _point(t):
-    return t.params["latent_dim"], t.params["base_channels"], t.user_attrs.get("seed")
+    """(latent, base, seed); a WAITING trial has only its queued fixed_params."""
+    params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+    return params.get("latent_dim"), params.get("base_channels"), t.user_attrs.get("seed")
 
 
-def _params_point(t):
-    fixed = t.system_attrs.get("fixed_params", {})
-    return fixed.get("latent_dim"), fixed.get("base_channels"), t.user_attrs.get("seed")
+def _pid(t) -> str:
+    """The process that trained the trial, from its `worker` attribute (host:pid)."""
+    return t.user_attrs.get("worker", ":").rsplit(":", 1)[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -164,19 +166,19 @@ def test_a_worker_that_dies_does_not_stop_the_others(tmp_path, batches_dir, warm
     def running_early():
         workers = {str(pid) for pid in _children(proc.pid)}
         trials = _trials(storage, "small")
-        if len(workers) != 2 or not workers <= {t.user_attrs.get("worker", ":").rsplit(":", 1)[1] for t in trials}:
+        if len(workers) != 2 or not workers <= {_pid(t) for t in trials}:
             return None
         return next((t for t in trials if t.state == TrialState.RUNNING and 0 < len(t.user_attrs.get("history", [])) < 10
-                     and t.user_attrs["worker"].rsplit(":", 1)[1] in workers), None)
+                     and _pid(t) in workers), None)
 
-    victim = int(wait_for(running_early, what="a running trial").user_attrs["worker"].rsplit(":", 1)[1])
+    victim = int(_pid(wait_for(running_early, what="a running trial")))
     os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err  # the exit code says a worker failed ...
     assert "died (SIGKILL)" in err and "Traceback" not in err
     trials = _trials(storage, "small")
     complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
-    table = [(t.number, t.state.name, _params_point(t), t.user_attrs.get("fail_reason")) for t in trials]
+    table = [(t.number, t.state.name, _point(t), t.user_attrs.get("fail_reason")) for t in trials]
     assert complete == Counter({(*p, 0): 1 for p in SMALL_POINTS}), (table, err[-3000:])  # ... the other worker completed the grid
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and "died (SIGKILL)" in failed[0].user_attrs["fail_reason"]
