@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -119,7 +120,9 @@ def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache)
     complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
     assert complete == Counter({(*p, s): 1 for p in SMALL_POINTS for s in (0, 1)}), complete
     assert {t.user_attrs["jobs"] for t in trials} == {2} and {t.user_attrs["threads"] for t in trials} == {max(1, os.cpu_count() // 2)}
-    assert "[worker 1]" in err and "[worker 2]" in err  # both trained, and said so through the parent
+    # Every worker that trained said so through the parent (both, unless one started late).
+    said = set(re.findall(r"^\[worker (\d)\] trial \d+ .*: neg_elbo", err, re.M))
+    assert len(said) == len({t.user_attrs["worker"] for t in trials}) >= 1, err
     epochs = [line for line in err.splitlines() if " epoch " in line and line.startswith("[worker ")]
     assert len(epochs) == 8, err  # 8 trials of 1 epoch; not a terminal: one line per epoch instead of a live bar
     assert "b1's shape at base 8 and 16" in out and "23,347" in out  # the parent printed the table (title, params)
