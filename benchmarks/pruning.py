@@ -21,8 +21,10 @@ final neg_elbo among the trials it let finish against the best of all. The last 
 JSON object: the default pruner's worst `epochs_fraction` and worst `best_delta_pct` over
 the orders, and every candidate's.
 
---live runs the default pruner on the same subset as a real search (curves-live.db) and
-prints the same two figures against the recorded unpruned search.
+--live runs the default pruner (or --pruner SPEC) on the same subset as a real search
+(curves-live.db, a study per pruner) and prints the same two figures against the recorded
+unpruned search, with the number of trials pruned: a replay cannot show how pruning changes
+what the sampler proposes next, a live run does.
 
 Target (docs/performance.md): the default pruner trains at most 30% of the unpruned
 epochs, with its best within 0.5% of the unpruned best, in every order.
@@ -163,22 +165,25 @@ def _resolved(spec: str) -> str:
 
 
 def live(args: argparse.Namespace, out: Path) -> dict:
-    """The default pruner in a real search on the same subset, against the recorded unpruned one."""
+    """A pruner (the default unless --pruner) in a real search on the same subset, against
+    the recorded unpruned one. Each pruner has its own study in curves-live.db: "live" for
+    the default, "live-SPEC" for another; the same command resumes it."""
     import optuna
     from optuna.trial import TrialState
 
-    db = out / "curves-live.db"
-    cli("optimize", "--trials", str(args.trials), "--epochs", str(args.epochs), "--seed", "0",
+    db, spec = out / "curves-live.db", args.pruner
+    name = "live" if spec == samplers.DEFAULT_PRUNER else f"live-{_resolved(spec)}"
+    cli("optimize", "--trials", str(args.trials), "--epochs", str(args.epochs), "--seed", "0", "--pruner", spec,
         "--limit-train", str(args.train_images), "--limit-val", str(args.val_images),
         "--artifact-dir", str(Path(tempfile.gettempdir()) / "vae-search-pruning-artifacts"),
         *(["--data-dir", args.data_dir] if args.data_dir else []),
-        "--storage", f"sqlite:///{db}", "--study-name", "live")
+        "--storage", f"sqlite:///{db}", "--study-name", name)
     recorded = json.loads((out / "curves.json").read_text())
     unpruned_best = min(c["neg_elbo"][-1] for c in recorded["curves"])
-    study = optuna.load_study(study_name="live", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     epochs = sum(t.user_attrs["epochs_run"] for t in finished)
-    return {"pruner": samplers.DEFAULT_PRUNER, "resolved": _resolved(samplers.DEFAULT_PRUNER), "live": True,
+    return {"pruner": spec, "resolved": _resolved(spec), "live": True, "study": name,
             "trials": len(finished), "pruned": sum(t.state == TrialState.PRUNED for t in finished),
             "epochs_fraction": round(epochs / (len(finished) * args.epochs), 4),
             "best_delta_pct": round(100 * (study.best_value - unpruned_best) / unpruned_best, 4),
@@ -191,7 +196,7 @@ def main() -> None:
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--record", action="store_true", help="run the unpruned search and keep its curves")
     mode.add_argument("--replay", action="store_true", help="replay every candidate pruner on the recorded curves")
-    mode.add_argument("--live", action="store_true", help="run the default pruner live on the same subset")
+    mode.add_argument("--live", action="store_true", help="run a pruner (--pruner) live on the same subset")
     mode.add_argument("--quick", action="store_true", help="smoke run: record and replay on generated data")
     ap.add_argument("--data-dir")
     ap.add_argument("--train-images", type=int, default=5000)
@@ -199,11 +204,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--orders", type=int, default=50, help="orders of arrival per pruner (at least 3)")
+    ap.add_argument("--pruner", default=samplers.DEFAULT_PRUNER, help="the pruner --live runs (default: the default)")
     ap.add_argument("--pruners", default=",".join(CANDIDATES), help="candidate specs, comma-separated")
     ap.add_argument("--out", type=Path, default=OUT, help="folder of curves.db, curves.json and curves-live.db")
     args = ap.parse_args()
     candidates = [p for p in args.pruners.split(",") if p]
-    for p in candidates:
+    for p in [*candidates, args.pruner]:
         samplers.parse_pruner(p)  # a bad spec fails now
     out = args.out
     if args.quick:

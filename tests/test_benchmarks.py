@@ -44,3 +44,23 @@ def test_pruning_replay_smoke_run():
     assert result["orders"] >= 3 and result["curves"] == 6
     assert 0 < result["epochs_fraction"] <= 1 and result["best_delta_pct"] >= 0
     assert result["pruner"] in result["candidates"]
+
+
+@pytest.mark.slow
+def test_pruning_live_runs_the_pruner_asked_for(tmp_path, image_folder):
+    """benchmarks/pruning.py --live --pruner SPEC: a real search with that pruner, in its own study."""
+    import optuna
+    from optuna.trial import TrialState
+
+    (tmp_path / "curves.json").write_text(json.dumps({"curves": [{"neg_elbo": [2400.0, 2300.0]}]}))  # "recorded"
+    result = _last_json("benchmarks/pruning.py", "--live", "--pruner", "sha:rf=2:until=1", "--out", str(tmp_path),
+                        "--data-dir", str(image_folder), "--trials", "5", "--epochs", "2",
+                        "--train-images", "40", "--val-images", "20")
+    assert result["resolved"] == "sha:min=1:rf=2:until=1" and result["study"] == "live-sha:min=1:rf=2:until=1"
+    trials = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{tmp_path}/curves-live.db").get_trials()
+    assert result["trials"] == len(trials) == 5
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert result["pruned"] == len(pruned) and all(t.user_attrs["epochs_run"] == 1 for t in pruned)  # rung 1 only
+    epochs = sum(t.user_attrs["epochs_run"] for t in trials)
+    assert result["epochs_fraction"] == round(epochs / 10, 4)
+    assert result["best_delta_pct"] == round(100 * (min(t.value for t in trials if t.state == TrialState.COMPLETE) - 2300) / 2300, 4)
