@@ -121,7 +121,7 @@ def replay(spec: str, curves: list[dict], order: list[int], epochs: int) -> dict
         else:
             study.tell(trial, values[-1])
             finished.append(values[-1])
-    return {"epochs": trained, "seconds": seconds, "best": min(finished)}
+    return {"epochs": trained, "seconds": seconds, "best": min(finished), "complete": len(finished)}
 
 
 def replay_all(curves: list[dict], epochs: int, candidates: list[str], n_orders: int, default: str) -> dict:

@@ -96,7 +96,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, batches_dir, m
     assert failed.number == 1 and reason in failed.user_attrs["fail_reason"]
 
 
-@pytest.mark.parametrize("pruner", ["median", "percentile", "sha", "hyperband"])
+@pytest.mark.parametrize("pruner", ["median", "percentile", "cohort", "sha", "hyperband"])
 def test_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir, pruner):
     """Five finished trials with an impossibly good neg_elbo of 100 at every epoch: a real
     trial is far worse and is pruned at the first epoch the pruner acts on, keeping its history."""

@@ -114,7 +114,7 @@ def space_size(space: dict[str, BaseDistribution]) -> int | None:
 # acts from epoch `min` (or after `warmup`) and never after epoch `until`: on a 10-epoch
 # budget a trial stopped at epoch 9 has spent 90% of its cost, and the replay of recorded
 # curves shows late rungs saving little and losing good trials.
-PRUNERS = ("sha", "median", "percentile", "hyperband", "patient", "none")
+PRUNERS = ("sha", "median", "percentile", "cohort", "hyperband", "patient", "none")
 DEFAULT_PRUNER = "percentile"
 PRUNER_DEFAULTS: dict[str, dict[str, float]] = {
     # asynchronous successive halving: rungs at epochs min, min*rf, min*rf^2, ... up to
@@ -128,6 +128,8 @@ PRUNER_DEFAULTS: dict[str, dict[str, float]] = {
     # unpruned best (successive halving: 37%, same best) (docs/performance.md)
     "median": {"p": 50.0, "startup": 3, "warmup": 0, "until": 3},
     "percentile": {"p": 20.0, "startup": 2, "warmup": 0, "until": 3},
+    # percentile among *every* trial that reached the epoch (pruned ones too), not the finished
+    "cohort": {"p": 33.0, "startup": 3, "until": 3},
     # the median pruner, consulted only once a trial has not improved for `patience` epochs
     "patient": {"patience": 1, "startup": 3, "until": 8},
     "none": {},
@@ -152,7 +154,7 @@ def parse_pruner(spec: str) -> tuple[str, dict[str, float]]:
             raise UsageError(f"pruner setting {pair!r}: must be a finite number >= 0")
     if name in ("sha", "hyperband") and (settings["rf"] < 2 or settings["min"] < 1):
         raise UsageError(f"pruner {spec!r}: rf must be at least 2 and min at least 1")
-    if name in ("median", "percentile") and not 0 < settings["p"] < 100:
+    if name in ("median", "percentile", "cohort") and not 0 < settings["p"] < 100:
         raise UsageError(f"pruner {spec!r}: p is a percentile between 0 and 100")
     return name, settings
 
@@ -168,6 +170,39 @@ class PruneUntil(BasePruner):
         return step is not None and step <= self.until and self.inner.prune(study, trial)
 
 
+class CohortPercentile(BasePruner):
+    """Prune a trial whose value at this epoch is worse than the p-th percentile of every
+    other trial's value at the same epoch, finished, pruned or running, once `startup` of
+    them have one.
+
+    Optuna's PercentilePruner compares with the *finished* trials only. When it prunes hard,
+    the trials that finish are the few that started fastest, so its threshold tightens
+    with every trial it lets through, until nothing passes epoch 1 (the real 50-trial search:
+    after trial 9 every trial stopped there, its eventual winner among the pruned at the
+    rate it ran). Against the whole cohort at an epoch the threshold stays where the
+    sampler's proposals are: it keeps the best p percent of them, as successive halving's
+    rungs do, at every epoch up to `until`."""
+
+    def __init__(self, percentile: float, startup: int) -> None:
+        self.percentile, self.startup = percentile, startup
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        value = trial.intermediate_values[step]
+        if not np.isfinite(value):
+            return True
+        others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+                  if t.number != trial.number and step in t.intermediate_values]
+        others = [v for v in others if np.isfinite(v)]
+        if len(others) < self.startup:
+            return False
+        if study.direction == optuna.study.StudyDirection.MAXIMIZE:
+            return value < float(np.percentile(others, 100 - self.percentile))
+        return value > float(np.percentile(others, self.percentile))
+
+
 def make_pruner(spec: str, epochs: int, n_objectives: int = 1) -> BasePruner:
     """The pruner for a spec (see PRUNER_DEFAULTS); steps are epoch numbers 1, 2, ..."""
     name, s = parse_pruner(spec)
@@ -178,6 +213,8 @@ def make_pruner(spec: str, epochs: int, n_objectives: int = 1) -> BasePruner:
         # `warmup` epochs safe.
         inner: BasePruner = optuna.pruners.PercentilePruner(
             s["p"], n_startup_trials=int(s["startup"]), n_warmup_steps=int(s["warmup"]) + 1)
+    elif name == "cohort":
+        inner = CohortPercentile(s["p"], int(s["startup"]))
     elif name == "patient":
         with warnings.catch_warnings():  # "experimental since v2.8": stable enough for us, and measured
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
