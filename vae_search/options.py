@@ -94,7 +94,8 @@ SamplerOpt = Annotated[SamplerName, typer.Option(
 PrunerOpt = Annotated[str, typer.Option(
         help="Pruner on the per-epoch val neg_elbo, NAME or NAME:KEY=VALUE:...: percentile (the default: a trial goes "
         "on while it is in the best fifth of earlier trials at epochs 1 to 3, once 2 trials have finished; "
-        "percentile:p=25 for a quarter), sha (successive halving, rungs at epochs 1 and 3), hyperband, median, "
+        "percentile:p=25 for a quarter), cohort (the same against every trial that reached the epoch, pruned ones too), "
+        "sha (successive halving, rungs at epochs 1 and 3), hyperband, median, "
         "patient (median after an epoch without progress), none. None of them prunes after epoch `until` (3): a late "
         "rung costs most of a trial before it saves anything. The default is what benchmarks/pruning.py --replay "
         "measured best on recorded curves (docs/performance.md).")]
