@@ -22,7 +22,7 @@ JSON object: the default pruner's worst `epochs_fraction` and worst `best_delta_
 the orders, and every candidate's.
 
 --live runs the default pruner (or --pruner SPEC) on the same subset as a real search
-(curves-live.db, a study per pruner) and prints the same two figures against the recorded
+(curves-live.db, a study per pruner and --seed) and prints the same two figures against the recorded
 unpruned search, with the number of trials pruned: a replay cannot show how pruning changes
 what the sampler proposes next, a live run does.
 
@@ -177,8 +177,8 @@ def live(args: argparse.Namespace, out: Path) -> dict:
     from optuna.trial import TrialState
 
     db, spec = out / "curves-live.db", args.pruner
-    name = "live" if spec == samplers.DEFAULT_PRUNER else f"live-{_resolved(spec)}"
-    cli("optimize", "--trials", str(args.trials), "--epochs", str(args.epochs), "--seed", "0", "--pruner", spec,
+    name = ("live" if spec == samplers.DEFAULT_PRUNER else f"live-{_resolved(spec)}") + (f"-seed{args.seed}" if args.seed else "")
+    cli("optimize", "--trials", str(args.trials), "--epochs", str(args.epochs), "--seed", str(args.seed), "--pruner", spec,
         "--limit-train", str(args.train_images), "--limit-val", str(args.val_images),
         "--artifact-dir", str(Path(tempfile.gettempdir()) / "vae-search-pruning-artifacts"),
         *(["--data-dir", args.data_dir] if args.data_dir else []),
@@ -188,7 +188,7 @@ def live(args: argparse.Namespace, out: Path) -> dict:
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     epochs = sum(t.user_attrs["epochs_run"] for t in finished)
-    return {"pruner": spec, "resolved": _resolved(spec), "live": True, "study": name,
+    return {"pruner": spec, "resolved": _resolved(spec), "live": True, "study": name, "seed": args.seed,
             "trials": len(finished), "pruned": sum(t.state == TrialState.PRUNED for t in finished),
             "epochs_fraction": round(epochs / (len(finished) * args.epochs), 4),
             "best_delta_pct": round(100 * (study.best_value - unpruned_best) / unpruned_best, 4),
@@ -210,6 +210,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--orders", type=int, default=50, help="orders of arrival per pruner (at least 3)")
     ap.add_argument("--pruner", default=samplers.DEFAULT_PRUNER, help="the pruner --live runs (default: the default)")
+    ap.add_argument("--seed", type=int, default=0, help="the --live search's --seed (its own study, live...-seedN)")
     ap.add_argument("--pruners", default=",".join(CANDIDATES), help="candidate specs, comma-separated")
     ap.add_argument("--out", type=Path, default=OUT, help="folder of curves.db, curves.json and curves-live.db")
     args = ap.parse_args()
