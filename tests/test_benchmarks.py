@@ -53,12 +53,12 @@ def test_pruning_live_runs_the_pruner_asked_for(tmp_path, image_folder):
     from optuna.trial import TrialState
 
     (tmp_path / "curves.json").write_text(json.dumps({"curves": [{"neg_elbo": [2400.0, 2300.0]}]}))  # "recorded"
-    result = _last_json("benchmarks/pruning.py", "--live", "--pruner", "sha:rf=2:until=1", "--out", str(tmp_path),
+    result = _last_json("benchmarks/pruning.py", "--live", "--pruner", "sha:rf=2:until=1", "--seed", "3", "--out", str(tmp_path),
                         "--data-dir", str(image_folder), "--trials", "5", "--epochs", "2",
                         "--train-images", "40", "--val-images", "20")
-    assert result["resolved"] == "sha:min=1:rf=2:until=1" and result["study"] == "live-sha:min=1:rf=2:until=1"
+    assert result["resolved"] == "sha:min=1:rf=2:until=1" and result["study"] == "live-sha:min=1:rf=2:until=1-seed3"
     trials = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{tmp_path}/curves-live.db").get_trials()
-    assert result["trials"] == len(trials) == 5
+    assert result["trials"] == len(trials) == 5 and {t.user_attrs["seed"] for t in trials} == {3}
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert result["pruned"] == len(pruned) and all(t.user_attrs["epochs_run"] == 1 for t in pruned)  # rung 1 only
     epochs = sum(t.user_attrs["epochs_run"] for t in trials)
