@@ -126,6 +126,25 @@ def test_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir, pruner):
     assert t.user_attrs["params"] > 0  # known before training
 
 
+def test_a_rerun_of_best_on_an_unchanged_study_writes_nothing(searched, cli, tmp_path):
+    """The note is saved only when it changes (optuna-dashboard keeps every saved version):
+    the second `best` leaves the database byte for byte the same."""
+    import hashlib
+    import shutil
+
+    from optuna_dashboard import get_note
+
+    tmp, _ = searched
+    shutil.copy(tmp / "s.db", tmp_path / "s.db")
+    common = ("--study-name", "search", "--storage", f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp / "artifacts")
+    assert cli("best", *common)[0] == 0
+    written = hashlib.sha256((tmp_path / "s.db").read_bytes()).hexdigest()
+    assert cli("best", *common)[0] == 0
+    assert hashlib.sha256((tmp_path / "s.db").read_bytes()).hexdigest() == written
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/s.db")
+    assert "best of study 'search'" in get_note(study)
+
+
 def test_best_prints_the_selection(searched, cli):
     tmp, common = searched
     rc, out, err = cli("best", *common[:2])

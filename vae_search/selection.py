@@ -464,15 +464,22 @@ def save_selection_notes(study: optuna.Study, sel: Selection, verdicts: list[str
     on a trial that is no longer the best."""
     from optuna_dashboard import get_note, save_note
 
+    def replace(target: optuna.Study | optuna.Trial, section: str) -> None:
+        # Only a changed note is saved: optuna-dashboard keeps every saved version, so a rerun
+        # of `best` on an unchanged study writes nothing (a committed or shared database
+        # stays byte for byte the same).
+        note = get_note(target)
+        if _replace_section(note, section) != note:
+            save_note(target, _replace_section(note, section))
+
     body = selection_markdown(study, sel, verdicts)
-    save_note(study, _replace_section(get_note(study), body))
+    replace(study, body)
     previous = study.user_attrs.get("best_note_trial_id")
     if previous is not None and previous != trial_id_of(sel.trial):
-        old = optuna.Trial(study, previous)
-        save_note(old, _replace_section(get_note(old), ""))
-    chosen = trial_handle(study, sel.trial)
-    save_note(chosen, _replace_section(get_note(chosen), body))
-    study.set_user_attr("best_note_trial_id", trial_id_of(sel.trial))
+        replace(optuna.Trial(study, previous), "")
+    replace(trial_handle(study, sel.trial), body)
+    if previous != trial_id_of(sel.trial):
+        study.set_user_attr("best_note_trial_id", trial_id_of(sel.trial))
 
 
 # ---------------------------------------------------------------- the trial a command names
