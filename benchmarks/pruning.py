@@ -176,8 +176,8 @@ def live(args: argparse.Namespace, out: Path) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    db, spec = out / "curves-live.db", args.pruner
-    name = ("live" if spec == samplers.DEFAULT_PRUNER else f"live-{_resolved(spec)}") + (f"-seed{args.seed}" if args.seed else "")
+    db, spec, resolved = out / "curves-live.db", args.pruner, _resolved(args.pruner)
+    name = ("live" if spec == samplers.DEFAULT_PRUNER else f"live-{resolved}") + (f"-seed{args.seed}" if args.seed else "")
     cli("optimize", "--trials", str(args.trials), "--epochs", str(args.epochs), "--seed", str(args.seed), "--pruner", spec,
         "--limit-train", str(args.train_images), "--limit-val", str(args.val_images),
         "--artifact-dir", str(Path(tempfile.gettempdir()) / "vae-search-pruning-artifacts"),
@@ -188,7 +188,7 @@ def live(args: argparse.Namespace, out: Path) -> dict:
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     epochs = sum(t.user_attrs["epochs_run"] for t in finished)
-    return {"pruner": spec, "resolved": _resolved(spec), "live": True, "study": name, "seed": args.seed,
+    return {"pruner": spec, "resolved": resolved, "live": True, "study": name, "seed": args.seed,
             "trials": len(finished), "pruned": sum(t.state == TrialState.PRUNED for t in finished),
             "epochs_fraction": round(epochs / (len(finished) * args.epochs), 4),
             "best_delta_pct": round(100 * (study.best_value - unpruned_best) / unpruned_best, 4),

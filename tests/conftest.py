@@ -208,3 +208,10 @@ def postgres_url(pg_server):
 def fresh_pg_db(pg_server):
     """A new empty database on the session's server for one test."""
     return pg_server.create_database(f"t{int(time.time() * 1e6)}")
+
+
+def workers_that_reported(err: str) -> set[str]:
+    """The numbers N of the `[worker N]` prefixes on trial results a parent relayed."""
+    import re
+
+    return set(re.findall(r"^\[worker (\d+)\] trial \d+ .*: neg_elbo", err, re.M))

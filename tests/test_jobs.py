@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -12,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import SMALL, SMALL_POINTS, TINY, wait_for, worker
+from tests.conftest import SMALL, SMALL_POINTS, TINY, wait_for, worker, workers_that_reported
 from vae_search.workers import worker_argv
 
 
@@ -121,7 +120,7 @@ def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache)
     assert complete == Counter({(*p, s): 1 for p in SMALL_POINTS for s in (0, 1)}), complete
     assert {t.user_attrs["jobs"] for t in trials} == {2} and {t.user_attrs["threads"] for t in trials} == {max(1, os.cpu_count() // 2)}
     # Every worker that trained said so through the parent (both, unless one started late).
-    said = set(re.findall(r"^\[worker (\d)\] trial \d+ .*: neg_elbo", err, re.M))
+    said = workers_that_reported(err)
     assert len(said) == len({t.user_attrs["worker"] for t in trials}) >= 1, err
     epochs = [line for line in err.splitlines() if " epoch " in line and line.startswith("[worker ")]
     assert len(epochs) == 8, err  # 8 trials of 1 epoch; not a terminal: one line per epoch instead of a live bar

@@ -196,9 +196,8 @@ class CohortPercentile(BasePruner):
         value = trial.intermediate_values[step]
         if not np.isfinite(value):
             return True
-        others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-                  if t.number != trial.number and step in t.intermediate_values]
-        others = [v for v in others if np.isfinite(v)]
+        others = [v for t in study.get_trials(deepcopy=False) if t.number != trial.number
+                  and np.isfinite(v := t.intermediate_values.get(step, np.nan))]
         if len(others) < self.startup:
             return False
         if study.direction == optuna.study.StudyDirection.MAXIMIZE:

@@ -469,17 +469,18 @@ def save_selection_notes(study: optuna.Study, sel: Selection, verdicts: list[str
         # of `best` on an unchanged study writes nothing (a committed or shared database
         # stays byte for byte the same).
         note = get_note(target)
-        if _replace_section(note, section) != note:
-            save_note(target, _replace_section(note, section))
+        new = _replace_section(note, section)
+        if new != note:
+            save_note(target, new)
 
     body = selection_markdown(study, sel, verdicts)
     replace(study, body)
-    previous = study.user_attrs.get("best_note_trial_id")
-    if previous is not None and previous != trial_id_of(sel.trial):
+    previous, chosen = study.user_attrs.get("best_note_trial_id"), trial_id_of(sel.trial)
+    if previous is not None and previous != chosen:
         replace(optuna.Trial(study, previous), "")
     replace(trial_handle(study, sel.trial), body)
-    if previous != trial_id_of(sel.trial):
-        study.set_user_attr("best_note_trial_id", trial_id_of(sel.trial))
+    if previous != chosen:
+        study.set_user_attr("best_note_trial_id", chosen)
 
 
 # ---------------------------------------------------------------- the trial a command names
