@@ -198,6 +198,43 @@ class TestInterpolate:
         assert any("interpolation-random" in k for k in figures)
         assert sum(len(v) for v in figures.values()) < 300_000  # the pixels as one PNG, not a JSON array
 
+    def test_a_rerun_that_draws_the_same_picture_writes_nothing(self, searched, cli, tmp_path):
+        """The same picture again leaves the database byte for byte the same and attaches no
+        copy; another picture (more rows) is attached and replaces the figure."""
+        import hashlib
+        import shutil
+
+        tmp, _ = searched
+        shutil.copy(tmp / "s.db", tmp_path / "s.db")
+        shutil.copytree(tmp / "artifacts", tmp_path / "artifacts")
+        storage = f"sqlite:///{tmp_path}/s.db"
+        common = ("--trial", "0", "--steps", 4, "--out", tmp_path / "fig", "--study-name", "search", "--storage", storage,
+                  "--artifact-dir", tmp_path / "artifacts")
+
+        def state() -> tuple[str, int, int]:
+            study = optuna.load_study(study_name="search", storage=storage)
+            metas = optuna.artifacts.get_all_artifact_meta(study)
+            pngs = [a for a in metas if a.filename.endswith("trial-0-interpolation-random.png")]
+            files = sum(1 for p in (tmp_path / "artifacts").rglob("*") if p.is_file())
+            return hashlib.sha256((tmp_path / "s.db").read_bytes()).hexdigest(), len(pngs), files
+
+        assert cli("interpolate", "--rows", 2, *common)[0] == 0
+        first = state()
+        assert first[1] == 1
+        assert cli("interpolate", "--rows", 2, *common)[0] == 0
+        assert state() == first
+        rc, out, err = cli("interpolate", "--rows", 3, *common)
+        assert rc == 0, err
+        db, pngs, files = state()
+        assert db != first[0] and pngs == 2 and files == first[2] + 1
+        study = optuna.load_study(study_name="search", storage=storage)
+        attrs = storage_of(study).get_study_system_attrs(study_id_of(study))
+        prefix = "dashboard:plot_data:trial-0-interpolation-random"
+        shown = "".join(v for k, v in sorted(attrs.items()) if k.startswith(prefix))
+        assert "trial 0: random interpolation" in shown
+        with Image.open(next(p for p in out.split() if p.endswith(".png"))) as im:
+            assert im.size[1] == 3 * 34 + 2  # the new picture, three rows
+
     def test_images_mode(self, searched, cli, tmp_path, batches_dir):
         _, common = searched
         rc, out, err = cli("interpolate", "--trial", "0", "--mode", "images", "--data-dir", batches_dir, "--out", tmp_path, *common)
