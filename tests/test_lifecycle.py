@@ -56,6 +56,45 @@ def test_the_first_run_records_the_default(tmp_path, batches_dir, cli):
     assert _search(storage, "b1").user_attrs["heartbeat_s"] == st.DEFAULT_HEARTBEAT
 
 
+# ---------------------------------------------------------------- so do its sampler and pruner
+
+
+def test_a_resumed_search_keeps_its_sampler_and_pruner_and_a_switch_is_said(tmp_path, batches_dir, cli):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    common = ("--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "art")
+    assert cli("optimize", "--trials", 1, "--sampler", "random", "--pruner", "cohort:p=25", *common)[0] == 0
+    assert _search(storage).user_attrs["strategy"] == {"sampler": "random", "pruner": "cohort:p=25"}
+    # leaving the options out continues with the study's, not the defaults
+    rc, _, err = cli("optimize", "--trials", 2, *common)
+    assert rc == 0, err
+    assert "sampler random, pruner cohort:p=25" in err and "switches" not in err
+    # naming another switches, says so, and later runs keep the new one
+    rc, _, err = cli("optimize", "--trials", 3, "--pruner", "none", *common)
+    assert rc == 0, err
+    assert "switches its pruner from cohort:p=25 to none" in err and "sampler random, pruner none" in err
+    assert _search(storage).user_attrs["strategy"] == {"sampler": "random", "pruner": "none"}
+    assert len(_search(storage).trials) == 3
+
+
+def test_a_misspelt_pruner_is_refused_before_a_storage_is_created(tmp_path, batches_dir, cli):
+    rc, _, err = cli("optimize", "--trials", 1, "--pruner", "shaa", "--data-dir", batches_dir, *TINY,
+                     "--storage", f"sqlite:///{tmp_path}/new/s.db", "--artifact-dir", tmp_path / "art")
+    assert rc == 2 and "unknown pruner 'shaa'" in one_line_error(err)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_strategy_read_from_a_shared_study_is_only_names_for_the_factories(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="search")
+    assert st.settle_strategy(None, None, None, "percentile") == ("tpe", "percentile", [])
+    study.set_user_attr("strategy", {"sampler": 5, "pruner": ["x"]})  # not names: the defaults
+    assert st.settle_strategy(study, None, None, "percentile") == ("tpe", "percentile", [])
+    study.set_user_attr("strategy", "tpe")
+    assert st.settle_strategy(study, "gp", None, "percentile") == ("gp", "percentile", [])
+    study.set_user_attr("strategy", {"sampler": "gp", "pruner": "median"})
+    sampler, pruner, said = st.settle_strategy(study, None, "sha", "percentile")
+    assert (sampler, pruner) == ("gp", "sha") and len(said) == 1 and "from median to sha" in said[0]
+
+
 # ---------------------------------------------------------------- a worker waiting for others
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import optuna
 import typer
 
-from vae_search import interrupts, samplers
+from vae_search import interrupts
 from vae_search import options as o
 from vae_search import study as st_defaults
 from vae_search.errors import RunError, UsageError
@@ -141,8 +141,8 @@ def optimize(
     space: Annotated[Optional[str], typer.Option(help="Search space: a packaged name (search, the default; search-wide, "
                                                  "wider, also searching batch_size and lr_schedule) or the path of a .toml "
                                                  "file of your own; the command says which file it used.")] = None,
-    sampler: o.SamplerOpt = o.SamplerName.tpe,
-    pruner: o.PrunerOpt = samplers.DEFAULT_PRUNER,
+    sampler: o.SamplerOpt = None,
+    pruner: o.PrunerOpt = None,
     include_preset: o.IncludePreset = None,
     objectives: o.Objectives = "neg_elbo",
     epochs: o.Epochs = None,
@@ -173,7 +173,7 @@ def optimize(
     from vae_search.ui import err
 
     opts = _training(ctx, locals())
-    study, storage_obj = run.optimize(opts, trials=trials, timeout=timeout, space=space, sampler=sampler.value,
+    study, storage_obj = run.optimize(opts, trials=trials, timeout=timeout, space=space, sampler=sampler.value if sampler else None,
                                       pruner=pruner, include_preset=include_preset, objectives=objectives,
                                       study_name=study_name)
     if run.is_worker():

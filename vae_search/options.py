@@ -67,8 +67,8 @@ PrecisionOpt = Annotated[
 Jobs = Annotated[
     Optional[int],
     typer.Option(min=1, envvar="VAE_SEARCH_JOBS", help="Worker processes on this machine, all on the same study "
-                 "(default: one per CPU core, each with one torch thread, as memory allows; with CUDA, 4 per GPU within "
-                 "the same limits). "
+                 "(default: one per CPU core, each with one torch thread, as memory allows; with CUDA, up to 12 per GPU on "
+                 "three quarters of the cores, as memory allows). "
                  "--jobs 1 trains in this process."),
 ]
 Heartbeat = Annotated[
@@ -88,10 +88,14 @@ GRID_PRECISION_WHY = (
     "every val and recon loss within 0.06% of fp32 (the rule: 0.3%; docs/results.md)"
 )
 
-SamplerOpt = Annotated[SamplerName, typer.Option(
-        case_sensitive=False, help="Sampler. Trial n draws from its own stream, seeded with (--seed, n): workers, restarts "
-        "and other machines never propose the same points, and one worker from an empty study repeats exactly.")]
-PrunerOpt = Annotated[str, typer.Option(
+STICKY = ("A resumed study (or a worker joining it) keeps the sampler and pruner its last run chose unless this "
+          "option names another (the switch is said).")
+SamplerOpt = Annotated[Optional[SamplerName], typer.Option(
+        case_sensitive=False, show_default=False, help="Sampler (default tpe). Trial n draws from its own stream, seeded "
+        "with (--seed, n): workers, restarts and other machines never propose the same points, and one worker from an "
+        "empty study repeats exactly. " + STICKY)]
+PrunerOpt = Annotated[Optional[str], typer.Option(
+        show_default=False,
         help="Pruner on the per-epoch val neg_elbo, NAME or NAME:KEY=VALUE:...: percentile (the default: a trial goes "
         "on while it is in the best fifth of earlier trials at epochs 1 to 3, once 2 trials have finished; "
         "percentile:p=25 for a quarter), cohort (the same against every trial that reached the epoch, pruned ones too), "
@@ -99,7 +103,7 @@ PrunerOpt = Annotated[str, typer.Option(
         "patient (median after an epoch without progress), none. None of them prunes after epoch `until` (3): a late "
         "rung costs most of a trial before it saves anything. The default is what benchmarks/pruning.py --replay "
         "measured best on recorded curves; cohort found better configurations live for about a third more epochs "
-        "(docs/performance.md).")]
+        "(docs/performance.md). " + STICKY)]
 IncludePreset = Annotated[Optional[str], typer.Option(help="Enqueue this preset's points first (b1: start from the "
                                                        "report's grid).")]
 Objectives = Annotated[str, typer.Option(help="neg_elbo, or neg_elbo,params for a two-objective study (loss against "

@@ -149,6 +149,35 @@ def record_heartbeat(study: optuna.Study, interval: int) -> None:
 
 
 
+STRATEGY_ATTR = "strategy"  # {"sampler": name, "pruner": spec}: what the study's last run chose
+DEFAULT_SAMPLER = "tpe"
+
+
+def settle_strategy(study: optuna.Study | None, sampler: str | None, pruner: str | None,
+                    default_pruner: str) -> tuple[str, str, list[str]]:
+    """The sampler and pruner this run uses, and what to say about them. They belong to the
+    study like its heartbeat: a resumed search (or a worker joining it) that leaves --sampler
+    or --pruner out continues with the study's, rather than silently switching to the
+    defaults halfway. One that names another switches, and says so (switching is legitimate,
+    from random start-up points to TPE say; switching by omission is not)."""
+    recorded = study.user_attrs.get(STRATEGY_ATTR) if study is not None else None
+    recorded = recorded if isinstance(recorded, dict) else {}  # from a shared study: only names, checked by their factories
+    said: list[str] = []
+    chosen = {}
+    for key, given, default in (("sampler", sampler, DEFAULT_SAMPLER), ("pruner", pruner, default_pruner)):
+        before = recorded.get(key) if isinstance(recorded.get(key), str) else None
+        chosen[key] = given if given is not None else before or default
+        if given is not None and before is not None and given != before:
+            said.append(f"note: study {study.study_name!r} switches its {key} from {before} to {given} "
+                        f"(later runs keep {given} unless --{key} says otherwise)")
+    return chosen["sampler"], chosen["pruner"], said
+
+
+def record_strategy(study: optuna.Study, sampler: str, pruner: str) -> None:
+    if study.user_attrs.get(STRATEGY_ATTR) != {"sampler": sampler, "pruner": pruner}:
+        study.set_user_attr(STRATEGY_ATTR, {"sampler": sampler, "pruner": pruner})
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
