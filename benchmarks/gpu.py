@@ -23,7 +23,7 @@ Prints progress on stderr and, as its last line on stdout, one JSON object:
     beside the CPU fp32 figures of benchmarks/results/b1-cpu-fp32.json (measured from a fresh
     clone on 2 AVX2 cores) and the difference in percent; the grid's wall time and --jobs;
   - throughput: training images per second of latent 16 / base 32 (batch 128, bf16 on
-    CUDA) for 1, 2 and 4 worker processes on the device at once, their sum, and each
+    CUDA) for 1, 2 and 4 worker processes (--workers for others) on the device at once, their sum, and each
     worker's peak GPU memory (torch.cuda.max_memory_allocated), so that the default --jobs
     on a GPU can be set from a measurement.
 """
@@ -122,8 +122,9 @@ def _worker(device: str, precision: str, images: int, epochs: int, ready, result
 
 
 def throughput(args: argparse.Namespace) -> dict:
-    # --quick checks the code, so one and two workers say all it can; 4 is measured on the GPU
-    images, epochs, counts = (256, 2, (1, 2)) if args.quick else (args.throughput_images, 4, (1, 2, 4))
+    # --quick checks the code, so one and two workers say all it can; more are measured on the GPU
+    images, epochs = (256, 2) if args.quick else (args.throughput_images, 4)
+    counts = (1, 2) if args.quick and args.workers is None else args.workers or (1, 2, 4)
     ctx = mp.get_context("spawn")  # CUDA does not survive fork
     out = {}
     for n in counts:
@@ -141,6 +142,16 @@ def throughput(args: argparse.Namespace) -> dict:
     return out
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: worker counts separated by commas, such as 1,4,8") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every worker count is at least 1")
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,6 +161,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=None, help="workers of the grid (default: vae-search's default)")
     ap.add_argument("--quick", action="store_true", help="tiny data and epochs: checks the code, measures nothing")
     ap.add_argument("--skip-grid", action="store_true", help="leave out the full-data grid")
+    ap.add_argument("--skip-tests", action="store_true", help="leave out the CUDA tests")
+    ap.add_argument("--workers", type=_counts, default=None,
+                    help="worker counts of the throughput runs, such as 1,4,8,16 (default 1,2,4; --quick 1,2)")
     ap.add_argument("--throughput-images", type=int, default=25_000, help="images per epoch in the throughput runs")
     ap.add_argument("--grid-timeout", type=float, default=420.0, help="seconds the grid may take")
     ap.add_argument("--json", type=Path, help="also write the JSON here, rewritten after each part, so a run cut "
@@ -177,8 +191,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         os.environ.setdefault("VAE_SEARCH_CACHE", str(Path(tmp) / "cache"))
-        say("CUDA tests ...")
-        keep("cuda_tests", cuda_tests(timeout=180))
+        if not args.skip_tests:
+            say("CUDA tests ...")
+            keep("cuda_tests", cuda_tests(timeout=180))
         if not args.skip_grid:
             say("B.1 grid ...")
             keep("grid", grid(args, Path(tmp)))

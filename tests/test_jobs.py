@@ -59,9 +59,12 @@ def test_worker_argv_replaces_jobs_and_moves_the_storage_to_the_environment():
 @pytest.mark.parametrize("device, gpus, cores, free_gb, expected", [
     ("cpu", 0, 2, 24, 2),    # one per core
     ("cpu", 0, 16, 5, 2),    # as many as the memory holds (2 GB each)
-    ("cuda", 1, 16, 64, 4),  # GPU_WORKERS share one GPU
-    ("cuda", 2, 16, 64, 8),
-    ("cuda", 1, 2, 64, 2),   # each feeds its GPU from a core
+    ("cuda", 1, 16, 64, 12),  # GPU_WORKERS share one GPU, on three quarters of the cores
+    ("cuda", 2, 16, 64, 12),  # the cores, not the GPUs, bound it (each worker launches from one)
+    ("cuda", 2, 32, 128, 24),
+    ("cuda", 1, 64, 256, 12),  # at most GPU_WORKERS per GPU
+    ("cuda", 1, 16, 8, 4),    # as many as the memory holds
+    ("cuda", 1, 2, 64, 2),
     ("cuda", 8, 4, 64, 8),   # never fewer than one per GPU
     ("mps", 0, 8, 64, 1),
 ])

@@ -38,10 +38,15 @@ PROGRESS_FD_ENV = "VAE_SEARCH_PROGRESS_FD"  # where a worker writes its progress
 THREADS_ENV = "VAE_SEARCH_THREADS"  # torch threads of a worker
 WORKER_MEMORY = 2 * 1024**3  # bytes a full-data worker may take (README: a trial process peaks near 1.5 GB)
 # Workers sharing one GPU by default: these models are too small to fill a GPU from one
-# process (kernel launches bound it). On an H200, 4 workers trained 3.9x the images/s of one
-# (1.8x with two) and the B.1 grid took 0.63x the wall time
-# (benchmarks/results/gpu/); more were not measured.
-GPU_WORKERS = 4
+# process (kernel launches bound it), so each worker adds the work of the core it launches
+# from. On an H100 with 16 cores (benchmarks/results/gpu/h100-workers.json) 4, 8, 12 and 16
+# workers trained 3.7x, 5.9x, 7.8x and 7.0x the images/s of one: 12 per GPU at most, and a
+# quarter of the cores left to the parent, the data and the system.
+GPU_WORKERS = 12
+
+
+def cores_for_gpu_workers(n_cores: int) -> int:
+    return max(1, n_cores - n_cores // 4)  # 16 -> 12 (measured best), 4 -> 3, 2 -> 2
 STOP_GRACE_S = 60.0  # after asking workers to stop, how long before they are killed
 
 
@@ -72,17 +77,16 @@ def _available_memory() -> int | None:
 
 def default_jobs(device: torch.device) -> int:
     """On CPU one worker per core (each with one thread), as many as the free memory holds;
-    with CUDA, GPU_WORKERS per GPU within the same limits (each feeds its GPU from a core),
-    at least one per GPU; on Apple MPS one."""
+    with CUDA, GPU_WORKERS per GPU on three quarters of the cores (each feeds its GPU from
+    a core) as the memory allows, at least one per GPU; on Apple MPS one."""
     if device.type == "mps":
         return 1
     memory = _available_memory()
     by_memory = max(1, memory // WORKER_MEMORY) if memory else cores()
-    fits = max(1, min(cores(), by_memory))
     if device.type == "cuda":
         gpus = max(1, torch.cuda.device_count())
-        return max(gpus, min(GPU_WORKERS * gpus, fits))
-    return fits
+        return max(gpus, min(GPU_WORKERS * gpus, cores_for_gpu_workers(cores()), by_memory))
+    return max(1, min(cores(), by_memory))
 
 
 def threads_per_worker(jobs: int) -> int:
