@@ -129,10 +129,10 @@ PRUNER_DEFAULTS: dict[str, dict[str, float]] = {
     "median": {"p": 50.0, "startup": 3, "warmup": 0, "until": 3},
     "percentile": {"p": 20.0, "startup": 2, "warmup": 0, "until": 3},
     # the percentile among *every* trial that reached the epoch (pruned ones too), not the
-    # finished few: live on the recorded subset, with two seeds, it kept TPE learning (6 and
-    # 10 of 40 finished, bests 0.17% and 0.58% below the unpruned search's, 28% and 37% of
-    # the epochs), but its worst replayed order costs 41.5% of the epochs, above the
-    # default's target (docs/performance.md)
+    # finished few: live on the recorded subset, with three seeds, it kept TPE learning (6,
+    # 10 and 10 of 40 finished, bests 0.17%, 0.58% and 0.18% below the unpruned search's, 28%,
+    # 37% and 35% of the epochs), but its worst replayed order costs 41.5% of the epochs,
+    # above the default's target (docs/performance.md)
     "cohort": {"p": 33.0, "startup": 3, "until": 3},
     # the median pruner, consulted only once a trial has not improved for `patience` epochs
     "patient": {"patience": 1, "startup": 3, "until": 8},
