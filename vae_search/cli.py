@@ -173,9 +173,9 @@ def optimize(
     from vae_search.ui import err
 
     opts = _training(ctx, locals())
-    study, storage_obj = run.optimize(opts, trials=trials, timeout=timeout, space=space, sampler=sampler.value if sampler else None,
-                                      pruner=pruner, include_preset=include_preset, objectives=objectives,
-                                      study_name=study_name)
+    study, storage_obj = run.optimize(opts, trials=trials, timeout=timeout, space=space,
+                                      sampler=sampler.value if sampler else None, pruner=pruner,
+                                      include_preset=include_preset, objectives=objectives, study_name=study_name)
     if run.is_worker():
         return
     try:

@@ -148,7 +148,6 @@ def record_heartbeat(study: optuna.Study, interval: int) -> None:
         study.set_user_attr(HEARTBEAT_ATTR, interval)
 
 
-
 STRATEGY_ATTR = "strategy"  # {"sampler": name, "pruner": spec}: what the study's last run chose
 DEFAULT_SAMPLER = "tpe"
 

@@ -43,10 +43,6 @@ WORKER_MEMORY = 2 * 1024**3  # bytes a full-data worker may take (README: a tria
 # workers trained 3.7x, 5.9x, 7.8x and 7.0x the images/s of one: 12 per GPU at most, and a
 # quarter of the cores left to the parent, the data and the system.
 GPU_WORKERS = 12
-
-
-def cores_for_gpu_workers(n_cores: int) -> int:
-    return max(1, n_cores - n_cores // 4)  # 16 -> 12 (measured best), 4 -> 3, 2 -> 2
 STOP_GRACE_S = 60.0  # after asking workers to stop, how long before they are killed
 
 
@@ -73,6 +69,10 @@ def _available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def cores_for_gpu_workers(n_cores: int) -> int:
+    return max(1, n_cores - n_cores // 4)  # 16 -> 12 (measured best), 4 -> 3, 2 -> 2
 
 
 def default_jobs(device: torch.device) -> int:
