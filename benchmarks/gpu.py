@@ -124,7 +124,7 @@ def _worker(device: str, precision: str, images: int, epochs: int, ready, result
 def throughput(args: argparse.Namespace) -> dict:
     # --quick checks the code, so one and two workers say all it can; more are measured on the GPU
     images, epochs = (256, 2) if args.quick else (args.throughput_images, 4)
-    counts = (1, 2) if args.quick and args.workers is None else args.workers or (1, 2, 4)
+    counts = args.workers or ((1, 2) if args.quick else (1, 2, 4))
     ctx = mp.get_context("spawn")  # CUDA does not survive fork
     out = {}
     for n in counts:

@@ -3,6 +3,7 @@ no shared data), and a CLI runner that returns (exit code, stdout, stderr)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -215,3 +216,8 @@ def workers_that_reported(err: str) -> set[str]:
     import re
 
     return set(re.findall(r"^\[worker (\d+)\] trial \d+ .*: neg_elbo", err, re.M))
+
+
+def sha256_of(path: Path) -> str:
+    """A file's digest: "byte for byte the same" in one comparison."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

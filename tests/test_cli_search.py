@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-from tests.conftest import TINY, invoke, one_line_error
+from tests.conftest import TINY, invoke, one_line_error, sha256_of
 from vae_search import objective as objective_module
 from vae_search import train as train_module
 from vae_search.storages import storage_of, study_id_of
@@ -129,7 +129,6 @@ def test_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir, pruner):
 def test_a_rerun_of_best_on_an_unchanged_study_writes_nothing(searched, cli, tmp_path):
     """The note is saved only when it changes (optuna-dashboard keeps every saved version):
     the second `best` leaves the database byte for byte the same."""
-    import hashlib
     import shutil
 
     from optuna_dashboard import get_note
@@ -138,9 +137,9 @@ def test_a_rerun_of_best_on_an_unchanged_study_writes_nothing(searched, cli, tmp
     shutil.copy(tmp / "s.db", tmp_path / "s.db")
     common = ("--study-name", "search", "--storage", f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp / "artifacts")
     assert cli("best", *common)[0] == 0
-    written = hashlib.sha256((tmp_path / "s.db").read_bytes()).hexdigest()
+    written = sha256_of(tmp_path / "s.db")
     assert cli("best", *common)[0] == 0
-    assert hashlib.sha256((tmp_path / "s.db").read_bytes()).hexdigest() == written
+    assert sha256_of(tmp_path / "s.db") == written
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/s.db")
     assert "best of study 'search'" in get_note(study)
 
@@ -201,7 +200,6 @@ class TestInterpolate:
     def test_a_rerun_that_draws_the_same_picture_writes_nothing(self, searched, cli, tmp_path):
         """The same picture again leaves the database byte for byte the same and attaches no
         copy; another picture (more rows) is attached and replaces the figure."""
-        import hashlib
         import shutil
 
         tmp, _ = searched
@@ -216,7 +214,7 @@ class TestInterpolate:
             metas = optuna.artifacts.get_all_artifact_meta(study)
             pngs = [a for a in metas if a.filename.endswith("trial-0-interpolation-random.png")]
             files = sum(1 for p in (tmp_path / "artifacts").rglob("*") if p.is_file())
-            return hashlib.sha256((tmp_path / "s.db").read_bytes()).hexdigest(), len(pngs), files
+            return sha256_of(tmp_path / "s.db"), len(pngs), files
 
         assert cli("interpolate", "--rows", 2, *common)[0] == 0
         first = state()

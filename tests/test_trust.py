@@ -4,7 +4,6 @@ definitions ship in the package, and bad input from a study or a space file is o
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import sqlite3
@@ -17,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import TINY, make_batches, one_line_error
+from tests.conftest import TINY, make_batches, one_line_error, sha256_of
 from vae_search.definitions import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,12 +166,12 @@ def strangers_db(tmp_path) -> Path:
                                      ["fail-stale", "--older-than", "1h"]])
 def test_a_database_that_is_not_a_storage_is_left_byte_for_byte(strangers_db, tmp_path, cli, command, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    before = hashlib.sha256(strangers_db.read_bytes()).hexdigest()
+    before = sha256_of(strangers_db)
     args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
     rc, _, err = cli(*args, "--storage", f"sqlite:///{strangers_db}")
     assert rc == 2
     assert "is not an Optuna storage (it has customers)" in one_line_error(err)
-    assert hashlib.sha256(strangers_db.read_bytes()).hexdigest() == before
+    assert sha256_of(strangers_db) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["customers.db"]  # no studies/, no out/, no journal
 
 

@@ -236,14 +236,12 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
              study_name: str) -> tuple[optuna.Study, BaseStorage]:
     """The search: trials until the study has `trials` finished ones, counting every worker's.
     `sampler` and `pruner` None: the study's own (st.settle_strategy), else the defaults."""
-    from vae_search.data import data_layout
-
     objs = parse_objectives(objectives)
     distributions = definitions.load_space(space)
     preset = definitions.load_preset(include_preset) if include_preset else None
     epochs, batch_size = opts.epochs or 10, opts.batch_size or 128
-    # Every mistake that needs no storage is refused before it is opened (which creates a new
-    # SQLite file): a misspelt --sampler or --pruner, a space too small, a --data-dir that is no data.
+    # A misspelt --sampler or --pruner is refused before the storage is opened (which creates
+    # a new SQLite file); which ones the study runs with is known once it is open.
     if sampler is not None:
         samplers.make_sampler(sampler, opts.seed, len(objs))
     if pruner is not None:
@@ -252,16 +250,12 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     if size is not None and size < trials:
         raise UsageError(f"the search space holds {size} configurations, fewer than --trials {trials}; every trial "
                          f"trains a configuration of its own: ask for at most {size} or widen the space")
-    if opts.data_dir is not None:
-        data_layout(opts.data_dir)
-    storage = storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
-    sampler, pruner, switches = st.settle_strategy(st.existing_study(storage, study_name), sampler, pruner,
-                                                   samplers.DEFAULT_PRUNER)
-    smp = samplers.make_sampler(sampler, opts.seed, len(objs))
-    prn = samplers.make_pruner(pruner, epochs, len(objs))
     p = prepare(opts, study_name, epochs=epochs, batch_size=batch_size, precision=opts.precision or "auto",
-                storage=storage, directions=["minimize"] * len(objs), sampler=smp, pruner=prn, objectives=objs)
+                directions=["minimize"] * len(objs), objectives=objs)
     study = p.study
+    sampler, pruner, switches = st.settle_strategy(study, sampler, pruner, samplers.DEFAULT_PRUNER)
+    study.sampler = samplers.make_sampler(sampler, opts.seed, len(objs))
+    study.pruner = samplers.make_pruner(pruner, epochs, len(objs))
     for line in switches:
         say(line)
     st.record_strategy(study, sampler, pruner)
