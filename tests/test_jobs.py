@@ -56,6 +56,18 @@ def test_worker_argv_replaces_jobs_and_moves_the_storage_to_the_environment():
         assert not any("secret" in a for a in args)
 
 
+def test_confirm_workers_get_the_plan_made_by_their_parent():
+    """confirm's workers run the trials and the study the parent chose, not a choice of their own
+    made seconds later (another study may be the most recent by then, or another trial the best)."""
+    from vae_search.run import _pinned_for_workers
+
+    argv = ["confirm", "--top=2", "--seeds", "3", "--study-name", "old", "--jobs", "2"]
+    assert _pinned_for_workers(argv, "search", [7, 3]) == [
+        "confirm", "--seeds", "3", "--jobs", "2", "--study-name", "search", "--trial", "7", "--trial", "3"]
+    assert worker_argv(_pinned_for_workers(["confirm", "--trial", "9"], "s", [9]))[0] == [
+        "confirm", "--study-name", "s", "--trial", "9", "--jobs", "1"]
+
+
 @pytest.mark.parametrize("device, gpus, cores, free_gb, expected", [
     ("cpu", 0, 2, 24, 2),    # one per core
     ("cpu", 0, 16, 5, 2),    # as many as the memory holds (2 GB each)

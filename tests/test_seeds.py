@@ -3,6 +3,7 @@ batch size and learning-rate schedule."""
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 
 import optuna
@@ -150,6 +151,20 @@ class TestConfirm:
         # a confirmed winner is named with its seeds; an unconfirmed one (its mean was lower alone) without
         assert ("best of study 'search': trial " + str(winner) + " (3 seeds)" in out) == (winner in confirmed_means)
 
+    def test_trial_retrains_exactly_the_trials_named(self, confirmed, cli, tmp_path):
+        tmp, common = confirmed
+        shutil.copy(tmp / "s.db", tmp_path / "s.db")  # a copy: the module's study stays as the other tests expect
+        common = [f"sqlite:///{tmp_path}/s.db" if str(a).startswith("sqlite:") else tmp_path / "art" if a == tmp / "art"
+                  else a for a in common]
+        search = _trials(tmp_path, "search")
+        before = {t.number for t in _trials(tmp_path, "search-confirm")}
+        worst = max((t for t in search if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        rc, _, err = cli("confirm", "--study-name", "search", "--trial", worst.number, "--seeds", 2, *common)
+        assert rc == 0, err
+        added = [t for t in _trials(tmp_path, "search-confirm") if t.number not in before]
+        assert [(t.user_attrs["source_trial"], t.user_attrs["seed"], t.state) for t in added] == [
+            (worst.number, 1, TrialState.COMPLETE)]
+
     def test_bad_input(self, confirmed, cli, tmp_path):
         tmp, common = confirmed
         rc, _, err = cli("confirm", "--study-name", "nope", "--storage", f"sqlite:///{tmp}/s.db")
@@ -158,6 +173,10 @@ class TestConfirm:
         assert rc == 2 and "holds confirmation runs" in one_line_error(err)
         rc, _, err = cli("confirm", "--study-name", "search", "--seeds", 1, "--storage", f"sqlite:///{tmp}/s.db")
         assert rc == 2 and "--seeds" in one_line_error(err)
+        rc, _, err = cli("confirm", "--study-name", "search", "--trial", 99, "--storage", f"sqlite:///{tmp}/s.db")
+        assert rc == 2 and "--trial 99: study 'search' has no complete trial 99" in one_line_error(err)
+        rc, _, err = cli("confirm", "--study-name", "search", "--trial", 0, "--top", 2, "--storage", f"sqlite:///{tmp}/s.db")
+        assert rc == 2 and "give --top or --trial, not both" in one_line_error(err)
         other = [a if a != "128" else "100" for a in common]  # another --limit-train: other data
         rc, _, err = cli("confirm", "--study-name", "search", "--top", 1, *other)
         assert rc == 2 and "these data differ" in one_line_error(err)

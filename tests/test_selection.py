@@ -46,7 +46,7 @@ def test_best_of_a_search_speaks_to_the_question(storage, cli):
     assert "trial 1 and trial 0 are tied: 0.01% apart with one run each, inside the seed noise" in text
     assert "4 configurations with several seeds in study 'b1'" in text
     assert "trial 1 is smaller and faster" in text
-    assert "`vae-search confirm --study-name search --top 2 --seeds 3` would settle it" in text
+    assert "`vae-search confirm --study-name search --trial 0 --trial 1 --seeds 3` would settle it" in text
     # against the report's best (config 3, 1843.23) and the grid here (config 3's mean, 1845.73)
     assert "vs the report's best (config 3, val loss 1843.23, one run): neg_elbo -1.03%, beyond the seed noise" in text
     assert "vs the B.1 grid's best here (config 3 of study 'b1', 1845.73 +- 0.42 (n = 2)): neg_elbo -1.16%" in text
@@ -88,3 +88,22 @@ def test_a_grid_still_running_is_not_taken_for_the_grids_best(tmp_path, cli):
     text = " ".join(out.split())
     assert "vs the B.1 grid here (study 'b1'): not yet, config 1, config 2, config 3 of 4 have no complete run" in text
     assert "vs the B.1 grid's best here" not in text
+
+
+def test_the_confirm_command_named_for_a_tie_runs_exactly_that_pair(storage, cli):
+    """Where both have several runs and Welch's test finds no difference, `best` names the
+    `confirm` that gives the pair two more runs each, by trial number."""
+    runs = optuna.create_study(study_name="search-confirm", storage=storage)
+    runs.set_user_attr("kind", "confirm")
+    search = optuna.load_study(study_name="search", storage=storage)
+    for t, extra in zip(search.trials, ([1824.9, 1823.7], [1823.9, 1825.2]), strict=True):
+        for seed, value in enumerate(extra, start=1):
+            runs.add_trial(_trial(t.params, value, t.user_attrs["params"], t.user_attrs["time_s"], seed=seed,
+                                  source_trial=t.number))
+    rc, out, err = cli("best", "--study-name", "search", "--storage", storage)
+    assert rc == 0, err
+    text = " ".join(out.split())
+    assert "are tied within seed noise (Welch's t-test" in text and "n = 3 and 3" in text
+    # trial 0's mean (1824.31) is the lower; trial 1 (1824.56) is the smaller and faster
+    assert "trial 0 and trial 1 are tied within seed noise" in text and "trial 1 is smaller and faster" in text
+    assert "more seeds (`vae-search confirm --study-name search --trial 0 --trial 1 --seeds 5`)" in text

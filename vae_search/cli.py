@@ -187,7 +187,10 @@ def optimize(
 @app.command()
 def confirm(
     ctx: typer.Context,
-    top: Annotated[int, typer.Option(min=1, help="How many of the search's best trials to retrain.")] = 3,
+    top: Annotated[Optional[int], typer.Option(min=1, help="How many of the search's best trials to retrain "
+                                               "(default 3).")] = None,
+    trial: Annotated[Optional[list[int]], typer.Option(help="A search trial to retrain, instead of --top (repeat for "
+                                                       "more): the tied pair `best` names, for example.")] = None,
     seeds: Annotated[int, typer.Option(min=2, help="Runs each of them should have in all, the search's own included: "
                                        "seeds s+1 ... s+seeds-1 after the trial's seed s.")] = 3,
     study_name: o.StudyName = None,
@@ -215,7 +218,7 @@ def confirm(
     from vae_search import run
 
     opts = _training(ctx, {**locals(), "seed": 0})
-    search, storage_obj = run.confirm(opts, top=top, seeds=seeds, study_name=study_name)
+    search, storage_obj = run.confirm(opts, top=top, trials=trial or (), seeds=seeds, study_name=study_name)
     if not run.is_worker():
         _print_best(run.choose_best(search, storage_obj))
 

@@ -282,27 +282,53 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     return study, p.storage
 
 
-def plan_confirm(search: optuna.Study, top: int) -> list:
-    """The search trials `confirm` retrains: its `top` best complete ones. A study of another
-    kind, with two objectives, or with nothing complete is one line."""
+CONFIRM_TOP = 3  # confirm's default --top
+
+
+def plan_confirm(search: optuna.Study, top: int | None, numbers: Sequence[int] = ()) -> list:
+    """The search trials `confirm` retrains: the ones numbered (`--trial`), else its `top` best
+    complete ones. A study of another kind, with two objectives, with nothing complete, or a
+    numbered trial that is not a complete one of the search, is one line."""
     if search.study_name.endswith(st.CONFIRM_SUFFIX) or search.user_attrs.get("kind") == "confirm":
         raise UsageError(f"study {search.study_name!r} holds confirmation runs; pass the search's --study-name")
     st.require_kind(search, "search")
     if len(search.directions) > 1:
         raise UsageError(f"study {search.study_name!r} has two objectives; confirm ranks single-objective searches")
-    best = st.top_trials(search, top)
-    if not best:
-        raise UsageError(f"study {search.study_name!r} has no complete trial yet")
-    return best
+    if numbers and top is not None:
+        raise UsageError("give --top or --trial, not both")
+    if not numbers:
+        best = st.top_trials(search, CONFIRM_TOP if top is None else top)
+        if not best:
+            raise UsageError(f"study {search.study_name!r} has no complete trial yet")
+        return best
+    complete = {t.number: t for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values}
+    missing = [n for n in numbers if n not in complete]
+    if missing:
+        raise UsageError(f"--trial {missing[0]}: study {search.study_name!r} has no complete trial {missing[0]}; its "
+                         f"complete trials: {', '.join(map(str, sorted(complete))) or 'none'}")
+    return [complete[n] for n in dict.fromkeys(numbers)]
 
 
-def confirm(opts: Training, *, top: int, seeds: int, study_name: str | None) -> tuple[optuna.Study, BaseStorage]:
-    """The search's best trials again with further seeds, in the companion study NAME-confirm."""
+def _pinned_for_workers(argv: Sequence[str], study_name: str, numbers: Sequence[int]) -> list[str]:
+    """confirm's arguments with the plan made here spelt out: its workers start seconds later
+    and would otherwise choose again, another study as the most recent one or, while the search
+    goes on elsewhere, another top."""
+    from vae_search.workers import drop_options
+
+    kept = drop_options(argv, {"--study-name", "--top", "--trial"})
+    return [*kept, "--study-name", study_name, *(a for n in numbers for a in ("--trial", str(n)))]
+
+
+def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: int,
+            study_name: str | None) -> tuple[optuna.Study, BaseStorage]:
+    """The search's best (or the numbered) trials again with further seeds, in the companion
+    study NAME-confirm."""
     storage = storages.open_storage(opts.storage, heartbeat=opts.heartbeat, must_exist=True)
     search = st.load_study(storage, study_name)
     if study_name is None:
         opts.notes.append(f"(study {search.study_name!r}: the most recently written; pass --study-name for another)")
-    best = plan_confirm(search, top)
+    best = plan_confirm(search, top, trials)
+    opts.argv = _pinned_for_workers(opts.argv, search.study_name, [t.number for t in best])
     budget = search.user_attrs.get("budget") or {}
     precision = opts.precision or budget.get("precision") or best[0].user_attrs.get("precision") or "fp32"
     _, prec = device_and_precision(opts.device, precision)

@@ -121,6 +121,9 @@ def welch_p(a: Candidate, b: Candidate, key: str = "neg_elbo") -> float | None:
     return p
 
 
+ADD_SEEDS = "`vae-search confirm` / `grid --seeds 3` add seeds"
+
+
 def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo", noise: Noise | None = None,
             confirm_hint: str = "") -> str:
     """The winner's margin over another candidate, in plain words with the test. Where a side
@@ -139,12 +142,22 @@ def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo", noise: N
             return (f"{winner.label} is best by {margin:.2f}% over {other.label} ({runs}), "
                     f"{_single_run_verdict(diff, noise, winner.n, other.n)}")
         return (f"{winner.label} is best by {margin:.2f}% over {other.label}, but with {runs} the margin cannot be "
-                f"told from seed noise (`vae-search confirm` / `grid --seeds 3` add seeds)")
+                f"told from seed noise ({confirm_hint + ' adds seeds' if confirm_hint else ADD_SEEDS})")
     if p < ALPHA:
         return (f"{winner.label} is best by {margin:.2f}% over {other.label} (beyond seed noise: Welch's t-test "
                 f"p = {p:.3g}, n = {winner.n} and {other.n})")
     return (f"{winner.label} and {other.label} are tied within seed noise (Welch's t-test p = {p:.2g}, n = {winner.n} "
-            f"and {other.n}, {margin:.2f}% apart); {_lighter(winner, other)}")
+            f"and {other.n}, {margin:.2f}% apart); {_lighter(winner, other)}"
+            + (f"; more seeds ({confirm_hint}) would tell a smaller difference" if confirm_hint else ""))
+
+
+def confirm_command(study: optuna.Study, a: Candidate, b: Candidate) -> str:
+    """The `confirm` that runs exactly these two search candidates again: to three runs each
+    (or as many as the better covered one has) where one has a single run, so that Welch's
+    test can judge them; two more each where both have several and the test found no difference."""
+    pair = " ".join(f"--trial {c.trial.number}" for c in (a, b))
+    seeds = max(3, a.n, b.n) if min(a.n, b.n) == 1 else max(a.n, b.n) + 2
+    return f"`vae-search confirm --study-name {study.study_name} {pair} --seeds {seeds}`"
 
 
 def _tied_pair(a: Candidate, b: Candidate) -> str:
@@ -207,7 +220,7 @@ def pooled_noise(study: optuna.Study, ranked: list[Candidate], storage: optuna.s
 def _single_run_verdict(diff: float, noise: Noise | None, n_a: int, n_b: int) -> str:
     """Whether a difference of `diff` nats is inside seed noise measured elsewhere."""
     if noise is None:
-        return "no seed noise measured in this storage yet (`vae-search confirm` / `grid --seeds 3` add seeds)"
+        return f"no seed noise measured in this storage yet ({ADD_SEEDS})"
     band = noise.band(n_a, n_b)
     inside = "inside" if abs(diff) < band else "beyond"
     return (f"{inside} the seed noise measured in this storage (+-{band:.2f} nats at 95%, from one run's sd "
@@ -282,7 +295,7 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
     ]
     noise = pooled_noise(study, ranked, storage) if study.user_attrs.get("kind") != "grid" else None
     if len(ranked) > 1:
-        hint = f"`vae-search confirm --study-name {study.study_name} --top 2 --seeds 3`" if best.n == 1 else ""
+        hint = confirm_command(study, best, ranked[1]) if study.user_attrs.get("kind") == "search" else ""
         reasons.append(f"margin: {compare(best, ranked[1], noise=noise, confirm_hint=hint)}")
     if study.user_attrs.get("kind") != "grid":
         reasons += _against_the_report(best, study, storage, noise)

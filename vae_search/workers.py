@@ -184,22 +184,28 @@ def _die_with_parent() -> None:
 BY_ENVIRONMENT = {"--storage": "VAE_SEARCH_STORAGE"}
 
 
-def worker_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """The command's own arguments for a worker, with --jobs replaced by --jobs 1, and the
-    environment that carries the options of BY_ENVIRONMENT."""
+def drop_options(argv: Sequence[str], names: set[str], taken: dict[str, str] | None = None) -> list[str]:
+    """`argv` without the options `names` (each with a value: `--name value` or `--name=value`);
+    the values dropped go into `taken` by name, the last one where an option repeats."""
     out: list[str] = []
-    env: dict[str, str] = {}
     args = iter(argv)
     for a in args:
         name, eq, value = a.partition("=")
-        if name == "--jobs":
-            if not eq:
-                next(args, None)
-            continue
-        if name in BY_ENVIRONMENT:
-            env[BY_ENVIRONMENT[name]] = value if eq else next(args, "")
+        if name in names:
+            value = value if eq else next(args, "")
+            if taken is not None:
+                taken[name] = value
             continue
         out.append(a)
+    return out
+
+
+def worker_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The command's own arguments for a worker, with --jobs replaced by --jobs 1, and the
+    environment that carries the options of BY_ENVIRONMENT."""
+    taken: dict[str, str] = {}
+    out = drop_options(argv, {"--jobs", *BY_ENVIRONMENT}, taken)
+    env = {BY_ENVIRONMENT[name]: value for name, value in taken.items() if name in BY_ENVIRONMENT}
     return [*out, "--jobs", "1"], env
 
 
