@@ -229,6 +229,15 @@ class TestBadInput:
                          "--artifact-dir", tmp / "a-file" / "art")
         assert rc == 2 and "artifact folder" in one_line_error(err)
 
+    def test_an_archive_that_is_none_is_one_line(self, cli, tmp_path):
+        """tarfile's own message lists every compression it tried, one per line: still one line."""
+        bogus = tmp_path / "data.tar.gz"
+        bogus.write_bytes(bytes(range(256)) * 4)
+        rc, _, err = cli("grid", "--epochs", 1, "--data-dir", bogus, "--storage", f"sqlite:///{tmp_path}/s.db",
+                         "--artifact-dir", tmp_path / "art")
+        line = one_line_error(err)
+        assert rc == 2 and f"archive {bogus} cannot be unpacked" in line and "not a gzip file" in line
+
     def test_unknown_preset_and_bad_numbers_leave_the_study(self, cli, existing):
         storage, _ = existing
         assert cli("grid", "--preset", "nope", "--storage", storage)[0] == 2

@@ -399,6 +399,13 @@ def storage_proxy(
 _notes: list[str] = []  # printed on stderr after a command succeeds
 
 
+def _error(message: str, rc: int) -> None:
+    """One line, whatever the message quotes: a library's own message may span several
+    (tarfile lists every compression it tried), and a script reads the first line only."""
+    print("vae-search: error: " + " ".join(message.split()), file=sys.stderr)
+    sys.exit(rc)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI: bad input as one line and exit 2, a failed run as one line and exit 1,
     interrupts as exit 130."""
@@ -413,14 +420,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         # The arguments travel in the context: a training command's --jobs workers rerun them.
         rc = command.main(args=args or ["--help"], prog_name="vae-search", standalone_mode=False, obj={"argv": args})
     except UsageError as e:
-        print(f"vae-search: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _error(str(e), 2)
     except RunError as e:
-        print(f"vae-search: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _error(str(e), 1)
     except typer.TyperException as e:  # Typer's own: bad option values, unknown options
-        print(f"vae-search: error: {e.format_message()}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _error(e.format_message(), e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         rc = 130
     if rc in (0, None):
