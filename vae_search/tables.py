@@ -66,19 +66,31 @@ def mean_sd(mean: object, sd: object, fmt: str = ".2f") -> str:
     return _num(mean, fmt) + ("" if sd is None or pd.isna(sd) else f" +- {format(sd, fmt)}")
 
 
+GRID_HEADERS = ("config", "latent", "base ch", "n", "val loss", "report", "diff", "recon loss", "report", "diff",
+                "KL", "time s", "report", "params (exact)", "report")
+
+
+def _pct(x: object) -> str:
+    return "-" if x is None or pd.isna(x) else f"{x:+.2f}%"
+
+
+def grid_cells(r: dict) -> list[str]:
+    """One row of the grid table as text, the same in the terminal, the report and markdown."""
+    return [
+        str(r["config"]), str(r["latent_dim"]), str(r["base_channels"]), str(r["n"]),
+        mean_sd(r["val_loss"], r["val_loss_sd"]), _num(r["val_loss_report"], ".2f"), _pct(r["val_loss_diff_pct"]),
+        mean_sd(r["recon_loss"], r["recon_loss_sd"]), _num(r["recon_loss_report"], ".2f"), _pct(r["recon_loss_diff_pct"]),
+        mean_sd(r["kl"], r["kl_sd"]), mean_sd(r["time_s"], r["time_s_sd"], ".1f"), _num(r["time_s_report"], ".1f"),
+        _num(r["params"], ",.0f"), r["params_report_text"] or _num(r["params_report"], ",.0f"),
+    ]
+
+
 def grid_rich_table(df: pd.DataFrame, title: str) -> Table:
     table = Table(title=title)
-    for col in ("config", "latent", "base ch", "n", "val loss", "report", "diff", "recon loss", "report", "diff",
-                "KL", "time s", "report", "params (exact)", "report"):
+    for col in GRID_HEADERS:
         table.add_column(col, justify="right")
     for r in df.to_dict("records"):
-        table.add_row(
-            str(r["config"]), str(r["latent_dim"]), str(r["base_channels"]), str(r["n"]),
-            mean_sd(r["val_loss"], r["val_loss_sd"]), _num(r["val_loss_report"], ".2f"), _num(r["val_loss_diff_pct"], "+.2f") + "%",
-            mean_sd(r["recon_loss"], r["recon_loss_sd"]), _num(r["recon_loss_report"], ".2f"), _num(r["recon_loss_diff_pct"], "+.2f") + "%",
-            mean_sd(r["kl"], r["kl_sd"]), mean_sd(r["time_s"], r["time_s_sd"], ".1f"), _num(r["time_s_report"], ".1f"),
-            _num(r["params"], ",.0f"), r["params_report_text"] or _num(r["params_report"], ",.0f"),
-        )
+        table.add_row(*grid_cells(r))
     return table
 
 
@@ -86,17 +98,8 @@ def grid_markdown(df: pd.DataFrame) -> str:
     """The grid table as markdown, in the terminal table's words."""
     from tabulate import tabulate
 
-    headers = ["config", "latent", "base", "n", "val loss", "report", "diff", "recon loss", "report", "diff", "KL",
-               "time s", "report", "params (exact)", "report"]
-    rows = [
-        [r["config"], r["latent_dim"], r["base_channels"], r["n"],
-         mean_sd(r["val_loss"], r["val_loss_sd"]), _num(r["val_loss_report"], ".2f"), _num(r["val_loss_diff_pct"], "+.2f") + "%",
-         mean_sd(r["recon_loss"], r["recon_loss_sd"]), _num(r["recon_loss_report"], ".2f"), _num(r["recon_loss_diff_pct"], "+.2f") + "%",
-         mean_sd(r["kl"], r["kl_sd"]), mean_sd(r["time_s"], r["time_s_sd"], ".1f"), _num(r["time_s_report"], ".1f"),
-         _num(r["params"], ",.0f"), r["params_report_text"] or _num(r["params_report"], ",.0f")]
-        for r in df.to_dict("records")
-    ]
-    return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
+    rows = [grid_cells(r) for r in df.to_dict("records")]
+    return tabulate(rows, headers=GRID_HEADERS, tablefmt="pipe", disable_numparse=True)
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
