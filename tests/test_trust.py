@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import TINY, make_batches, one_line_error, sha256_of
+from tests.conftest import TINY, make_batches, one_line_error, sha256_of, synthetic_grid
 from vae_search.definitions import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,6 +245,28 @@ def test_a_study_cannot_name_a_preset_file(tmp_path, cli):
         preset_of({"preset": "/etc/passwd"})
     with pytest.raises(Exception, match="not a packaged preset"):
         preset_of({"preset": "../../somewhere/x.toml"})
+
+
+def test_a_grid_from_a_preset_file_of_ones_own_is_read_with_preset(tmp_path, cli):
+    """The study names its preset, never a path: `show`, `best` and `report` say in one line to
+    pass the file, and read the grid with it."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    synthetic_grid(url, {1: [1850.0, 1851.0], 2: [1849.0, 1850.0], 3: [1845.0, 1846.0], 4: [1849.5, 1850.5]})
+    optuna.load_study(study_name="b1", storage=url).set_user_attr("preset", "mine")
+    mine = tmp_path / "mine.toml"
+    mine.write_text((ROOT / "vae_search" / "studies" / "b1.toml").read_text().replace('name = "b1"', 'name = "mine"'))
+    for command, *extra in (("show",), ("best",), ("report", "--out", tmp_path / "rep")):
+        rc, _, err = cli(command, "--study-name", "b1", "--storage", url, *extra)
+        assert rc == 2 and "the study's preset 'mine' is not a packaged preset" in one_line_error(err), command
+        assert "pass --preset with its file" in err
+    rc, out, err = cli("show", "--study-name", "b1", "--storage", url, "--preset", mine)
+    assert rc == 0 and "1845.50 +- 0.71" in out, err
+    rc, out, err = cli("best", "--study-name", "b1", "--storage", url, "--preset", mine)
+    assert rc == 0 and "best of study 'b1': config 3" in out, err
+    rc, out, err = cli("report", "--study-name", "b1", "--storage", url, "--preset", mine, "--out", tmp_path / "rep")
+    assert rc == 0, err
+    row = re.compile(r"\|\s*3\s*\|\s*16\s*\|\s*32\s*\|\s*2\s*\|\s*1845\.50 \+- 0\.71\s*\|\s*1843\.23")
+    assert row.search((tmp_path / "rep" / "b1" / "report.md").read_text())  # config 3's row beside the report's
 
 
 @pytest.mark.slow

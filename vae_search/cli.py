@@ -94,7 +94,7 @@ def grid(
 @app.command()
 def show(
     study_name: Annotated[str, typer.Option(help="A grid study.")] = "b1",
-    preset: Annotated[Optional[str], typer.Option(help="Preset to compare with (default: the study's).")] = None,
+    preset: o.GridPreset = None,
     storage: o.StorageOpt = o.DEFAULT_STORAGE,
     artifact_dir: o.ArtifactDir = o.DEFAULT_ARTIFACTS,
     csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
@@ -260,6 +260,7 @@ def best(
     study_name: o.StudyName = None,
     storage: o.StorageOpt = o.DEFAULT_STORAGE,
     artifact_dir: o.ArtifactDir = o.DEFAULT_ARTIFACTS,
+    preset: o.GridPreset = None,
     json_out: o.JsonOpt = False,
 ) -> None:
     """Print the best trial and the reasons, in numbers (the report's B.2, computed), and
@@ -275,7 +276,7 @@ def best(
 
     storage_obj, study = load_for_reading(storage, study_name, _notes)
     st_defaults.require_kind(study, "grid", "search", "confirm")
-    _print_best(choose_best(study, storage_obj), as_json=json_out)
+    _print_best(choose_best(study, storage_obj, preset), as_json=json_out)
 
 
 class Mode(StrEnum):
@@ -322,6 +323,7 @@ def report(
     storage: o.StorageOpt = o.DEFAULT_STORAGE,
     artifact_dir: o.ArtifactDir = o.DEFAULT_ARTIFACTS,
     data_dir: o.DataDir = None,
+    preset: o.GridPreset = None,
 ) -> None:
     """Write a study's report: report.html (one file that opens offline: images embedded,
     plotly loaded once) and report.md with its PNGs beside it, reproducing the seed
@@ -333,7 +335,8 @@ def report(
     """
     from vae_search import run
 
-    for p in run.report(storage, study_name, _notes, artifact_dir=artifact_dir, out=out, data_dir=data_dir):
+    for p in run.report(storage, study_name, _notes, artifact_dir=artifact_dir, out=out, data_dir=data_dir,
+                        preset=preset):
         print(p)
 
 

@@ -150,6 +150,12 @@ def load_preset(name_or_path: str) -> Preset:
     return preset
 
 
+def grid_preset(study_attrs: dict[str, Any], given: str | None = None) -> Preset:
+    """A grid study's preset: the one the user names (`--preset`, a name or a file of their
+    own), else the packaged one the study names."""
+    return load_preset(given) if given else preset_of(study_attrs)
+
+
 def preset_of(study_attrs: dict[str, Any]) -> Preset:
     """The preset a grid study was run with, by the name it recorded, among the packaged
     presets only (never a path the study names). Older studies recorded a path: its file

@@ -51,6 +51,9 @@ DataDir = Annotated[
 LimitTrain = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N training images (quick runs).")]
 LimitVal = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N test images for validation.")]
 StorageOpt = Annotated[str, typer.Option(envvar="VAE_SEARCH_STORAGE", help=f"Optuna storage URL: {STORAGE_HELP}.")]
+GridPreset = Annotated[Optional[str], typer.Option(
+    help="A grid study's preset, a packaged name or a .toml file: needed where the grid was run from a file of your "
+    "own (a study names its preset, and only packaged ones are looked up by that name). Default: the study's.")]
 StudyName = Annotated[Optional[str], typer.Option(help="Study name (default: the study most recently written).")]
 ArtifactDir = Annotated[Path, typer.Option(envvar="VAE_SEARCH_ARTIFACTS", help="Folder of the artifact store (weights, images).")]
 CompileOpt = Annotated[

@@ -53,9 +53,10 @@ class Section:
 # ---------------------------------------------------------------- the parts
 
 
-def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Section | None:
-    """The grid table: this study's if it is a grid, else study b1's from the same storage."""
-    from vae_search.definitions import preset_of
+def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage, given: str | None) -> Section | None:
+    """The grid table: this study's if it is a grid (with the preset `given`, else its own),
+    else study b1's from the same storage."""
+    from vae_search.definitions import grid_preset, preset_of
     from vae_search.selection import grid_verdicts
 
     grid = study
@@ -63,7 +64,9 @@ def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Section | 
         if "b1" not in optuna.get_all_study_names(storage=storage):
             return None
         grid = optuna.load_study(study_name="b1", storage=storage)
-    preset = preset_of(grid.user_attrs)
+        preset = preset_of(grid.user_attrs)
+    else:
+        preset = grid_preset(grid.user_attrs, given)
     df = grid_table(grid, preset)
     s = Section(f"B.1 {preset.title.split(':', 1)[-1].strip().capitalize()} (study '{grid.study_name}')")
     budget = grid.user_attrs.get("budget", {})
@@ -78,8 +81,9 @@ def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Section | 
     return s
 
 
-def _b2(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[Section, optuna.trial.FrozenTrial | None]:
-    from vae_search.definitions import preset_of
+def _b2(study: optuna.Study, storage: optuna.storages.BaseStorage,
+        given: str | None) -> tuple[Section, optuna.trial.FrozenTrial | None]:
+    from vae_search.definitions import grid_preset
     from vae_search.selection import pareto_front, select_best
 
     s = Section("B.2 Final architecture selection")
@@ -88,7 +92,7 @@ def _b2(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[Sect
         s.text.append(f"Two objectives: the Pareto front of neg_elbo against parameters, {len(front)} trials.")
         s.table_md = markdown(front)
         return s, None
-    preset = preset_of(study.user_attrs) if study.user_attrs.get("kind") == "grid" else None
+    preset = grid_preset(study.user_attrs, given) if study.user_attrs.get("kind") == "grid" else None
     try:
         sel = select_best(study, storage, preset=preset)
     except UsageError as e:
@@ -178,15 +182,16 @@ def _search(study: optuna.Study) -> Section | None:
 
 
 def write_report(study: optuna.Study, storage: optuna.storages.BaseStorage, artifact_dir: Path, out_dir: Path,
-                 images: torch.Tensor | None = None) -> list[Path]:
-    """Write report.html, report.md with PNGs, trials.csv and trials.md into `out_dir`."""
+                 images: torch.Tensor | None = None, preset: str | None = None) -> list[Path]:
+    """Write report.html, report.md with PNGs, trials.csv and trials.md into `out_dir`; a grid
+    study's table with `preset` (a name or a file) where its own is not a packaged one."""
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    b2, chosen = _b2(study, storage)
+    b2, chosen = _b2(study, storage, preset)
     b3 = _b3(study, chosen, artifact_dir, images)
     if chosen is not None:
         b3.images += _trial_images(study, chosen, artifact_dir)
-    sections = [s for s in (_b1(study, storage), b2, b3, _search(study)) if s]
+    sections = [s for s in (_b1(study, storage, preset), b2, b3, _search(study)) if s]
     title = f"vae-search report: study '{study.study_name}'"
 
     df = trials_frame(study)

@@ -425,10 +425,10 @@ def show(storage_url: str, study_name: str, preset: str | None) -> GridSummary:
     storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
     study = st.load_study(storage, study_name)
     st.require_kind(study, "grid")
-    return grid_summary(study, definitions.load_preset(preset) if preset else definitions.preset_of(study.user_attrs))
+    return grid_summary(study, definitions.grid_preset(study.user_attrs, preset))
 
 
-def choose_best(study: optuna.Study, storage: BaseStorage) -> Choice:
+def choose_best(study: optuna.Study, storage: BaseStorage, preset: str | None = None) -> Choice:
     """The study's best and its reasons, also written as a note on the study and the trial."""
     from vae_search.selection import grid_verdicts, pareto_front, save_selection_notes, select_best
 
@@ -436,9 +436,9 @@ def choose_best(study: optuna.Study, storage: BaseStorage) -> Choice:
         raise UsageError(f"study {study.study_name!r} has no complete trial yet")
     if len(study.directions) > 1:
         return Choice(study, front=pareto_front(study))
-    preset = definitions.preset_of(study.user_attrs) if study.user_attrs.get("kind") == "grid" else None
-    sel = select_best(study, storage, preset=preset)
-    verdicts = grid_verdicts(study, preset) if preset else []
+    grid = definitions.grid_preset(study.user_attrs, preset) if study.user_attrs.get("kind") == "grid" else None
+    sel = select_best(study, storage, preset=grid)
+    verdicts = grid_verdicts(study, grid) if grid else []
     save_selection_notes(study, sel, verdicts)
     return Choice(study, sel, verdicts)
 
@@ -470,7 +470,7 @@ def _test_images(data_dir: Path | None):
 
 
 def report(storage_url: str, study_name: str | None, notes: list[str], *, artifact_dir: Path, out: Path,
-           data_dir: Path | None) -> list[Path]:
+           data_dir: Path | None, preset: str | None = None) -> list[Path]:
     """The study's report in OUT/<the study's name as a safe folder name>/."""
     from vae_search.names import file_name, inside
     from vae_search.report import write_report
@@ -479,7 +479,7 @@ def report(storage_url: str, study_name: str | None, notes: list[str], *, artifa
     st.require_kind(study, "grid", "search", "confirm")
     writable_folder(out)
     return write_report(study, storage, artifact_dir, inside(out, file_name(study.study_name)),
-                        images=_test_images(data_dir))
+                        images=_test_images(data_dir), preset=preset)
 
 
 def writable_folder(folder: Path) -> None:
