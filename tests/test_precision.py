@@ -120,3 +120,24 @@ def test_auto_keeps_the_studys_precision_on_another_machine(tmp_path, batches_di
     assert len(trials) == 8 and {t.user_attrs["precision"] for t in trials} == {"fp32"}
     rc, _, err = cli("grid", "--seeds", 2, "--precision", "bf16", *common)  # asked for explicitly: still refused
     assert rc == 2 and "precision is fp32 there, bf16 here" in one_line_error(err)
+
+
+def test_version_says_what_auto_means_on_this_machine(cli, monkeypatch):
+    """`--version`: the versions a bug report needs, and auto's choices by the commands' own rules."""
+    from importlib.metadata import version
+
+    from vae_search import workers
+    from vae_search.train import pick_device
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(workers, "cores", lambda: 7)
+    rc, out, err = cli("--version")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"vae-search {version('vae-search')}"
+    assert f"optuna {version('optuna')}" in lines[1] and f"torch {version('torch')}" in lines[1]
+    assert lines[2].startswith("CPU: 7 cores, AVX512, native bf16 ")
+    dev = pick_device("auto")
+    assert f"--device {dev.type}, --precision {resolve_precision('auto', dev)}" in lines[3]
+    assert f"--jobs {workers.default_jobs(dev)}" in lines[3]
+    assert ("--compile on" in lines[3]) == (dev.type in ("cpu", "cuda"))  # AVX-512 (patched above) or CUDA pay

@@ -31,6 +31,13 @@ app = typer.Typer(
 )
 
 
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help=o.VERSION_HELP)] = False) -> None:
+    if version:
+        from vae_search.run import about
+
+        print("\n".join(about()))
+        raise typer.Exit()
 
 
 

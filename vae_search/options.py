@@ -51,6 +51,7 @@ DataDir = Annotated[
 LimitTrain = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N training images (quick runs).")]
 LimitVal = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N test images for validation.")]
 StorageOpt = Annotated[str, typer.Option(envvar="VAE_SEARCH_STORAGE", help=f"Optuna storage URL: {STORAGE_HELP}.")]
+VERSION_HELP = "Print the versions and what `auto` means on this machine (device, precision, compile, jobs), and exit."
 GridPreset = Annotated[Optional[str], typer.Option(
     help="A grid study's preset, a packaged name or a .toml file: needed where the grid was run from a file of your "
     "own (a study names its preset, and only packaged ones are looked up by that name). Default: the study's.")]
@@ -103,7 +104,7 @@ PrunerOpt = Annotated[Optional[str], typer.Option(
         "on while it is in the best fifth of earlier trials at epochs 1 to 3, once 2 trials have finished; "
         "percentile:p=25 for a quarter), cohort (the same against every trial that reached the epoch, pruned ones too), "
         "sha (successive halving, rungs at epochs 1 and 3), hyperband, median, "
-        "patient (median after an epoch without progress), none. None of them prunes after epoch `until` (3): a late "
+        "patient (median after an epoch without progress), none. None of them prunes after epoch 3 (key until): a late "
         "rung costs most of a trial before it saves anything. The default is what benchmarks/pruning.py --replay "
         "measured best on recorded curves; cohort found better configurations live for about a third more epochs "
         "(docs/performance.md). " + STICKY)]

@@ -482,6 +482,37 @@ def report(storage_url: str, study_name: str | None, notes: list[str], *, artifa
                         images=_test_images(data_dir), preset=preset)
 
 
+def about() -> list[str]:
+    """What `--version` says: the versions a bug report needs, and what `auto` means on this
+    machine (device, precision, compile, workers), by the same rules the commands use."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from vae_search import __version__
+    from vae_search.train import compile_pays, native_bf16
+    from vae_search.workers import cores, default_jobs
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} not installed"
+
+    dev, prec = device_and_precision("auto", "auto")
+    cpu = torch.backends.cpu.get_cpu_capability()
+    libraries = ", ".join(installed(n) for n in ("optuna", "optuna-dashboard", "torch", "torchvision"))
+    return [
+        f"vae-search {__version__}",
+        f"{libraries}, Python {platform.python_version()}",
+        f"CPU: {cores()} cores, {cpu}, native bf16 {'yes' if native_bf16(torch.device('cpu')) else 'no'}; "
+        f"CUDA GPUs: {torch.cuda.device_count() if torch.cuda.is_available() else 'none'}",
+        f"auto here: --device {dev.type}, --precision {prec}, --compile "
+        f"{'on (runs long enough to pay for it)' if compile_pays(dev) else 'off'}, --jobs {default_jobs(dev)}",
+    ]
+
+
 def writable_folder(folder: Path) -> None:
     """`folder` exists and can be written, or one line says why."""
     import os
