@@ -198,19 +198,23 @@ def test_a_killed_worker_is_found_by_heartbeat_and_its_point_retried_once(tmp_pa
 # ---------------------------------------------------------------- Optuna's gRPC storage proxy
 
 
+def _wait_until_listening(proxy: subprocess.Popen, port: int) -> None:
+    import socket
+
+    def listening() -> bool:
+        assert proxy.poll() is None, proxy.communicate()[1]
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(listening, timeout=60, what="the proxy")
+
+
 @pytest.mark.postgres
 def test_two_workers_through_the_grpc_proxy(fresh_pg_db, tmp_path, batches_dir, warm_cache, cli):
     port = free_port()
     proxy = worker("storage-proxy", "--storage", fresh_pg_db, "--port", port)
     try:
-        def listening() -> bool:
-            import socket
-
-            assert proxy.poll() is None, proxy.communicate()[1]
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_for(listening, timeout=60, what="the proxy")
+        _wait_until_listening(proxy, port)
         grpc = f"grpc://127.0.0.1:{port}"
         args = ("optimize", "--trials", 5, "--epochs", 2, "--data-dir", batches_dir, *TINY, "--storage", grpc,
                 "--artifact-dir", tmp_path / "art")
@@ -239,6 +243,16 @@ def test_grpc_url_without_a_proxy_is_one_line(cli):
 def test_the_proxy_refuses_what_it_cannot_serve(backend, tmp_path, cli):
     rc, _, err = cli("storage-proxy", "--storage", backend.format(tmp=tmp_path), "--port", free_port())
     assert rc == 2 and ("not another proxy" in one_line_error(err) or "not a journal file" in one_line_error(err))
+
+
+def test_a_stopped_proxy_says_stopped_not_resume(tmp_path):
+    """A server has no trials: stopped, it says so, not "run the same command again to resume"."""
+    port = free_port()
+    proxy = worker("storage-proxy", "--storage", f"sqlite:///{tmp_path}/s.db", "--port", port)
+    _wait_until_listening(proxy, port)
+    proxy.terminate()
+    _, err = proxy.communicate(timeout=30)
+    assert proxy.returncode == 130 and err.strip().splitlines()[-1] == "vae-search: stopped", err
 
 
 # ---------------------------------------------------------------- chaos, short

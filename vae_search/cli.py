@@ -440,11 +440,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if rc in (0, None):
         for note in _notes:
             print(note, file=sys.stderr)
-    if rc == 130:
-        print(
-            "vae-search: interrupted; finished trials are saved and running ones are marked FAIL "
-            "(interrupted). Run the same command again to resume.",
-            file=sys.stderr,
-        )
+    if rc == 130:  # a training command says what became of its trials; a server only stopped
+        trains = bool(args) and args[0] in ("grid", "optimize", "confirm")
+        print("vae-search: interrupted; finished trials are saved and running ones are marked FAIL (interrupted). "
+              "Run the same command again to resume." if trains else "vae-search: stopped", file=sys.stderr)
     sys.exit(rc if isinstance(rc, int) else 0)
 
