@@ -43,7 +43,7 @@ DataDir = Annotated[
     Optional[Path],
     typer.Option(
         envvar="VAE_SEARCH_DATA",
-        help="CIFAR-10 as a cifar-10-batches-py folder, an ImageFolder (train/CLASS/*.jpg, test/CLASS/*.jpg), or a "
+        help="CIFAR-10 as a cifar-10-batches-py folder, an ImageFolder (`train/CLASS/*.jpg`, `test/CLASS/*.jpg`), or a "
         ".tar.gz of either (the official cifar-10-python.tar.gz, ../shared/data/cifar10-jpeg.tar.gz), unpacked once "
         "into the cache. Default: torchvision's download into the cache folder.",
     ),
