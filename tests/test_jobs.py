@@ -123,6 +123,33 @@ def test_a_dead_workers_trial_is_failed_and_requeued_by_the_run_layer(tmp_path, 
     assert trials[1].user_attrs == {"seed": 0, "config": 1}
 
 
+def test_the_trials_a_run_trained_are_the_ones_its_workers_reported(tmp_path, monkeypatch):
+    """Not every trial that ended meanwhile: a surplus start, a repeat, or another machine's
+    trial is not this run's training."""
+    from types import SimpleNamespace
+
+    from vae_search import run, workers
+    from vae_search.storages import open_storage
+
+    study = optuna.create_study(study_name="search", storage=open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=None))
+
+    def two_trained_one_surplus(argv, n, *, on_end, **kw):
+        for number in (0, 1):
+            study.tell(study.ask(), 1.0)
+            on_end(number, "COMPLETE")
+        surplus = study.ask()
+        surplus.set_user_attr("fail_reason", "surplus: the study already had 2 trials")
+        study.tell(surplus, state=TrialState.FAIL)
+        return 0
+
+    monkeypatch.setattr(workers, "worker_identity", lambda: None)
+    monkeypatch.setattr(workers, "run_workers", two_trained_one_surplus)
+    opts = run.Training(argv=["optimize"], storage="unused", artifact_dir=tmp_path / "a", jobs=2)
+    prepared = run.Prepared(None, study, SimpleNamespace(device="cpu"))
+    assert run.run_trials(prepared, opts, lambda **kw: 0, total=2, done=0, counts=lambda s: True, title="search") == 2
+    assert len(study.trials) == 3
+
+
 @pytest.mark.multiprocess
 def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"

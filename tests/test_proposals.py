@@ -4,6 +4,7 @@ trained configuration is failed before training; a finite space is not over-aske
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 
 import optuna
@@ -98,18 +99,25 @@ def _counting_objective(calls: list):
 
 def test_a_repeated_proposal_is_failed_before_training():
     """Two configurations, random proposals: the objective (training) runs exactly once per
-    configuration; every repeat is a FAIL that says which trial it repeats."""
-    study = optuna.create_study(sampler=make_sampler("random", 0))
-    calls: list = []
-    loop.run_optimize(study, _counting_objective(calls), n_trials=2, space=SMALL)
-    assert sorted(c["latent_dim"] for c in calls) == [2, 3]
-    finished = study.get_trials(states=st.FINISHED)
-    assert len({_key(t) for t in finished}) == len(finished) == 2
-    repeats = study.get_trials(states=(TrialState.FAIL,))
-    for t in repeats:
-        owner = int(t.user_attrs["fail_reason"].split("trial ")[1].split(";")[0])
-        assert t.user_attrs["fail_reason"].startswith("repeats the parameters of trial")
-        assert study.trials[owner].params == t.params and study.trials[owner].state == TrialState.COMPLETE
+    configuration; every repeat is a FAIL that says which trial it repeats. Over a few seeds,
+    so that some draw a repeat (with seed 0 alone none did)."""
+    seen_repeats = 0
+    for seed in range(6):
+        study = optuna.create_study(sampler=make_sampler("random", seed))
+        calls: list = []
+        since = datetime.datetime.now()
+        loop.run_optimize(study, _counting_objective(calls), n_trials=2, space=SMALL)
+        assert sorted(c["latent_dim"] for c in calls) == [2, 3]
+        finished = study.get_trials(states=st.FINISHED)
+        assert len({_key(t) for t in finished}) == len(finished) == 2
+        repeats = study.get_trials(states=(TrialState.FAIL,))
+        for t in repeats:
+            owner = int(t.user_attrs["fail_reason"].split("trial ")[1].split(";")[0])
+            assert t.user_attrs["fail_reason"].startswith("repeats the parameters of trial")
+            assert study.trials[owner].params == t.params and study.trials[owner].state == TrialState.COMPLETE
+        assert loop.not_trained_since(study, since) == len(repeats)  # what optimize's closing line counts
+        seen_repeats += len(repeats)
+    assert seen_repeats > 0
 
 
 def test_an_exhausted_space_stops_with_one_line(monkeypatch):

@@ -182,18 +182,17 @@ def run_trials(p: Prepared, opts: Training, trials: Callable[..., int], *, total
             return trials(on_trial_end=lambda t: err.print(trial_line(t)), on_wait=progress.waiting)
 
     err.print(f"{n} workers, {workers.threads_per_worker(n)} torch thread(s) each")
-    started = datetime.datetime.now()
+    trained: list[int] = []  # as the workers report them: trials they started and did not skip
     rc = workers.run_workers(opts.argv, n, device=p.settings.device, console=err, total=total, done=done,
                              counts=counts, title=title,
-                             on_death=lambda trial_id, reason, retry: loop.fail_and_retry(p.study, trial_id, reason, retry))
+                             on_death=lambda trial_id, reason, retry: loop.fail_and_retry(p.study, trial_id, reason, retry),
+                             on_end=lambda number, state: trained.append(number))
     if rc == 130:
         raise KeyboardInterrupt
     if rc != 0:
         raise RunError(f"a worker failed (exit code {rc}; its messages are above); finished trials are saved: run the "
                        "same command again to complete the study")
-    # what the workers trained: the trials that ended during this run, repeats not counted
-    return sum(1 for t in p.study.get_trials(deepcopy=False) if t.datetime_complete and t.datetime_complete >= started
-               and not t.user_attrs.get("fail_reason", "").startswith(("duplicate of trial", "repeats the parameters")))
+    return len(trained)
 
 
 def _run_points(p: Prepared, opts: Training, points: list[loop.Point], distributions: dict, seed: int,
@@ -269,12 +268,17 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     say(f"study {study.study_name!r}: {already} of {trials} trials finished; sampler {sampler}, pruner "
         f"{'none' if len(objs) > 1 else pruner}")
     objective = make_objective(p.settings, distributions)
+    started = datetime.datetime.now()  # Optuna's timestamps are local times too
     ran = run_trials(
         p, opts, lambda **kw: loop.run_optimize(study, objective, n_trials=trials, space=distributions, timeout=timeout, **kw),
         total=trials, done=already, counts=lambda s: s in ("COMPLETE", "PRUNED"), title=f"study {study_name!r}: finished trials",
     )
     finished = st.finished_count(study)
     say(f"study {study.study_name!r}: this run trained {ran} trial(s); {finished} finished in all")
+    skipped = loop.not_trained_since(study, started)
+    if skipped:
+        say(f"study {study.study_name!r}: {skipped} proposal(s) since this run started were not trained (they repeated "
+            "a trained configuration, or came after the last slot was taken); they stay as FAIL with that reason")
     held = loop.unchecked_running(study)
     if finished < trials and timeout is None and held:
         say(f"study {study.study_name!r} has {finished} of {trials} finished trials: trial(s) "

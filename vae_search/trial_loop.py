@@ -300,6 +300,15 @@ def run_points(
 
 
 MAX_REPEATS = 50  # proposals in a row that repeat a trained configuration before a worker gives up
+REPEATS, SURPLUS = "repeats the parameters of trial", "surplus:"  # fail_reason of proposals never trained
+
+
+def not_trained_since(study: optuna.Study, since: datetime.datetime) -> int:
+    """Proposals that ended since `since` without training: repeats and surplus starts. They
+    stay in the study as FAIL with the reason, so the dashboard shows every number asked."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+               if t.datetime_complete is not None and t.datetime_complete >= since
+               and t.user_attrs.get("fail_reason", "").startswith((REPEATS, SURPLUS)))
 
 
 def twin_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
@@ -367,11 +376,11 @@ def run_optimize(
             if t.state in FINISHED or (t.state == TrialState.RUNNING and t.number < trial.number)
         ]
         if len(ahead) >= n_trials:  # another worker took the last slot meanwhile
-            _finish(study, trial, TrialState.FAIL, reason=f"surplus: the study already had {n_trials} trials")
+            _finish(study, trial, TrialState.FAIL, reason=f"{SURPLUS} the study already had {n_trials} trials")
             continue
         twin = twin_of(study, trial) if space is not None else None
         if twin is not None:
-            _finish(study, trial, TrialState.FAIL, reason=f"repeats the parameters of trial {twin}; not trained")
+            _finish(study, trial, TrialState.FAIL, reason=f"{REPEATS} {twin}; not trained")
             repeats += 1
             continue
         repeats = 0
