@@ -40,7 +40,6 @@ def _root(version: Annotated[bool, typer.Option("--version", help=o.VERSION_HELP
         raise typer.Exit()
 
 
-
 def _stdout():
     from vae_search.ui import table_console
 
