@@ -237,6 +237,7 @@ class TestBadInput:
                          "--artifact-dir", tmp_path / "art")
         line = one_line_error(err)
         assert rc == 2 and f"archive {bogus} cannot be unpacked" in line and "not a gzip file" in line
+        assert not (tmp_path / "s.db").exists()  # refused before the storage is opened: nothing written
 
     def test_unknown_preset_and_bad_numbers_leave_the_study(self, cli, existing):
         storage, _ = existing

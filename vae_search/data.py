@@ -100,8 +100,7 @@ def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) ->
 
 def data_layout(data_dir: Path) -> tuple[str, Path]:
     """("archive" | "batches" | "imagefolder", the path to read) for a --data-dir, from names
-    alone (nothing is read or unpacked), or a UsageError naming the accepted layouts: cheap
-    enough for a command to check before it writes anything."""
+    alone (nothing is read or unpacked), or a UsageError naming the accepted layouts."""
     data_dir = Path(data_dir).expanduser()
     if not data_dir.exists():
         raise UsageError(f"data folder {data_dir} does not exist; {LAYOUTS}")
@@ -117,6 +116,19 @@ def data_layout(data_dir: Path) -> tuple[str, Path]:
     if not any(data_dir.iterdir()):
         raise UsageError(f"data folder {data_dir} is empty; {LAYOUTS}")
     raise UsageError(f"data folder {data_dir} has no layout vae-search knows; {LAYOUTS}")
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """What a command checks of --data-dir before it writes anything (a study, a folder): a
+    known layout, and for an archive that its first header reads (a file that is no archive
+    at all). The images themselves are read later, once."""
+    kind, path = data_layout(data_dir)
+    if kind == "archive":
+        try:
+            with tarfile.open(path) as tar:
+                tar.next()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise _unreadable(path, e) from None
 
 
 def _download(cache_dir: Path) -> Cifar10:
@@ -138,6 +150,10 @@ def _download(cache_dir: Path) -> Cifar10:
     return _cached(batches, cache_dir, _read_batches)
 
 
+def _unreadable(archive: Path, e: Exception) -> UsageError:
+    return UsageError(f"archive {archive} cannot be unpacked ({type(e).__name__}: {e}); {LAYOUTS}")
+
+
 def _unpacked(archive: Path, cache_dir: Path) -> Path:
     """The archive unpacked into the cache (once; a later call finds it), as the folder that
     holds the layout (an archive may wrap it in one top folder)."""
@@ -155,7 +171,7 @@ def _unpacked(archive: Path, cache_dir: Path) -> Path:
             raise UsageError(f"archive {archive} has an unsafe member ({e}); not unpacked") from None
         except (tarfile.TarError, EOFError, OSError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise UsageError(f"archive {archive} cannot be unpacked ({type(e).__name__}: {e}); {LAYOUTS}") from None
+            raise _unreadable(archive, e) from None
         try:
             tmp.rename(dest)  # atomic: a worker unpacking at the same moment loses the race harmlessly
         except OSError:

@@ -134,10 +134,10 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     """The shared setup of a training command, in the order that keeps errors cheap: the
     storage, the heartbeat and the budget are checked before the data is loaded; a --data-dir
     that is no data is refused before the storage is opened, so the mistake writes nothing."""
-    from vae_search.data import data_layout
+    from vae_search.data import check_data_dir
 
     if opts.data_dir is not None:
-        data_layout(opts.data_dir)
+        check_data_dir(opts.data_dir)
     storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
     existing = st.existing_study(storage, name)
     recorded = (existing.user_attrs.get("budget") or {}).get("precision") if existing is not None else None
