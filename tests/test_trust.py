@@ -310,6 +310,15 @@ def test_other_tools_studies_are_one_line(tmp_path, cli):
         assert "was not made by vae-search" in one_line_error(err)
 
 
+def test_show_on_a_search_names_the_commands_that_read_it(tmp_path, cli):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(study_name="search", storage=storage).set_user_attr("kind", "search")
+    rc, _, err = cli("show", "--study-name", "search", "--storage", storage)
+    assert rc == 2 and one_line_error(err).endswith(
+        "is a search (vae-search optimize); this command reads a grid (vae-search grid); "
+        "`vae-search best` and `vae-search report` read it")
+
+
 SPACE = (ROOT / "vae_search" / "studies" / "search.toml").read_text()
 
 

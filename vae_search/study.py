@@ -53,7 +53,8 @@ def require_kind(study: optuna.Study, *kinds: str) -> str:
         return kind
     wanted = " or ".join(KINDS[k] for k in kinds)
     what = f"is {KINDS[kind]}" if kind in KINDS else "was not made by vae-search (it has no 'kind' attribute)"
-    raise UsageError(f"study {study.study_name!r} {what}; this command reads {wanted}")
+    instead = "; `vae-search best` and `vae-search report` read it" if kind in ("search", "confirm") else ""
+    raise UsageError(f"study {study.study_name!r} {what}; this command reads {wanted}{instead}")
 
 
 def most_recent_study(storage: BaseStorage, names: list[str]) -> str:
