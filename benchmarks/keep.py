@@ -28,20 +28,6 @@ TOP_KEPT = 3  # the search's best trials whose weights are kept (confirm's --top
 KEPT_RULE = ("benchmarks/results/search keeps the weights of the search's 3 best and confirmed trials and of each B.1 "
              "point's first seed; every trial's images are kept")
 NOT_KEPT = f"The weights of this trial were not kept in this copy of the study ({KEPT_RULE})."
-BEGIN, END = "<!-- vae-search keep -->", "<!-- /vae-search keep -->"
-
-
-def _without_section(note: str) -> str:
-    if BEGIN in note and END in note:
-        note = note.split(BEGIN)[0] + note.split(END, 1)[1]
-    return note.strip()
-
-
-def _with_section(note: str, body: str) -> str:
-    """The note with our section (between BEGIN and END) replaced; what others wrote stays."""
-    return f"{_without_section(note)}\n\n{BEGIN}\n{body}\n{END}".strip()
-
-
 def snapshot(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".db.tmp")
@@ -54,9 +40,9 @@ def snapshot(src: Path, dst: Path) -> None:
 def keep(src_root: Path, dst_root: Path) -> None:
     import optuna
     from optuna.trial import TrialState
-    from optuna_dashboard import get_note, save_note
 
     from vae_search.artifacts import WEIGHTS_ATTR
+    from vae_search.notes import update_note
     from vae_search.storages import trial_handle
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -84,17 +70,13 @@ def keep(src_root: Path, dst_root: Path) -> None:
                       or (name == "b1" and t.user_attrs.get("seed") == 0))
             if wanted:
                 keep_weights.add(wid)
-                note = get_note(trial_handle(study, t))
-                if BEGIN in note:  # left out by an earlier copy, kept now
-                    save_note(trial_handle(study, t), _without_section(note))
+                update_note(trial_handle(study, t), "keep", "")  # left out by an earlier copy, kept now
             else:
                 dropped.append(t.number)
-                trial = trial_handle(study, t)
-                save_note(trial, _with_section(get_note(trial), NOT_KEPT))
+                update_note(trial_handle(study, t), "keep", NOT_KEPT)
         study.set_user_attr("weights_not_kept", dropped)
-        if dropped:
-            save_note(study, _with_section(get_note(study), f"Weights not kept in this copy for trial(s) "
-                                           f"{', '.join(map(str, dropped))}: {KEPT_RULE}."))
+        update_note(study, "keep", f"Weights not kept in this copy for trial(s) {', '.join(map(str, dropped))}: "
+                    f"{KEPT_RULE}." if dropped else "")
     src_art, dst_art = src_root / RESULTS / "artifacts", dst_root / RESULTS / "artifacts"
     dst_art.mkdir(parents=True, exist_ok=True)
     copied = size = 0

@@ -21,13 +21,13 @@ from vae_search.artifacts import WEIGHTS_ATTR, trials_with_weights
 from vae_search.definitions import GridPoint, Preset, load_preset
 from vae_search.errors import UsageError
 from vae_search.model import IMAGE_VALUES
+from vae_search.notes import update_note
 from vae_search.storages import storage_of, trial_handle, trial_id_of
 from vae_search.study import CONFIRM_SUFFIX, confirm_study_name
 from vae_search.tables import pct
 
 REFERENCE_PRESET = "b1"  # the report whose baseline and figures a search is compared with
 ALPHA = 0.05  # Welch's t-test level for "beyond seed noise"
-NOTE_BEGIN, NOTE_END = "<!-- vae-search best -->", "<!-- /vae-search best -->"
 
 
 # ---------------------------------------------------------------- candidates: configurations with their runs
@@ -461,37 +461,16 @@ def selection_markdown(study: optuna.Study, sel: Selection, verdicts: list[str] 
     return "\n".join(parts)
 
 
-def _replace_section(note: str, section: str) -> str:
-    """The note with our marked section replaced (or added); the user's own text stays."""
-    block = f"{NOTE_BEGIN}\n{section}\n{NOTE_END}" if section else ""
-    if NOTE_BEGIN in note and NOTE_END in note:
-        before, rest = note.split(NOTE_BEGIN, 1)
-        after = rest.split(NOTE_END, 1)[1]
-        return (before + block + after).strip() + "\n" if (before + block + after).strip() else ""
-    return (note.rstrip() + "\n\n" + block).strip() + "\n" if block else note
-
-
 def save_selection_notes(study: optuna.Study, sel: Selection, verdicts: list[str] | None = None) -> None:
     """Write the selection as a markdown note on the study and on the chosen trial
     (optuna-dashboard shows both), replacing the part an earlier `best` wrote, including
     on a trial that is no longer the best."""
-    from optuna_dashboard import get_note, save_note
-
-    def replace(target: optuna.Study | optuna.Trial, section: str) -> None:
-        # Only a changed note is saved: optuna-dashboard keeps every saved version, so a rerun
-        # of `best` on an unchanged study writes nothing (a committed or shared database
-        # stays byte for byte the same).
-        note = get_note(target)
-        new = _replace_section(note, section)
-        if new != note:
-            save_note(target, new)
-
     body = selection_markdown(study, sel, verdicts)
-    replace(study, body)
+    update_note(study, "best", body)
     previous, chosen = study.user_attrs.get("best_note_trial_id"), trial_id_of(sel.trial)
     if previous is not None and previous != chosen:
-        replace(optuna.Trial(study, previous), "")
-    replace(trial_handle(study, sel.trial), body)
+        update_note(optuna.Trial(study, previous), "best", "")
+    update_note(trial_handle(study, sel.trial), "best", body)
     if previous != chosen:
         study.set_user_attr("best_note_trial_id", chosen)
 
