@@ -44,6 +44,7 @@ def keep(src_root: Path, dst_root: Path) -> None:
     from vae_search.artifacts import WEIGHTS_ATTR
     from vae_search.notes import update_note
     from vae_search.storages import trial_handle
+    from vae_search.study import top_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     snapshot(src_root / RESULTS / "studies.db", dst_root / RESULTS / "studies.db")
@@ -58,8 +59,7 @@ def keep(src_root: Path, dst_root: Path) -> None:
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
         # the search's current best few: what `confirm --top 3` will retrain and `interpolate --trial best` loads
-        top = {t.number for t in sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                                         if t.values), key=lambda t: t.values[0])[:TOP_KEPT]}
+        top = {t.number for t in top_trials(study, TOP_KEPT)}
         dropped = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             wid = t.user_attrs.get(WEIGHTS_ATTR)

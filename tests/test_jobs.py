@@ -136,7 +136,7 @@ def test_the_trials_a_run_trained_are_the_ones_its_workers_reported(tmp_path, mo
     def two_trained_one_surplus(argv, n, *, on_end, **kw):
         for number in (0, 1):
             study.tell(study.ask(), 1.0)
-            on_end(number, "COMPLETE")
+            on_end(number)
         surplus = study.ask()
         surplus.set_user_attr("fail_reason", "surplus: the study already had 2 trials")
         study.tell(surplus, state=TrialState.FAIL)

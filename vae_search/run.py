@@ -186,7 +186,7 @@ def run_trials(p: Prepared, opts: Training, trials: Callable[..., int], *, total
     rc = workers.run_workers(opts.argv, n, device=p.settings.device, console=err, total=total, done=done,
                              counts=counts, title=title,
                              on_death=lambda trial_id, reason, retry: loop.fail_and_retry(p.study, trial_id, reason, retry),
-                             on_end=lambda number, state: trained.append(number))
+                             on_end=trained.append)
     if rc == 130:
         raise KeyboardInterrupt
     if rc != 0:
@@ -305,7 +305,7 @@ def plan_confirm(search: optuna.Study, top: int | None, numbers: Sequence[int] =
         if not best:
             raise UsageError(f"study {search.study_name!r} has no complete trial yet")
         return best
-    complete = {t.number: t for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values}
+    complete = {t.number: t for t in st.complete_trials(search)}
     missing = [n for n in numbers if n not in complete]
     if missing:
         raise UsageError(f"--trial {missing[0]}: study {search.study_name!r} has no complete trial {missing[0]}; its "

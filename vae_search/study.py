@@ -193,7 +193,11 @@ def confirm_study_name(name: str) -> str:
     return name + CONFIRM_SUFFIX
 
 
+def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The complete trials that have their objective values."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+
+
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
-    return sorted(done, key=lambda t: (t.values[0], t.number))[:k]
+    return sorted(complete_trials(study), key=lambda t: (t.values[0], t.number))[:k]
 

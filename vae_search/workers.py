@@ -226,15 +226,15 @@ def run_workers(
     counts: Callable[[str], bool],
     title: str,
     on_death: Callable[[int, str, bool], str | None],
-    on_end: Callable[[int, str], None] | None = None,
+    on_end: Callable[[int], None] | None = None,
 ) -> int:
     """Run `jobs` workers of the command `argv` and return the command's exit code.
 
     `total`/`done`: the study's target and what it has already (grid points, finished
     trials); `counts(state)` says whether a trial that ended in `state` counts towards it;
     `on_death(trial_id, reason, retry)` fails a dead worker's trial (and re-queues it if
-    `retry`) and returns what became of it, for the message; `on_end(number, state)` hears of
-    every trial a worker trained."""
+    `retry`) and returns what became of it, for the message; `on_end(number)` hears of every
+    trial a worker trained."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     threads = threads_per_worker(jobs)
@@ -278,7 +278,7 @@ def run_workers(
                             total=ev["n"], info=f"loss {ev['loss']}")
         elif kind == "end":
             if on_end is not None:
-                on_end(ev["trial"], ev["state"])
+                on_end(ev["trial"])
             if w.trial and w.trial[0] == ev["trial"]:
                 w.trial = None
             console.print(f"[worker {w.index}] {ev['line']}", markup=False, highlight=False)
