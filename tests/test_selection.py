@@ -104,6 +104,6 @@ def test_the_confirm_command_named_for_a_tie_runs_exactly_that_pair(storage, cli
     assert rc == 0, err
     text = " ".join(out.split())
     assert "are tied within seed noise (Welch's t-test" in text and "n = 3 and 3" in text
-    # trial 0's mean (1824.31) is the lower; trial 1 (1824.56) is the smaller and faster
-    assert "trial 0 and trial 1 are tied within seed noise" in text and "trial 1 is smaller and faster" in text
+    # trial 0's mean (1824.31) is the lower; trial 1 (1824.56) is the smaller and faster, so named first
+    assert "trial 1 and trial 0 are tied within seed noise" in text and "trial 1 is smaller and faster" in text
     assert "more seeds (`vae-search confirm --study-name search --trial 0 --trial 1 --seeds 5`)" in text

@@ -18,7 +18,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.artifacts import WEIGHTS_ATTR, trials_with_weights
-from vae_search.definitions import GridPoint, Preset, load_preset
+from vae_search.definitions import GridPoint, Preset, load_preset, packaged_dir
 from vae_search.errors import UsageError
 from vae_search.model import IMAGE_VALUES
 from vae_search.notes import update_note
@@ -125,7 +125,7 @@ ADD_SEEDS = "`vae-search confirm` / `grid --seeds 3` add seeds"
 
 
 def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo", noise: Noise | None = None,
-            confirm_hint: str = "") -> str:
+            seeds_hint: str = "") -> str:
     """The winner's margin over another candidate, in plain words with the test. Where a side
     has one run, the seed noise measured elsewhere in the storage (`noise`) judges it; tied
     candidates are named smaller and faster first, with the command that would settle it."""
@@ -137,27 +137,41 @@ def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo", noise: N
         if noise is not None and abs(diff) < noise.band(winner.n, other.n):
             return (f"{_tied_pair(winner, other)} are tied: {margin:.2f}% apart with {runs}, "
                     f"{_single_run_verdict(diff, noise, winner.n, other.n)}; {_lighter(winner, other)}"
-                    + (f"; {confirm_hint} would settle it" if confirm_hint else ""))
+                    + (f"; {seeds_hint} would settle it" if seeds_hint else ""))
         if noise is not None:
             return (f"{winner.label} is best by {margin:.2f}% over {other.label} ({runs}), "
                     f"{_single_run_verdict(diff, noise, winner.n, other.n)}")
         return (f"{winner.label} is best by {margin:.2f}% over {other.label}, but with {runs} the margin cannot be "
-                f"told from seed noise ({confirm_hint + ' adds seeds' if confirm_hint else ADD_SEEDS})")
+                f"told from seed noise ({seeds_hint + ' adds seeds' if seeds_hint else ADD_SEEDS})")
     if p < ALPHA:
         return (f"{winner.label} is best by {margin:.2f}% over {other.label} (beyond seed noise: Welch's t-test "
                 f"p = {p:.3g}, n = {winner.n} and {other.n})")
-    return (f"{winner.label} and {other.label} are tied within seed noise (Welch's t-test p = {p:.2g}, n = {winner.n} "
+    return (f"{_tied_pair(winner, other)} are tied within seed noise (Welch's t-test p = {p:.2g}, n = {winner.n} "
             f"and {other.n}, {margin:.2f}% apart); {_lighter(winner, other)}"
-            + (f"; more seeds ({confirm_hint}) would tell a smaller difference" if confirm_hint else ""))
+            + (f"; more seeds ({seeds_hint}) would tell a smaller difference" if seeds_hint else ""))
+
+
+def _seeds_to_settle(a: Candidate, b: Candidate) -> int:
+    """Runs per candidate that would settle a tie: three (or as many as the better covered one
+    has) where one has a single run, so that Welch's test can judge them; two more each where
+    both have several and the test found no difference."""
+    return max(3, a.n, b.n) if min(a.n, b.n) == 1 else max(a.n, b.n) + 2
 
 
 def confirm_command(study: optuna.Study, a: Candidate, b: Candidate) -> str:
-    """The `confirm` that runs exactly these two search candidates again: to three runs each
-    (or as many as the better covered one has) where one has a single run, so that Welch's
-    test can judge them; two more each where both have several and the test found no difference."""
+    """The `confirm` that runs exactly these two search candidates again."""
     pair = " ".join(f"--trial {c.trial.number}" for c in (a, b))
-    seeds = max(3, a.n, b.n) if min(a.n, b.n) == 1 else max(a.n, b.n) + 2
-    return f"`vae-search confirm --study-name {study.study_name} {pair} --seeds {seeds}`"
+    return f"`vae-search confirm --study-name {study.study_name} {pair} --seeds {_seeds_to_settle(a, b)}`"
+
+
+def grid_seeds_command(study: optuna.Study, preset: Preset, a: Candidate, b: Candidate) -> str:
+    """The `grid` that gives every point of this grid study the seeds that would settle a tie
+    between two of its points (`confirm` reads searches only). A preset of the user's own
+    is named by its file, as it was given."""
+    packaged = preset.path is None or preset.path.parent == packaged_dir()
+    name = preset.name if packaged else str(preset.path)
+    study_opt = "" if study.study_name == preset.name else f" --study-name {study.study_name}"
+    return f"`vae-search grid --preset {name}{study_opt} --seeds {_seeds_to_settle(a, b)}`"
 
 
 def _tied_pair(a: Candidate, b: Candidate) -> str:
@@ -295,8 +309,10 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
     ]
     noise = pooled_noise(study, ranked, storage) if study.user_attrs.get("kind") != "grid" else None
     if len(ranked) > 1:
-        hint = confirm_command(study, best, ranked[1]) if study.user_attrs.get("kind") == "search" else ""
-        reasons.append(f"margin: {compare(best, ranked[1], noise=noise, confirm_hint=hint)}")
+        kind, second = study.user_attrs.get("kind"), ranked[1]
+        hint = (confirm_command(study, best, second) if kind == "search"
+                else grid_seeds_command(study, preset, best, second) if kind == "grid" and preset is not None else "")
+        reasons.append(f"margin: {compare(best, ranked[1], noise=noise, seeds_hint=hint)}")
     if study.user_attrs.get("kind") != "grid":
         reasons += _against_the_report(best, study, storage, noise)
     base = find_baseline(study, storage)
@@ -416,7 +432,8 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
              + (f" ({'one seed' if n_max < 2 else 'some points have one seed'}: their differences cannot be told "
                 f"from seed noise; run grid --seeds 3)" if n_min < 2 else "")]
     lines.append(f"best: {best.label} (latent {best.params['latent_dim']}, base {best.params['base_channels']}), "
-                 f"val loss {best.text(key)}; {compare(best, ranked[1], key)}")
+                 f"val loss {best.text(key)}; "
+                 f"{compare(best, ranked[1], key, seeds_hint=grid_seeds_command(study, preset, best, ranked[1]))}")
     if preset.baseline in by_config:
         base = by_config[preset.baseline]
         for config, c in sorted(by_config.items()):
