@@ -341,9 +341,14 @@ def test_dashboard_serves_study_attributes_and_artifacts(searched, cli, tmp_path
         body = urllib.request.urlopen(
             f"{base}/artifacts/{study['study_id']}/{trial['trial_id']}/{pngs[0]['artifact_id']}", timeout=10).read()
         assert body[:8] == b"\x89PNG\r\n\x1a\n"
-    finally:
+        # stopped (SIGTERM, as Ctrl-C), a server says so and exits 130, not 0 as bottle would
         proc.terminate()
-        proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and err.decode().strip().splitlines()[-1] == "vae-search: stopped", err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 class TestBadInput:

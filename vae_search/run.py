@@ -561,6 +561,9 @@ def dashboard(storage_url: str, artifact_dir: Path, host: str, port: int) -> Non
         optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    # bottle's run() swallows the KeyboardInterrupt that stops it (Ctrl-C, or SIGTERM through
+    # interrupts.py), and serves forever otherwise: stopped, it says so and exits 130 like the proxy.
+    raise KeyboardInterrupt
 
 
 def storage_proxy(storage_url: str, host: str, port: int) -> None:
