@@ -233,6 +233,44 @@ class TestInterpolate:
         with Image.open(next(p for p in out.split() if p.endswith(".png"))) as im:
             assert im.size[1] == 3 * 34 + 2  # the new picture, three rows
 
+    def test_a_figure_deleted_in_the_dashboard_is_attached_again(self, searched, cli, tmp_path):
+        """optuna-dashboard's delete button marks a study artifact with a JSON null, on which
+        Optuna's get_all_artifact_meta raises TypeError: interpolate then ended in a traceback.
+        It draws and attaches the figure again."""
+        import shutil
+        from wsgiref.util import setup_testing_defaults
+
+        from optuna_dashboard import wsgi
+
+        from vae_search.artifacts import artifact_store
+
+        tmp, _ = searched
+        shutil.copy(tmp / "s.db", tmp_path / "s.db")
+        shutil.copytree(tmp / "artifacts", tmp_path / "artifacts")
+        storage = f"sqlite:///{tmp_path}/s.db"
+        common = ("--trial", "0", "--out", tmp_path / "fig", "--study-name", "search", "--storage", storage,
+                  "--artifact-dir", tmp_path / "artifacts")
+        assert cli("interpolate", *common)[0] == 0
+        study = optuna.load_study(study_name="search", storage=storage)
+        (attached,) = optuna.artifacts.get_all_artifact_meta(study)
+        # the dashboard's own DELETE, as its page sends it
+        environ = {"REQUEST_METHOD": "DELETE", "PATH_INFO": f"/api/artifacts/{study_id_of(study)}/{attached.artifact_id}"}
+        setup_testing_defaults(environ)
+        statuses: list[str] = []
+        app = wsgi(study._storage, artifact_store=artifact_store(tmp_path / "artifacts", create=False))
+        b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+        assert statuses[0].startswith("204")
+        with pytest.raises(TypeError):  # what the library does with the dashboard's marker
+            optuna.artifacts.get_all_artifact_meta(study)
+
+        rc, out, err = cli("interpolate", *common)
+        assert rc == 0 and "Traceback" not in err and "trial-0-interpolation-random.png" in out, err
+        attrs = storage_of(study).get_study_system_attrs(study_id_of(study))
+        metas = [json.loads(v) for k, v in attrs.items() if k.startswith("artifacts:")]
+        live = [m for m in metas if m is not None]
+        assert len(metas) == 2 and len(live) == 1 and live[0]["artifact_id"] != attached.artifact_id
+        assert (tmp_path / "artifacts" / live[0]["artifact_id"]).is_file()
+
     def test_images_mode(self, searched, cli, tmp_path, batches_dir):
         _, common = searched
         rc, out, err = cli("interpolate", "--trial", "0", "--mode", "images", "--data-dir", batches_dir, "--out", tmp_path, *common)

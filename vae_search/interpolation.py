@@ -8,12 +8,13 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial
 
 from vae_search.images import interpolation_frames, save_png
 from vae_search.model import VAE
 from vae_search.names import file_name, inside
+from vae_search.storages import study_artifact_ids
 
 PUBLISHED_ATTR = "interpolations_published"  # {figure id: {"sha256", "artifact_id"}}
 
@@ -64,7 +65,7 @@ def publish_interpolation(
     published = study.user_attrs.get(PUBLISHED_ATTR)
     published = dict(published) if isinstance(published, dict) else {}
     last = published.get(graph_id)
-    attached = {a.artifact_id for a in get_all_artifact_meta(study)}
+    attached = study_artifact_ids(study)
     if isinstance(last, dict) and last.get("sha256") == digest and last.get("artifact_id") in attached:
         return png
     artifact_id = upload_artifact(artifact_store=store, file_path=str(png), study_or_trial=study)

@@ -362,6 +362,27 @@ def trial_handle(study: optuna.Study, trial: FrozenTrial) -> optuna.Trial:
     return optuna.Trial(study, trial._trial_id)
 
 
+def study_artifact_ids(study: optuna.Study) -> set[str]:
+    """The ids of the artifacts attached to a study, read from the system attributes where
+    `upload_artifact` records them. Not `get_all_artifact_meta`: optuna-dashboard marks an
+    artifact deleted from its page with a JSON null there, on which that function raises
+    TypeError; and a shared study's attributes are untrusted, so anything not shaped as
+    Optuna writes it is skipped."""
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
+
+    ids = set()
+    for key, value in study._storage.get_study_system_attrs(study._study_id).items():
+        if not key.startswith(ARTIFACTS_ATTR_PREFIX):
+            continue
+        try:
+            meta = json.loads(value)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("artifact_id"), str):
+            ids.add(meta["artifact_id"])
+    return ids
+
+
 def artifact_folder(store: FileSystemArtifactStore) -> str:
     """The folder a file-system artifact store writes to, for messages."""
     return str(store._base_path)
