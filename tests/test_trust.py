@@ -4,6 +4,7 @@ definitions ship in the package, and bad input from a study or a space file is o
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -78,6 +79,50 @@ def test_crafted_batches_in_an_archive_run_nothing(tmp_path, cli):
                      "--artifact-dir", tmp_path / "art")
     assert rc == 2 and "unreadable batch file" in one_line_error(err)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("attr, bad", [("params", "abc"), ("neg_elbo", [1, 2]), ("recon_loss", None),
+                                       ("history", "junk"), ("time_s", float("nan")), ("seed", True)])
+def test_trials_with_figures_not_as_vae_search_writes_them_are_left_out_with_a_note(escaped, tmp_path, cli, attr, bad):
+    """A shared study's trial attributes are untrusted: a trial whose figures are not shaped as
+    vae-search writes them (a count that is a string, a loss that is a list) once ended best,
+    report and interpolate in a traceback. It is left out, and the command names it."""
+    import shutil
+
+    tmp, _ = escaped
+    shutil.copy(tmp / "s.db", tmp_path / "s.db")
+    storage = f"sqlite:///{tmp_path}/s.db"
+    src = optuna.load_study(study_name="../escaped", storage=storage).trials[0]
+    study = optuna.create_study(study_name="mangled", storage=storage)
+    study.set_user_attr("kind", "search")
+    for attrs in (src.user_attrs, {**src.user_attrs, "neg_elbo": src.user_attrs["neg_elbo"] - 50, attr: bad}):
+        study.add_trial(optuna.trial.create_trial(params=src.params, distributions=src.distributions,
+                                                  value=attrs["neg_elbo"] if attr != "neg_elbo" else src.value - 50,
+                                                  user_attrs=attrs))
+    common = ("--study-name", "mangled", "--storage", storage, "--artifact-dir", tmp / "art")
+    every = (("best",), ("report", "--out", tmp_path / "out"), ("interpolate", "--trial", "best", "--out", tmp_path))
+    for command in every if attr == "params" else every[:1]:  # each command once; best reads every figure
+        rc, out, err = cli(*command, *common)
+        assert rc == 0 and "Traceback" not in err, err
+        note = " ".join(err.split())
+        assert "1 trial(s) of study 'mangled' left out" in note and f"trial 1: its {attr!r} is not" in note, err
+        if command[0] == "best":
+            assert "best of study 'mangled': trial 0" in out
+        if command[0] == "interpolate":
+            assert "mangled-trial-0-interpolation-random.png" in out
+
+
+def test_a_grid_trial_with_figures_not_as_written_is_left_out_of_show(tmp_path, cli):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = synthetic_grid(storage, {1: [1912.0], 2: [1872.0], 3: [1843.0], 4: [1873.0]})
+    t = study.trials[2]
+    study.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=1000.0,
+                                              user_attrs={**t.user_attrs, "val_loss": "1000", "seed": 1}))
+    rc, out, err = cli("show", "--study-name", "b1", "--storage", storage, "--json")
+    assert rc == 0, err
+    assert "trial 4: its 'val_loss' is not a finite number" in " ".join(err.split())
+    row = next(r for r in json.loads(out)["rows"] if r["config"] == 3)
+    assert row["n"] == 1 and row["val_loss"] == 1843.0
 
 
 def test_report_never_opens_the_data_a_study_names(escaped, tmp_path, cli):
@@ -379,7 +424,8 @@ def test_dashboard_warns_off_loopback(tmp_path, cli, monkeypatch, escaped):
     seen = {}
     monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port, artifact_store: seen.update(host=host))
     rc, _, err = cli("dashboard", "--host", "0.0.0.0", "--storage", storage, "--artifact-dir", escaped[0] / "art")
-    assert rc == 0 and seen["host"] == "0.0.0.0"
+    # the server returned (here at once): stopped, as after Ctrl-C
+    assert rc == 130 and seen["host"] == "0.0.0.0"
     assert "optuna-dashboard has no authentication" in err and "delete studies" in err
     rc, _, err = cli("dashboard", "--storage", storage, "--artifact-dir", escaped[0] / "art")
-    assert rc == 0 and "no authentication" not in err
+    assert rc == 130 and "no authentication" not in err

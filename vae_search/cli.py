@@ -110,7 +110,7 @@ def show(
     differences in percent, and the report's B.2 statements as verdicts against seed noise."""
     from vae_search import run
 
-    _print_grid_table(run.show(storage, study_name, preset), csv, as_json=json_out)
+    _print_grid_table(run.show(storage, study_name, preset, _notes), csv, as_json=json_out)
 
 
 def _print_grid_table(summary, csv: Optional[Path], as_json: bool = False) -> None:

@@ -369,7 +369,20 @@ def load_for_reading(storage_url: str, study_name: str | None, notes: list[str])
     study = st.load_study(storage, study_name)
     if study_name is None:
         notes.append(f"(study {study.study_name!r}: the most recently written; pass --study-name for another)")
+    _say_unreadable(study, notes)
     return storage, study
+
+
+def _say_unreadable(study: optuna.Study, notes: list[str]) -> None:
+    """Name the trials left out of tables and choices because their figures are not shaped as
+    vae-search writes them (a shared study is untrusted input; trial_attrs.py)."""
+    from vae_search.trial_attrs import unreadable
+
+    bad = unreadable(study.get_trials(deepcopy=False))
+    if bad:
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        notes.append(f"note: {len(bad)} trial(s) of study {study.study_name!r} left out, their figures not as "
+                     f"vae-search writes them: {'; '.join(bad[:3])}{more}")
 
 
 @dataclass
@@ -425,10 +438,11 @@ def grid_summary(study: optuna.Study, preset: definitions.Preset) -> GridSummary
     return GridSummary(study, preset, grid_table(study, preset), grid_verdicts(study, preset))
 
 
-def show(storage_url: str, study_name: str, preset: str | None) -> GridSummary:
+def show(storage_url: str, study_name: str, preset: str | None, notes: list[str]) -> GridSummary:
     storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
     study = st.load_study(storage, study_name)
     st.require_kind(study, "grid")
+    _say_unreadable(study, notes)
     return grid_summary(study, definitions.grid_preset(study.user_attrs, preset))
 
 

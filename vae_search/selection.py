@@ -25,6 +25,7 @@ from vae_search.notes import update_note
 from vae_search.storages import storage_of, trial_handle, trial_id_of
 from vae_search.study import CONFIRM_SUFFIX, confirm_study_name
 from vae_search.tables import pct
+from vae_search.trial_attrs import readable
 
 REFERENCE_PRESET = "b1"  # the report whose baseline and figures a search is compared with
 ALPHA = 0.05  # Welch's t-test level for "beyond seed noise"
@@ -65,7 +66,7 @@ class Candidate:
 
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "neg_elbo" in t.user_attrs]
+    return readable(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def _params_key(t: FrozenTrial) -> tuple:
@@ -100,7 +101,8 @@ def _confirmations(study: optuna.Study) -> dict[int, list[FrozenTrial]]:
         return {}
     out: dict[int, list[FrozenTrial]] = {}
     for t in _complete(optuna.load_study(study_name=name, storage=storage_of(study))):
-        out.setdefault(int(t.user_attrs["source_trial"]), []).append(t)
+        if "source_trial" in t.user_attrs:  # a count where present (trial_attrs checked it)
+            out.setdefault(t.user_attrs["source_trial"], []).append(t)
     return out
 
 
@@ -500,7 +502,7 @@ def choose_trial(study: optuna.Study, which: str) -> FrozenTrial:
     neg_elbo over seeds; for two objectives the lowest neg_elbo) or a number."""
     # A copy of a study may leave some weights out (benchmarks/keep.py records which): say so.
     dropped = {int(n) for n in study.user_attrs.get("weights_not_kept", []) if isinstance(n, int)}
-    have = [t for t in trials_with_weights(study) if t.number not in dropped]
+    have = [t for t in readable(trials_with_weights(study)) if t.number not in dropped]
     listing = ", ".join(str(t.number) for t in have) or "none"
     if which == "best":
         if not have:

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.errors import UsageError
 from vae_search.storages import DEFAULT_HEARTBEAT, rdb_of, set_heartbeat, storage_of
+from vae_search.trial_attrs import readable
 
 DEFAULT_STORAGE = "sqlite:///studies/vae-search.db"
 DEFAULT_ARTIFACT_DIR = Path("studies/artifacts")
@@ -194,8 +195,8 @@ def confirm_study_name(name: str) -> str:
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The complete trials that have their objective values."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    """The complete trials that have their objective values and figures vae-search can read."""
+    return [t for t in readable(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) if t.values]
 
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from vae_search.atomic import atomic_write
 from vae_search.definitions import Preset
+from vae_search.trial_attrs import readable
 
 
 def pct(measured: float, reported: float) -> float:
@@ -29,7 +30,7 @@ def grid_table(study: optuna.Study, preset: Preset) -> pd.DataFrame:
     trials, one per seed, beside the report's figures, with the difference of the mean in
     percent. Points not yet run have empty measurements."""
     runs: dict[int, list] = {p.config: [] for p in preset.points}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in readable(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
         point = preset.point_for(t.params)
         if point is not None and "val_loss" in t.user_attrs:
             runs[point.config].append(t)
@@ -161,7 +162,7 @@ def figures(study: optuna.Study, reference: tuple[str, float] | None = None) -> 
     rows = [
         {"trial": t.number, "neg_elbo": t.user_attrs["neg_elbo"], "params": t.user_attrs.get("params"),
          "latent_dim": t.params.get("latent_dim"), "base_channels": t.params.get("base_channels"), "state": t.state.name}
-        for t in study.get_trials(deepcopy=False) if "neg_elbo" in t.user_attrs
+        for t in readable(study.get_trials(deepcopy=False))
     ]
     if rows:
         out["neg_elbo_vs_params"] = px.scatter(
@@ -184,7 +185,7 @@ def learning_curves(study: optuna.Study) -> go.Figure:
     import plotly.graph_objects as go
 
     curves = go.Figure()
-    for t in study.get_trials(deepcopy=False):
+    for t in readable(study.get_trials(deepcopy=False)):
         history = t.user_attrs.get("history") or []
         if history:
             curves.add_trace(go.Scatter(

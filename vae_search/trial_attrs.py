@@ -1,0 +1,63 @@
+"""A trial's figures as vae-search reads them back from a study, checked first.
+
+A study is shared by people and machines, so its trials' user attributes are untrusted
+input: a trial whose figures are not shaped as vae-search writes them (a count that is a
+string, a loss that is a list, a history that is not a list of epochs) is left out of every
+table, choice and figure, as another tool's trial is, and the command says which and why,
+instead of ending in a traceback on the first float() of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from optuna.trial import FrozenTrial
+
+NUMBERS = ("neg_elbo", "recon_loss", "kl", "val_loss", "train_loss", "time_s")  # finite reals
+COUNTS = ("params", "epochs", "batch_size", "seed", "source_trial", "epochs_run", "n_train", "n_val", "jobs",
+          "threads", "config")  # non-negative integers
+NAMES = ("weights_artifact_id", "reconstructions_artifact_id", "samples_artifact_id", "interpolation_artifact_id",
+         "precision", "data_source")  # strings
+
+
+def _real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _epoch(entry: object) -> bool:
+    """One entry of `history`: the epoch and its figures (NaN allowed: a diverging epoch)."""
+    return (isinstance(entry, dict) and _count(entry.get("epoch")) and _real(entry.get("neg_elbo"))
+            and all(_real(v) for v in entry.values()))
+
+
+def problem(t: FrozenTrial) -> str | None:
+    """Why vae-search cannot read this trial's figures, or None when it can."""
+    a = t.user_attrs
+    for key in NUMBERS:
+        if key in a and not (_real(a[key]) and math.isfinite(a[key])):
+            return f"its {key!r} is not a finite number"
+    for key in COUNTS:
+        if key in a and not _count(a[key]):
+            return f"its {key!r} is not a count"
+    for key in NAMES:
+        if key in a and not isinstance(a[key], str):
+            return f"its {key!r} is not a string"
+    history = a.get("history")
+    if history is not None and not (isinstance(history, list) and all(_epoch(e) for e in history)):
+        return "its 'history' is not a list of epochs"
+    return None
+
+
+def readable(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials with vae-search figures (a neg_elbo) that are all shaped as it writes them."""
+    return [t for t in trials if "neg_elbo" in t.user_attrs and problem(t) is None]
+
+
+def unreadable(trials: Iterable[FrozenTrial]) -> list[str]:
+    """"trial 3: its 'params' is not a count", for each trial with figures that are not."""
+    return [f"trial {t.number}: {why}" for t in trials if "neg_elbo" in t.user_attrs and (why := problem(t))]
