@@ -107,6 +107,7 @@ def test_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir, pruner):
     # The reference trials go through the pruner as real ones do (successive halving keeps
     # its rungs in the trials' system attributes).
     study = optuna.create_study(study_name="search", storage=storage, pruner=make_pruner(pruner, 4))
+    study.set_user_attr("kind", "search")  # as a vae-search search records before its first trial
     space = load_space()
     for _ in range(5):
         trial = study.ask(fixed_distributions=space)
@@ -252,9 +253,10 @@ class TestInterpolate:
                   "--artifact-dir", tmp_path / "artifacts")
         assert cli("interpolate", *common)[0] == 0
         study = optuna.load_study(study_name="search", storage=storage)
-        (attached,) = optuna.artifacts.get_all_artifact_meta(study)
+        before = {a.artifact_id for a in optuna.artifacts.get_all_artifact_meta(study)}
+        attached = study.user_attrs["interpolations_published"]["trial-0-interpolation-random"]["artifact_id"]
         # the dashboard's own DELETE, as its page sends it
-        environ = {"REQUEST_METHOD": "DELETE", "PATH_INFO": f"/api/artifacts/{study_id_of(study)}/{attached.artifact_id}"}
+        environ = {"REQUEST_METHOD": "DELETE", "PATH_INFO": f"/api/artifacts/{study_id_of(study)}/{attached}"}
         setup_testing_defaults(environ)
         statuses: list[str] = []
         app = wsgi(study._storage, artifact_store=artifact_store(tmp_path / "artifacts", create=False))
@@ -266,10 +268,10 @@ class TestInterpolate:
         rc, out, err = cli("interpolate", *common)
         assert rc == 0 and "Traceback" not in err and "trial-0-interpolation-random.png" in out, err
         attrs = storage_of(study).get_study_system_attrs(study_id_of(study))
-        metas = [json.loads(v) for k, v in attrs.items() if k.startswith("artifacts:")]
-        live = [m for m in metas if m is not None]
-        assert len(metas) == 2 and len(live) == 1 and live[0]["artifact_id"] != attached.artifact_id
-        assert (tmp_path / "artifacts" / live[0]["artifact_id"]).is_file()
+        assert json.loads(attrs[f"artifacts:{attached}"]) is None  # still the dashboard's marker
+        live = {m["artifact_id"] for k, v in attrs.items() if k.startswith("artifacts:") and (m := json.loads(v))}
+        (new,) = live - before
+        assert (tmp_path / "artifacts" / new).is_file()
 
     def test_images_mode(self, searched, cli, tmp_path, batches_dir):
         _, common = searched

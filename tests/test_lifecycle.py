@@ -128,6 +128,7 @@ def test_a_waiting_worker_leaves_when_a_retry_is_queued(tmp_path):
 def _orphan(storage: str, name: str = "search") -> int:
     """A RUNNING trial whose worker is gone (as after kill -9 on a journal storage)."""
     study = optuna.create_study(study_name=name, storage=open_storage(storage), load_if_exists=True)
+    study.set_user_attr("kind", "search")  # a vae-search search records its kind before its first trial
     trial = study.ask({"latent_dim": optuna.distributions.IntDistribution(2, 128, log=True)})
     return trial.number
 

@@ -81,8 +81,12 @@ def test_crafted_batches_in_an_archive_run_nothing(tmp_path, cli):
     assert not marker.exists()
 
 
+MISSING = object()
+
+
 @pytest.mark.parametrize("attr, bad", [("params", "abc"), ("neg_elbo", [1, 2]), ("recon_loss", None),
-                                       ("history", "junk"), ("time_s", float("nan")), ("seed", True)])
+                                       ("history", "junk"), ("time_s", float("nan")), ("seed", True),
+                                       ("recon_loss", MISSING)])
 def test_trials_with_figures_not_as_vae_search_writes_them_are_left_out_with_a_note(escaped, tmp_path, cli, attr, bad):
     """A shared study's trial attributes are untrusted: a trial whose figures are not shaped as
     vae-search writes them (a count that is a string, a loss that is a list) once ended best,
@@ -95,7 +99,10 @@ def test_trials_with_figures_not_as_vae_search_writes_them_are_left_out_with_a_n
     src = optuna.load_study(study_name="../escaped", storage=storage).trials[0]
     study = optuna.create_study(study_name="mangled", storage=storage)
     study.set_user_attr("kind", "search")
-    for attrs in (src.user_attrs, {**src.user_attrs, "neg_elbo": src.user_attrs["neg_elbo"] - 50, attr: bad}):
+    mangled = {**src.user_attrs, "neg_elbo": src.user_attrs["neg_elbo"] - 50, attr: bad}
+    if bad is MISSING:
+        del mangled[attr]
+    for attrs in (src.user_attrs, mangled):
         study.add_trial(optuna.trial.create_trial(params=src.params, distributions=src.distributions,
                                                   value=attrs["neg_elbo"] if attr != "neg_elbo" else src.value - 50,
                                                   user_attrs=attrs))
@@ -105,7 +112,8 @@ def test_trials_with_figures_not_as_vae_search_writes_them_are_left_out_with_a_n
         rc, out, err = cli(*command, *common)
         assert rc == 0 and "Traceback" not in err, err
         note = " ".join(err.split())
-        assert "1 trial(s) of study 'mangled' left out" in note and f"trial 1: its {attr!r} is not" in note, err
+        why = f"trial 1: it has no {attr!r}" if bad is MISSING else f"trial 1: its {attr!r} is not"
+        assert "1 trial(s) of study 'mangled' left out" in note and why in note, err
         if command[0] == "best":
             assert "best of study 'mangled': trial 0" in out
         if command[0] == "interpolate":
@@ -123,6 +131,52 @@ def test_a_grid_trial_with_figures_not_as_written_is_left_out_of_show(tmp_path, 
     assert "trial 4: its 'val_loss' is not a finite number" in " ".join(err.split())
     row = next(r for r in json.loads(out)["rows"] if r["config"] == 3)
     assert row["n"] == 1 and row["val_loss"] == 1843.0
+
+
+@pytest.mark.parametrize("attr, bad", [("budget", "abc"), ("budget", {"epochs": "ten"}), ("heartbeat_s", "30"),
+                                       ("weights_not_kept", 5), ("kind", ["search"])])
+def test_study_attributes_not_as_vae_search_writes_them_are_one_line(escaped, tmp_path, cli, batches_dir, attr, bad):
+    """What a study records (its kind, budget, heartbeat, which weights a copy left out) is read
+    back from a shared database: another shape is one line and exit 2 from every command that
+    reads it, never an AttributeError, and the database is left as it was."""
+    import shutil
+
+    tmp, _ = escaped
+    shutil.copy(tmp / "s.db", tmp_path / "s.db")
+    storage = f"sqlite:///{tmp_path}/s.db"
+    optuna.load_study(study_name="../escaped", storage=storage).set_user_attr(attr, bad)
+    before = sha256_of(tmp_path / "s.db")
+    common = ("--study-name", "../escaped", "--storage", storage, "--artifact-dir", tmp / "art")
+    resume = ("optimize", "--trials", 2, "--epochs", 1, "--data-dir", batches_dir, *TINY)
+    commands = {"budget": [("report", "--out", tmp_path / "out"), resume], "heartbeat_s": [resume],
+                "weights_not_kept": [("interpolate", "--out", tmp_path)],
+                "kind": [("confirm", "--data-dir", batches_dir), ("best",), resume]}
+    for command in commands[attr]:
+        rc, _, err = cli(*command, *common)
+        assert rc == 2, err
+        assert f"records {attr!r} as" in one_line_error(err) and "not as vae-search writes it" in err
+    assert sha256_of(tmp_path / "s.db") == before
+
+
+@pytest.mark.parametrize("command, target, said", [
+    ("optimize", "b1", "is a grid (vae-search grid)"), ("grid", "search", "is a search (vae-search optimize)"),
+    ("optimize", "foreign", "was not made by vae-search")])
+def test_a_training_command_adds_no_trials_to_a_study_of_another_kind(tmp_path, cli, batches_dir, command, target, said):
+    """`optimize --study-name b1` (a typo, or a habit) ended in Optuna's ValueError after
+    relabelling the grid; `grid --study-name` a search's name mixed grid points into it; another
+    tool's study took vae-search's trials. Each is one line, before any data is loaded, and the
+    database is left as it was."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    synthetic_grid(storage, {1: [1912.0], 2: [1872.0], 3: [1843.0], 4: [1873.0]})
+    optuna.create_study(study_name="search", storage=storage).set_user_attr("kind", "search")
+    optuna.create_study(study_name="foreign", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    before = sha256_of(tmp_path / "s.db")
+    args = ("--trials", 2) if command == "optimize" else ("--preset", "b1")
+    rc, _, err = cli(command, *args, "--study-name", target, "--epochs", 1, "--data-dir", batches_dir, *TINY,
+                     "--storage", storage, "--artifact-dir", tmp_path / "art")
+    assert rc == 2
+    assert f"study {target!r} {said}" in one_line_error(err) and "pass another --study-name" in err
+    assert sha256_of(tmp_path / "s.db") == before
 
 
 def test_report_never_opens_the_data_a_study_names(escaped, tmp_path, cli):

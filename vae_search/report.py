@@ -26,6 +26,7 @@ import torch
 
 from vae_search.atomic import atomic_write
 from vae_search.errors import UsageError
+from vae_search.study import recorded
 from vae_search.tables import figures, grid_markdown, grid_table, markdown, markdown_table, trials_frame, write_csv
 from vae_search.ui import err
 
@@ -69,7 +70,7 @@ def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage, given: str | 
         preset = grid_preset(grid.user_attrs, given)
     df = grid_table(grid, preset)
     s = Section(f"B.1 {preset.title.split(':', 1)[-1].strip().capitalize()} (study '{grid.study_name}')")
-    budget = grid.user_attrs.get("budget", {})
+    budget = recorded(grid, "budget") or {}
     s.text.append(f"{preset.epochs if not budget else budget.get('epochs')} epochs, batch {budget.get('batch_size', preset.batch_size)}, "
                   f"precision {budget.get('precision', 'fp32')}; values are mean +- sd over the seeds (n), beside the "
                   "report's; parameter counts are exact.")
@@ -168,7 +169,7 @@ def _search(study: optuna.Study) -> Section | None:
         return None
     s = Section(f"The search (study '{study.study_name}')")
     states = trials_frame(study)["state"].value_counts().to_dict() if study.trials else {}
-    budget = study.user_attrs.get("budget", {})
+    budget = recorded(study, "budget") or {}
     s.text.append(
         f"{len(study.trials)} trials ({', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}); budget "
         f"{budget.get('epochs', '?')} epochs, batch {budget.get('batch_size', '?')}, precision {budget.get('precision', 'fp32')}."

@@ -130,7 +130,7 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
             storage: BaseStorage | None = None, directions: Sequence[str] = ("minimize",),
             sampler: optuna.samplers.BaseSampler | None = None, pruner: optuna.pruners.BasePruner | None = None,
             objectives: tuple[str, ...] = ("neg_elbo",), budget: dict[str, Any] | None = None,
-            check_data: Callable[[RunSettings], None] | None = None) -> Prepared:
+            check_data: Callable[[RunSettings], None] | None = None, kind: str) -> Prepared:
     """The shared setup of a training command, in the order that keeps errors cheap: the
     storage, the heartbeat and the budget are checked before the data is loaded; a --data-dir
     that is no data is refused before the storage is opened, so the mistake writes nothing."""
@@ -140,7 +140,8 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
         check_data_dir(opts.data_dir)
     storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
     existing = st.existing_study(storage, name)
-    recorded = (existing.user_attrs.get("budget") or {}).get("precision") if existing is not None else None
+    st.require_same_kind(existing, kind)
+    recorded = (st.recorded(existing, "budget") or {}).get("precision") if existing is not None else None
     if precision == "auto" and recorded in ("fp32", "bf16"):
         # a study does not mix precisions: auto keeps the study's, so that a search started on
         # an AVX512_BF16 machine resumes on an AVX2 one (and back) instead of being refused
@@ -214,7 +215,7 @@ def grid(opts: Training, preset_name: str, seeds: int, study_name: str | None) -
     preset = definitions.load_preset(preset_name)
     name = study_name or preset.name
     p = prepare(opts, name, epochs=opts.epochs or preset.epochs, batch_size=opts.batch_size or preset.batch_size,
-                precision=opts.precision or "auto", pruner=st.NO_PRUNING)  # every point runs its full budget
+                precision=opts.precision or "auto", pruner=st.NO_PRUNING, kind="grid")  # every point runs its full budget
     say(f"preset {preset.name!r}: {preset.path}")
     p.study.set_user_attr("preset", preset.name)  # a name: a study never makes a command read a file of its choosing
     p.study.set_user_attr("kind", "grid")
@@ -250,7 +251,7 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
         raise UsageError(f"the search space holds {size} configurations, fewer than --trials {trials}; every trial "
                          f"trains a configuration of its own: ask for at most {size} or widen the space")
     p = prepare(opts, study_name, epochs=epochs, batch_size=batch_size, precision=opts.precision or "auto",
-                directions=["minimize"] * len(objs), objectives=objs)
+                directions=["minimize"] * len(objs), objectives=objs, kind="search")
     study = p.study
     sampler, pruner, switches = st.settle_strategy(study, sampler, pruner, samplers.DEFAULT_PRUNER)
     study.sampler = samplers.make_sampler(sampler, opts.seed, len(objs))
@@ -333,7 +334,7 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
         opts.notes.append(f"(study {search.study_name!r}: the most recently written; pass --study-name for another)")
     best = plan_confirm(search, top, trials)
     opts.argv = _pinned_for_workers(opts.argv, search.study_name, [t.number for t in best])
-    budget = search.user_attrs.get("budget") or {}
+    budget = st.recorded(search, "budget") or {}
     precision = opts.precision or budget.get("precision") or best[0].user_attrs.get("precision") or "fp32"
     _, prec = device_and_precision(opts.device, precision)
     given = {"epochs": opts.epochs, "batch_size": opts.batch_size, "precision": prec}
@@ -348,7 +349,7 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
 
     p = prepare(opts, name, epochs=int(budget.get("epochs") or best[0].user_attrs["epochs"]),
                 batch_size=int(budget.get("batch_size") or best[0].user_attrs["batch_size"]), precision=precision,
-                seed=0, storage=storage, pruner=st.NO_PRUNING, budget=budget, check_data=same_data)
+                seed=0, storage=storage, pruner=st.NO_PRUNING, budget=budget, check_data=same_data, kind="confirm")
     p.study.set_user_attr("kind", "confirm")
     p.study.set_user_attr("confirms", search.study_name)
     points = loop.confirm_points(best, seeds)

@@ -23,7 +23,7 @@ from vae_search.errors import UsageError
 from vae_search.model import IMAGE_VALUES
 from vae_search.notes import update_note
 from vae_search.storages import storage_of, trial_handle, trial_id_of
-from vae_search.study import CONFIRM_SUFFIX, confirm_study_name
+from vae_search.study import CONFIRM_SUFFIX, confirm_study_name, recorded
 from vae_search.tables import pct
 from vae_search.trial_attrs import readable
 
@@ -486,7 +486,7 @@ def save_selection_notes(study: optuna.Study, sel: Selection, verdicts: list[str
     on a trial that is no longer the best."""
     body = selection_markdown(study, sel, verdicts)
     update_note(study, "best", body)
-    previous, chosen = study.user_attrs.get("best_note_trial_id"), trial_id_of(sel.trial)
+    previous, chosen = recorded(study, "best_note_trial_id"), trial_id_of(sel.trial)
     if previous is not None and previous != chosen:
         update_note(optuna.Trial(study, previous), "best", "")
     update_note(trial_handle(study, sel.trial), "best", body)
@@ -501,7 +501,7 @@ def choose_trial(study: optuna.Study, which: str) -> FrozenTrial:
     """The trial `--trial` names: "best" (what `vae-search best` chooses: the lowest mean
     neg_elbo over seeds; for two objectives the lowest neg_elbo) or a number."""
     # A copy of a study may leave some weights out (benchmarks/keep.py records which): say so.
-    dropped = {int(n) for n in study.user_attrs.get("weights_not_kept", []) if isinstance(n, int)}
+    dropped = set(recorded(study, "weights_not_kept") or [])
     have = [t for t in readable(trials_with_weights(study)) if t.number not in dropped]
     listing = ", ".join(str(t.number) for t in have) or "none"
     if which == "best":

@@ -42,6 +42,38 @@ def load_study(storage: BaseStorage, name: str | None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+# ---------------------------------------------------------------- what a study records
+
+# What vae-search records on a study, with the type it writes. Read back from a shared study,
+# a value of another shape (another tool's attribute of the same name, or an edit) is one
+# clear line, never an AttributeError or a note written onto another study's trial.
+RECORDED = {"kind": str, "budget": dict, "heartbeat_s": int, "weights_not_kept": list, "best_note_trial_id": int}
+BUDGET = {"epochs": int, "batch_size": int, "precision": str, "data_fingerprint": str}
+
+
+def _is(value: object, kind: type) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def recorded(study: optuna.Study, key: str) -> Any:
+    """The study's attribute `key` as vae-search wrote it, or None where it has none."""
+    value = study.user_attrs.get(key)
+    if value is None:
+        return None
+    ok = _is(value, RECORDED[key])
+    if ok and key == "budget":
+        ok = all(_is(value[k], t) for k, t in BUDGET.items() if k in value) and all(
+            value[k] > 0 for k in ("epochs", "batch_size") if k in value)
+    elif ok and key == "heartbeat_s":
+        ok = value >= 0
+    elif ok and key == "weights_not_kept":
+        ok = all(_is(n, int) for n in value)
+    if not ok:
+        raise UsageError(f"study {study.study_name!r} records {key!r} as {str(value)[:60]!r}, not as vae-search "
+                         "writes it: made by another tool, or edited?")
+    return value
+
+
 KINDS = {"grid": "a grid (vae-search grid)", "search": "a search (vae-search optimize)",
          "confirm": "confirmation runs (vae-search confirm)"}
 
@@ -49,7 +81,7 @@ KINDS = {"grid": "a grid (vae-search grid)", "search": "a search (vae-search opt
 def require_kind(study: optuna.Study, *kinds: str) -> str:
     """The study's kind, if it is one of `kinds`: a study made by another tool (or another
     kind of ours) is one clear line, not a KeyError deep in a command."""
-    kind = study.user_attrs.get("kind")
+    kind = recorded(study, "kind")
     if kind in kinds:
         return kind
     wanted = " or ".join(KINDS[k] for k in kinds)
@@ -73,6 +105,21 @@ def most_recent_study(storage: BaseStorage, names: list[str]) -> str:
 
 def existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage) if name in study_names(storage) else None
+
+
+def require_same_kind(study: optuna.Study | None, kind: str) -> None:
+    """A training command adds trials only to a study of its own kind: `optimize --study-name
+    b1` (a typo, or a habit) once relabelled the grid a search and mixed searched points into
+    its table. A study with no kind is taken where its trials are vae-search's (a copy of one
+    made with plain Optuna) and refused where they are another tool's."""
+    if study is None:
+        return
+    have = recorded(study, "kind")
+    trials = study.get_trials(deepcopy=False)
+    if have == kind or (have is None and (not trials or any("neg_elbo" in t.user_attrs for t in trials))):
+        return
+    what = f"is {KINDS[have]}" if have in KINDS else "was not made by vae-search (it has no 'kind' attribute)"
+    raise UsageError(f"study {study.study_name!r} {what}; this command runs {KINDS[kind]}: pass another --study-name")
 
 
 def create_or_load(
@@ -108,20 +155,20 @@ def check_budget(study: optuna.Study | None, budget: dict[str, Any], record: boo
     A key the recorded budget lacks (a study from before it existed) is added, not refused."""
     if study is None:
         return
-    recorded = study.user_attrs.get("budget")
-    if recorded is None:
+    before = recorded(study, "budget")
+    if before is None:
         if record:
             study.set_user_attr("budget", budget)
         return
-    diff = {k: (recorded.get(k), v) for k, v in budget.items() if k in recorded and recorded.get(k) != v}
+    diff = {k: (before.get(k), v) for k, v in budget.items() if k in before and before.get(k) != v}
     if diff:
         said = "; ".join(f"{k} is {old} there, {new} here" for k, (old, new) in diff.items())
         raise UsageError(
             f"study {study.study_name!r} was run with another budget ({said}); "
             "use the same options or another --study-name"
         )
-    if record and any(k not in recorded for k in budget):
-        study.set_user_attr("budget", {**recorded, **budget})
+    if record and any(k not in before for k in budget):
+        study.set_user_attr("budget", {**before, **budget})
 
 
 HEARTBEAT_ATTR = "heartbeat_s"  # the study's heartbeat interval, recorded by its first run
@@ -133,13 +180,13 @@ def settle_heartbeat(storage: BaseStorage, study: optuna.Study | None, given: in
     worker with `--heartbeat 1` would fail a live `--heartbeat 30` worker's trial after 3 s.
     The first run records its interval (`record_heartbeat`); later runs take it, and one
     that asks for another is refused."""
-    recorded = study.user_attrs.get(HEARTBEAT_ATTR) if study is not None else None
-    if recorded is not None and given is not None and given != recorded:
+    before = recorded(study, HEARTBEAT_ATTR) if study is not None else None
+    if before is not None and given is not None and given != before:
         raise UsageError(
-            f"study {study.study_name!r} records heartbeats every {recorded} s (its workers fail a trial silent for "
-            f"{3 * recorded} s); --heartbeat {given} would judge its other workers by another clock: leave --heartbeat "
-            f"out or pass {recorded}")
-    interval = recorded if recorded is not None else (DEFAULT_HEARTBEAT if given is None else given)
+            f"study {study.study_name!r} records heartbeats every {before} s (its workers fail a trial silent for "
+            f"{3 * before} s); --heartbeat {given} would judge its other workers by another clock: leave --heartbeat "
+            f"out or pass {before}")
+    interval = before if before is not None else (DEFAULT_HEARTBEAT if given is None else given)
     set_heartbeat(storage, interval)
     return interval
 

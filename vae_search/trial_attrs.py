@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from optuna.trial import FrozenTrial
 
+REQUIRED = ("neg_elbo", "recon_loss", "kl", "val_loss", "train_loss", "time_s", "params", "epochs", "batch_size")
 NUMBERS = ("neg_elbo", "recon_loss", "kl", "val_loss", "train_loss", "time_s")  # finite reals
 COUNTS = ("params", "epochs", "batch_size", "seed", "source_trial", "epochs_run", "n_train", "n_val", "jobs",
           "threads", "config")  # non-negative integers
@@ -38,6 +39,9 @@ def _epoch(entry: object) -> bool:
 def problem(t: FrozenTrial) -> str | None:
     """Why vae-search cannot read this trial's figures, or None when it can."""
     a = t.user_attrs
+    missing = [key for key in REQUIRED if key not in a]
+    if missing:
+        return f"it has no {', '.join(map(repr, missing))}"
     for key in NUMBERS:
         if key in a and not (_real(a[key]) and math.isfinite(a[key])):
             return f"its {key!r} is not a finite number"
@@ -54,7 +58,7 @@ def problem(t: FrozenTrial) -> str | None:
 
 
 def readable(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials with vae-search figures (a neg_elbo) that are all shaped as it writes them."""
+    """The trials with vae-search figures (a neg_elbo), every one there and shaped as it writes them."""
     return [t for t in trials if "neg_elbo" in t.user_attrs and problem(t) is None]
 
 
