@@ -46,7 +46,7 @@ def load_study(storage: BaseStorage, name: str | None) -> optuna.Study:
 
 # What vae-search records on a study, with the type it writes. Read back from a shared study,
 # a value of another shape (another tool's attribute of the same name, or an edit) is one
-# clear line, never an AttributeError or a note written onto another study's trial.
+# clear line, never an AttributeError deep in a command.
 RECORDED = {"kind": str, "budget": dict, "heartbeat_s": int, "weights_not_kept": list, "best_note_trial_id": int}
 BUDGET = {"epochs": int, "batch_size": int, "precision": str, "data_fingerprint": str}
 
