@@ -460,6 +460,54 @@ def test_a_bad_space_is_one_line_before_any_trial(tmp_path, batches_dir, cli):
     assert not (tmp_path / "s.db").exists()
 
 
+PRESET = (ROOT / "vae_search" / "studies" / "b1.toml").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    (("[[points]]", "[[pointz]]"), "the file has unknown key(s) pointz"),
+    (("lr = 3e-3", "lr = 3e-3\nlatnet_dim = 4"), "point 1 has unknown key(s) latnet_dim"),
+    (("val_loss = 1912.02", "val_los = 1912.02"), "point 1's report has unknown key(s) val_los"),
+    (("val_loss = 1912.02", 'val_loss = "1912"'), "report val_loss must be a finite number"),
+    (("config = 2", "config = 1"), "config 1 is given to more than one point"),
+    (("latent_dim = 16", "latent_dim = 8"), "configs 2, 3 have the same parameters"),
+    (("baseline = 2", 'baseline = "2"'), "baseline must be a whole number"),
+])
+def test_preset_files_are_validated_whole(tmp_path, cli, change, message):
+    """A misspelt key was silently left out (a `[[pointz]]` dropped its point), a repeated
+    point or a report figure that is text ended in a table that could not be built."""
+    old, new = change
+    assert old in PRESET
+    path = tmp_path / "mine.toml"
+    path.write_text(PRESET.replace(old, new, 1))
+    rc, _, err = cli("grid", "--preset", path, "--storage", f"sqlite:///{tmp_path}/s.db")
+    assert rc == 2 and message in one_line_error(err)
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_a_study_keeps_its_parameters_choices(tmp_path, batches_dir, cli):
+    """Optuna refuses other categorical choices within one study with a ValueError at the first
+    trial (a traceback, once): a resumed search whose space file changed them, or a grid whose
+    preset file did, is one line before any data is loaded, and the study is left as it was."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    common = ("--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "art")
+    assert cli("optimize", "--trials", 1, *common)[0] == 0
+    narrower = tmp_path / "space.toml"
+    narrower.write_text(SPACE.replace("choices = [16, 32, 48, 64]", "choices = [16, 32]", 1))
+    before = sha256_of(tmp_path / "s.db")
+    rc, _, err = cli("optimize", "--trials", 2, "--space", narrower, *common)
+    assert rc == 2 and ("study 'search' has base_channels as a choice of 16, 32, 48, 64; this run gives a choice of "
+                        "16, 32") in one_line_error(err)
+    assert sha256_of(tmp_path / "s.db") == before
+    synthetic_grid(storage, {1: [1912.0], 2: [1872.0], 3: [1843.0], 4: [1873.0]})
+    before = sha256_of(tmp_path / "s.db")
+    wider = tmp_path / "b1.toml"
+    wider.write_text(PRESET.replace("base_channels = 64", "base_channels = 48", 1))
+    rc, _, err = cli("grid", "--preset", wider, *common)
+    assert rc == 2 and "study 'b1' has base_channels as a choice of 32, 64; this run gives a choice of 32, 48" in (
+        one_line_error(err))
+    assert sha256_of(tmp_path / "s.db") == before
+
+
 def test_the_packaged_spaces_load_by_name():
     assert set(load_space("search")) == {"latent_dim", "base_channels", "beta", "lr"}
     assert {"batch_size", "lr_schedule"} <= set(load_space("search-wide"))

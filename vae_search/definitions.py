@@ -119,26 +119,37 @@ def load_preset(name_or_path: str) -> Preset:
             )
     raw = _read_toml(path, "preset file")
     try:
+        _known_keys(raw, PRESET_KEYS, "the file")
+        for p in raw["points"]:
+            _known_keys(p, POINT_KEYS, f"point {p.get('config', '?')}")
+            _known_keys(p.get("report", {}), REPORT_KEYS, f"point {p.get('config', '?')}'s report")
         points = tuple(
             GridPoint(
-                config=int(p["config"]),
+                config=_int(p["config"], "config"),
                 params={
                     "latent_dim": _int(p["latent_dim"], "latent_dim"),
                     "base_channels": _int(p["base_channels"], "base_channels"),
                     "beta": _positive(p["beta"], "beta"),
                     "lr": _positive(p["lr"], "lr"),
                 },
-                report=dict(p.get("report", {})),
+                report=_report(p.get("report", {})),
             )
             for p in raw["points"]
         )
+        configs = [q.config for q in points]
+        if len(set(configs)) < len(configs):
+            raise ValueError(f"config {', '.join(str(c) for c in sorted(set(configs)) if configs.count(c) > 1)} is given "
+                             "to more than one point")
+        same = sorted(q.config for q in points if sum(o.params == q.params for o in points) > 1)
+        if same:  # a grid trains each parameter set once per seed: a repeat would be a point with no runs
+            raise ValueError(f"configs {', '.join(map(str, same))} have the same parameters")
         preset = Preset(
             name=str(raw.get("name", path.stem)),
             title=str(raw.get("title", path.stem)),
             epochs=_int(raw.get("epochs", 10), "epochs"),
             batch_size=_int(raw.get("batch_size", 128), "batch_size"),
             points=points,
-            baseline=raw.get("baseline"),
+            baseline=None if raw.get("baseline") is None else _int(raw["baseline"], "baseline"),
             path=path,
         )
     except (KeyError, TypeError, ValueError) as e:
@@ -270,6 +281,28 @@ def _check_value(name: str, value: Any) -> None:
         _int(value, "choice")
     else:
         _positive(value, "choice")
+
+
+PRESET_KEYS = {"name", "title", "epochs", "batch_size", "baseline", "points"}
+POINT_KEYS = {"config", "latent_dim", "base_channels", "beta", "lr", "report"}
+REPORT_KEYS = {"val_loss", "recon_loss", "kl", "time_s", "params", "params_text"}  # the figures a grid table sets beside its own
+
+
+def _known_keys(table: Any, known: set[str], where: str) -> None:
+    """A misspelt key (`pointz`, `latnet_dim`) is refused, not silently left out."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table, not {table!r}")
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def _report(figures: dict[str, Any]) -> dict[str, Any]:
+    """A point's report figures: finite numbers, and the parameter count as the report prints it."""
+    out: dict[str, Any] = {k: _finite(v, f"report {k}") for k, v in figures.items() if k != "params_text"}
+    if "params_text" in figures:
+        out["params_text"] = str(figures["params_text"])
+    return out
 
 
 def _int(value: Any, what: str) -> int:

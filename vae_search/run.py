@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
@@ -130,7 +131,8 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
             storage: BaseStorage | None = None, directions: Sequence[str] = ("minimize",),
             sampler: optuna.samplers.BaseSampler | None = None, pruner: optuna.pruners.BasePruner | None = None,
             objectives: tuple[str, ...] = ("neg_elbo",), budget: dict[str, Any] | None = None,
-            check_data: Callable[[RunSettings], None] | None = None, kind: str) -> Prepared:
+            check_data: Callable[[RunSettings], None] | None = None, kind: str,
+            distributions: dict[str, BaseDistribution] | None = None) -> Prepared:
     """The shared setup of a training command, in the order that keeps errors cheap: the
     storage, the heartbeat and the budget are checked before the data is loaded; a --data-dir
     that is no data is refused before the storage is opened, so the mistake writes nothing."""
@@ -141,6 +143,7 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
     existing = st.existing_study(storage, name)
     st.require_same_kind(existing, kind)
+    st.require_same_space(existing, distributions)
     recorded = (st.recorded(existing, "budget") or {}).get("precision") if existing is not None else None
     if precision == "auto" and recorded in ("fp32", "bf16"):
         # a study does not mix precisions: auto keeps the study's, so that a search started on
@@ -215,7 +218,8 @@ def grid(opts: Training, preset_name: str, seeds: int, study_name: str | None) -
     preset = definitions.load_preset(preset_name)
     name = study_name or preset.name
     p = prepare(opts, name, epochs=opts.epochs or preset.epochs, batch_size=opts.batch_size or preset.batch_size,
-                precision=opts.precision or "auto", pruner=st.NO_PRUNING, kind="grid")  # every point runs its full budget
+                precision=opts.precision or "auto", pruner=st.NO_PRUNING, kind="grid",  # every point runs its full budget
+                distributions=preset.distributions())
     say(f"preset {preset.name!r}: {preset.path}")
     p.study.set_user_attr("preset", preset.name)  # a name: a study never makes a command read a file of its choosing
     p.study.set_user_attr("kind", "grid")
@@ -251,7 +255,7 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
         raise UsageError(f"the search space holds {size} configurations, fewer than --trials {trials}; every trial "
                          f"trains a configuration of its own: ask for at most {size} or widen the space")
     p = prepare(opts, study_name, epochs=epochs, batch_size=batch_size, precision=opts.precision or "auto",
-                directions=["minimize"] * len(objs), objectives=objs, kind="search")
+                directions=["minimize"] * len(objs), objectives=objs, kind="search", distributions=distributions)
     study = p.study
     sampler, pruner, switches = st.settle_strategy(study, sampler, pruner, samplers.DEFAULT_PRUNER)
     study.sampler = samplers.make_sampler(sampler, opts.seed, len(objs))

@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -120,6 +126,34 @@ def require_same_kind(study: optuna.Study | None, kind: str) -> None:
         return
     what = f"is {KINDS[have]}" if have in KINDS else "was not made by vae-search (it has no 'kind' attribute)"
     raise UsageError(f"study {study.study_name!r} {what}; this command runs {KINDS[kind]}: pass another --study-name")
+
+
+def require_same_space(study: optuna.Study | None, distributions: dict[str, BaseDistribution] | None) -> None:
+    """A study keeps each parameter's kind and, for a categorical one, its choices: Optuna
+    refuses another mid-study with a ValueError at the first trial (a traceback, once). A
+    resumed search whose space file changed them, or a grid whose preset file did, is one
+    line before any data is loaded."""
+    if study is None or not distributions:
+        return
+    seen: dict[str, BaseDistribution] = {}
+    for t in study.get_trials(deepcopy=False):
+        for name, d in t.distributions.items():
+            seen.setdefault(name, d)
+    for name, new in distributions.items():
+        if name not in seen:
+            continue
+        try:
+            check_distribution_compatibility(seen[name], new)
+        except ValueError:
+            raise UsageError(f"study {study.study_name!r} has {name} as {_described(seen[name])}; this run gives "
+                             f"{_described(new)}, which Optuna cannot mix in one study: keep the study's definition "
+                             "or pass another --study-name") from None
+
+
+def _described(d: BaseDistribution) -> str:
+    if isinstance(d, CategoricalDistribution):
+        return f"a choice of {', '.join(map(str, d.choices))}"
+    return f"{'an int' if isinstance(d, IntDistribution) else 'a float'} from {d.low} to {d.high}"
 
 
 def create_or_load(
