@@ -142,8 +142,7 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
         check_data_dir(opts.data_dir)
     storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
     existing = st.existing_study(storage, name)
-    st.require_same_kind(existing, kind)
-    st.require_same_space(existing, distributions)
+    st.require_compatible(existing, kind, distributions)
     recorded = (st.recorded(existing, "budget") or {}).get("precision") if existing is not None else None
     if precision == "auto" and recorded in ("fp32", "bf16"):
         # a study does not mix precisions: auto keeps the study's, so that a search started on
@@ -164,6 +163,7 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     st.check_budget(study, {**(budget or {}), "epochs": epochs, "batch_size": batch_size,
                             "data_fingerprint": settings.data.fingerprint, "precision": settings.precision})
     st.record_heartbeat(study, beat)
+    study.set_user_attr("kind", kind)
     _announce(settings, study)
     return Prepared(storage, study, settings)
 
@@ -222,7 +222,6 @@ def grid(opts: Training, preset_name: str, seeds: int, study_name: str | None) -
                 distributions=preset.distributions())
     say(f"preset {preset.name!r}: {preset.path}")
     p.study.set_user_attr("preset", preset.name)  # a name: a study never makes a command read a file of its choosing
-    p.study.set_user_attr("kind", "grid")
     points = loop.grid_points(preset, loop.seeds_from(opts.seed, seeds))
     _run_points(p, opts, points, preset.distributions(), opts.seed, f"study {name!r}: points complete")
     return p.study, preset
@@ -265,7 +264,6 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     st.record_strategy(study, sampler, pruner)
     say(f"search space: {definitions.space_path(space)}"
         + (f"; preset {preset.name!r} first: {preset.path}" if preset is not None else ""))
-    study.set_user_attr("kind", "search")
     study.set_user_attr("objectives", list(objs))
     if preset is not None:
         loop.enqueue_missing_points(study, loop.grid_points(preset, [opts.seed]), opts.seed)
@@ -354,7 +352,6 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
     p = prepare(opts, name, epochs=int(budget.get("epochs") or best[0].user_attrs["epochs"]),
                 batch_size=int(budget.get("batch_size") or best[0].user_attrs["batch_size"]), precision=precision,
                 seed=0, storage=storage, pruner=st.NO_PRUNING, budget=budget, check_data=same_data, kind="confirm")
-    p.study.set_user_attr("kind", "confirm")
     p.study.set_user_attr("confirms", search.study_name)
     points = loop.confirm_points(best, seeds)
     distributions = {k: v for t in best for k, v in t.distributions.items()}

@@ -314,7 +314,7 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
         kind, second = study.user_attrs.get("kind"), ranked[1]
         hint = (confirm_command(study, best, second) if kind == "search"
                 else grid_seeds_command(study, preset, best, second) if kind == "grid" and preset is not None else "")
-        reasons.append(f"margin: {compare(best, ranked[1], noise=noise, seeds_hint=hint)}")
+        reasons.append(f"margin: {compare(best, second, noise=noise, seeds_hint=hint)}")
     if study.user_attrs.get("kind") != "grid":
         reasons += _against_the_report(best, study, storage, noise)
     base = find_baseline(study, storage)

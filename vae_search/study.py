@@ -91,9 +91,12 @@ def require_kind(study: optuna.Study, *kinds: str) -> str:
     if kind in kinds:
         return kind
     wanted = " or ".join(KINDS[k] for k in kinds)
-    what = f"is {KINDS[kind]}" if kind in KINDS else "was not made by vae-search (it has no 'kind' attribute)"
     instead = "; `vae-search best` and `vae-search report` read it" if kind in ("search", "confirm") else ""
-    raise UsageError(f"study {study.study_name!r} {what}; this command reads {wanted}{instead}")
+    raise UsageError(f"study {study.study_name!r} {_what_it_is(kind)}; this command reads {wanted}{instead}")
+
+
+def _what_it_is(kind: str | None) -> str:
+    return f"is {KINDS[kind]}" if kind in KINDS else "was not made by vae-search (it has no 'kind' attribute)"
 
 
 def most_recent_study(storage: BaseStorage, names: list[str]) -> str:
@@ -113,33 +116,27 @@ def existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage) if name in study_names(storage) else None
 
 
-def require_same_kind(study: optuna.Study | None, kind: str) -> None:
-    """A training command adds trials only to a study of its own kind: `optimize --study-name
-    b1` (a typo, or a habit) once relabelled the grid a search and mixed searched points into
-    its table. A study with no kind is taken where its trials are vae-search's (a copy of one
-    made with plain Optuna) and refused where they are another tool's."""
+def require_compatible(study: optuna.Study | None, kind: str,
+                       distributions: dict[str, BaseDistribution] | None = None) -> None:
+    """A training command adds trials only to a study of its own kind whose parameters keep
+    their kinds and categorical choices; each is one line before any data is loaded.
+    - `optimize --study-name b1` (a typo, or a habit) once relabelled the grid a search and
+      mixed searched points into its table. A study with no kind is taken where its trials are
+      vae-search's (a copy of one made with plain Optuna) and refused where they are another tool's.
+    - Optuna refuses other choices mid-study with a ValueError at the first trial (a traceback,
+      once): a search resumed with a space file that changed them, or a grid with an edited preset."""
     if study is None:
         return
     have = recorded(study, "kind")
-    trials = study.get_trials(deepcopy=False)
-    if have == kind or (have is None and (not trials or any("neg_elbo" in t.user_attrs for t in trials))):
-        return
-    what = f"is {KINDS[have]}" if have in KINDS else "was not made by vae-search (it has no 'kind' attribute)"
-    raise UsageError(f"study {study.study_name!r} {what}; this command runs {KINDS[kind]}: pass another --study-name")
-
-
-def require_same_space(study: optuna.Study | None, distributions: dict[str, BaseDistribution] | None) -> None:
-    """A study keeps each parameter's kind and, for a categorical one, its choices: Optuna
-    refuses another mid-study with a ValueError at the first trial (a traceback, once). A
-    resumed search whose space file changed them, or a grid whose preset file did, is one
-    line before any data is loaded."""
-    if study is None or not distributions:
-        return
+    trials = study.get_trials(deepcopy=False)  # read once: every worker start comes through here
+    if have != kind and not (have is None and (not trials or any("neg_elbo" in t.user_attrs for t in trials))):
+        raise UsageError(f"study {study.study_name!r} {_what_it_is(have)}; this command runs {KINDS[kind]}: "
+                         "pass another --study-name")
     seen: dict[str, BaseDistribution] = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         for name, d in t.distributions.items():
             seen.setdefault(name, d)
-    for name, new in distributions.items():
+    for name, new in (distributions or {}).items():
         if name not in seen:
             continue
         try:
