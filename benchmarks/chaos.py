@@ -127,7 +127,12 @@ def main() -> None:
         next_kill = time.monotonic() + rng.expovariate(1 / args.kill_every)
         print(f"chaos: {len(roles)} workers on {storage.rsplit('@', 1)[1]} for {args.minutes:g} min, a kill every "
               f"~{args.kill_every:g} s, one server restart; logs in {tmp / 'logs'}", flush=True)
-        while time.monotonic() < deadline and fleet.live():
+        while time.monotonic() < deadline:
+            # reaped before asking who is alive: a last worker that died with an error (a
+            # database down at its start) is restarted, not taken for the end of the work
+            fleet.reap()
+            if not fleet.live():
+                break
             now = time.monotonic()
             if restarts == 0 and now >= restart_at:
                 server.restart()
@@ -140,7 +145,6 @@ def main() -> None:
                 killed += 1
                 fleet.start(role)
                 next_kill = now + rng.expovariate(1 / args.kill_every)
-            fleet.reap()
             time.sleep(0.2)
         if restarts == 0:  # the work ended before half time: restart anyway, so the count is honest
             server.restart()
@@ -148,8 +152,10 @@ def main() -> None:
         print(f"  {time.monotonic() - start:5.0f} s: {killed} kills; no more kills, waiting for the workers to finish",
               flush=True)
         finish_deadline = time.monotonic() + max(600, 120 * args.minutes)
-        while fleet.live() and time.monotonic() < finish_deadline:
+        while time.monotonic() < finish_deadline:
             fleet.reap()
+            if not fleet.live():
+                break
             time.sleep(0.5)
         hung = len(fleet.live())
         for _, p in fleet.live():
