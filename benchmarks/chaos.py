@@ -64,16 +64,19 @@ class Fleet:
         self.commands, self.env, self.logs = commands, env, logs
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.restarted: set[int] = set()  # pids of failed workers already replaced
+        self.log_of: dict[int, Path] = {}
         self.started = self.errors = 0
         for role in roles:
             self.start(role)
 
     def start(self, role: str) -> None:
         self.started += 1
-        log = open(self.logs / f"worker-{self.started:03d}-{role}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "vae_search", *self.commands[role]], env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        path = self.logs / f"worker-{self.started:03d}-{role}.log"
+        with open(path, "w") as log:  # the child holds its own copy of the descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "vae_search", *self.commands[role]], env=self.env,
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs.append((role, proc))
+        self.log_of[proc.pid] = path
 
     def live(self) -> list[tuple[str, subprocess.Popen]]:
         return [(r, p) for r, p in self.procs if p.poll() is None]
@@ -87,6 +90,15 @@ class Fleet:
                 self.errors += 1
                 time.sleep(1)
                 self.start(role)
+
+    def print_errors(self, most: int = 4, lines: int = 12) -> None:
+        """The last lines of the logs of workers that stopped with an error (not killed, not
+        finished): what a failed run in CI needs in its own output, the folder being gone."""
+        bad = [(r, p) for r, p in self.procs if p.poll() not in (None, 0, -signal.SIGKILL)]
+        for role, proc in bad[-most:]:
+            tail = self.log_of[proc.pid].read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- {self.log_of[proc.pid].name} ({role}, exit {proc.returncode}), last lines:", flush=True)
+            print("\n".join(tail), flush=True)
 
 
 def main() -> None:
@@ -169,6 +181,10 @@ def main() -> None:
               f"{result['retried']} trials failed and retried; {killed} workers killed, {restarts} server restart(s)")
         keys = ("killed", "retried", "restarts", "lost", "duplicates", "complete", "wall_s", "running_left", "bad_weights",
                 "hung", "worker_errors")
+        if any(result[k] for k in ("lost", "duplicates", "running_left", "bad_weights", "hung")):
+            fleet.print_errors()
+            args.keep = True  # the logs and the artifacts are what a failure is read from
+            print(f"something was lost or left behind: kept {tmp} (logs/, artifacts/)", flush=True)
         print(json.dumps({k: result[k] for k in keys}))
     finally:
         server.cleanup()
