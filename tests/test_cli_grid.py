@@ -128,9 +128,11 @@ class TestBadInput:
 
         root = make_image_folder(tmp_path / "imgs", n_train=10, n_test=10)
         next((root / "train").rglob("*.png")).write_bytes(b"broken")
-        rc, _, err = cli("grid", *QUICK, "--data-dir", root, "--storage", f"sqlite:///{tmp_path}/s.db",
-                         "--artifact-dir", tmp_path / "a")
+        rc, _, err = cli("grid", *QUICK, "--data-dir", root, "--storage", f"sqlite:///{tmp_path}/db/s.db",
+                         "--artifact-dir", tmp_path / "a" / "b")
         assert rc == 2 and "unreadable image" in one_line_error(err)
+        # the images fail after the cheap checks: no database, no folder was made for them
+        assert not (tmp_path / "db").exists() and not (tmp_path / "a").exists()
 
     def test_no_internet(self, cli, tmp_path, monkeypatch):
         from urllib.error import URLError

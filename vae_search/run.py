@@ -100,12 +100,15 @@ def _settings(opts: Training, *, epochs: int, batch_size: int, seed: int, device
     from vae_search.workers import apply_worker_threads, worker_identity
 
     apply_worker_threads()
-    store = artifact_store(opts.artifact_dir)
+    # a folder that is there is checked for writing now, before the data loads; one that is not
+    # is made after, so that images that fail to decode leave no empty folder behind
+    store = artifact_store(opts.artifact_dir) if Path(opts.artifact_dir).is_dir() else None
     if worker_identity() is None:
         with err.status("loading CIFAR-10"):
             data = load_cifar10(opts.data_dir).limit(opts.limit_train, opts.limit_val)
     else:
         data = load_cifar10(opts.data_dir).limit(opts.limit_train, opts.limit_val)  # from the cache the parent filled
+    store = store or artifact_store(opts.artifact_dir)
     return RunSettings(
         data=data, epochs=epochs, batch_size=batch_size, seed=seed, device=device, store=store,
         compile={"auto": "auto", "on": True, "off": False}[opts.compile], precision=precision, objectives=objectives,
@@ -140,8 +143,12 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
 
     if opts.data_dir is not None:
         check_data_dir(opts.data_dir)
-    storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
-    existing = st.existing_study(storage, name)
+    # a SQLite file not there yet holds no study to check against: it is made once the data has
+    # loaded, so that images that fail to decode leave no empty database behind
+    later = storage is None and storages.new_sqlite_file(opts.storage)
+    if not later:
+        storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
+    existing = None if later else st.existing_study(storage, name)
     st.require_compatible(existing, kind, distributions)
     recorded = (st.recorded(existing, "budget") or {}).get("precision") if existing is not None else None
     if precision == "auto" and recorded in ("fp32", "bf16"):
@@ -153,12 +160,18 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
                 f"alone would use {machine})")
         precision = recorded
     dev, prec = device_and_precision(opts.device, precision)
-    beat = st.settle_heartbeat(storage, existing, opts.heartbeat)
+    if not later:
+        beat = st.settle_heartbeat(storage, existing, opts.heartbeat)
     st.check_budget(existing, {"epochs": epochs, "batch_size": batch_size, "precision": prec}, record=False)
     settings = _settings(opts, epochs=epochs, batch_size=batch_size, seed=opts.seed if seed is None else seed,
                          device=dev, precision=prec, objectives=objectives)
     if check_data is not None:  # before the study is created, so a refusal leaves nothing behind
         check_data(settings)
+    if later:  # another command may have made the file (and the study) meanwhile: the same checks
+        storage = storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
+        existing = st.existing_study(storage, name)
+        st.require_compatible(existing, kind, distributions)
+        beat = st.settle_heartbeat(storage, existing, opts.heartbeat)
     study = st.create_or_load(storage, name, directions=directions, sampler=sampler, pruner=pruner)
     st.check_budget(study, {**(budget or {}), "epochs": epochs, "batch_size": batch_size,
                             "data_fingerprint": settings.data.fingerprint, "precision": settings.precision})

@@ -238,6 +238,16 @@ def _not_optuna(where: str, tables: set[str]) -> UsageError:
                       "of a study database")
 
 
+def new_sqlite_file(url: str) -> bool:
+    """Whether `url` names a SQLite file that does not exist yet: it holds no study to check a
+    run against, so a training command creates it only once its data has loaded (a data file
+    that fails to decode leaves no empty database behind)."""
+    if not url.lower().startswith("sqlite:///"):
+        return False
+    path = url.split("sqlite:///", 1)[1].split("?", 1)[0]
+    return path not in ("", ":memory:") and not Path(path).exists()
+
+
 def _check_optuna_sqlite(path: Path) -> None:
     """A read-only look at a SQLite file (sqlite3's mode=ro: not even a journal is made)."""
     import sqlite3
