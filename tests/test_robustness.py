@@ -244,6 +244,20 @@ class TestBadInput:
         assert cli("grid", "--preset", "nope", "--storage", storage)[0] == 2
         assert cli("grid", "--epochs", "0", "--storage", storage)[0] == 2
         assert cli("optimize", "--trials", "-1", "--storage", storage)[0] == 2
+        # every (point, seed) is queued at once: a slip of the finger would flood a shared study
+        rc, _, err = cli("grid", "--seeds", "30000", "--storage", storage)
+        assert rc == 2 and "--seeds" in one_line_error(err)
+        rc, _, err = cli("confirm", "--seeds", "30000", "--storage", storage)
+        assert rc == 2 and "--seeds" in one_line_error(err)
+
+    @pytest.mark.parametrize("option,value", [("--steps", 1), ("--steps", 65), ("--steps", 100000), ("--rows", 0),
+                                              ("--rows", 65)])
+    def test_interpolation_sizes_are_bounded(self, cli, existing, option, value):
+        """rows x steps images in one figure: --steps 100000 ran the machine out of memory."""
+        storage, tmp = existing
+        rc, _, err = cli("interpolate", option, value, "--study-name", "b1", "--storage", storage,
+                         "--artifact-dir", tmp / "art", "--out", tmp / "out")
+        assert rc == 2 and option in one_line_error(err) and not (tmp / "out").exists()
 
     def test_missing_checkpoint(self, cli, existing):
         storage, tmp = existing

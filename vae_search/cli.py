@@ -60,8 +60,11 @@ def grid(
     ctx: typer.Context,
     preset: Annotated[str, typer.Option(help="Grid preset: a packaged name (b1) or the path of a .toml file of your own "
                                         "(./studies/mine.toml); the command says which file it used.")] = "b1",
-    seeds: Annotated[int, typer.Option(min=1, help="Run every point with seeds --seed, --seed+1, ..., so that seed noise "
-                                       "can be told from real differences; each (point, seed) runs once.")] = 1,
+    # bounded: every (point, seed) is queued in the study at once, and a slip (--seeds 30000)
+    # would leave a shared study tens of thousands of waiting trials
+    seeds: Annotated[int, typer.Option(min=1, max=100, help="Run every point with seeds --seed, --seed+1, ... (up to "
+                                       "100), so that seed noise can be told from real differences; each (point, seed) "
+                                       "runs once.")] = 1,
     epochs: o.Epochs = None,
     batch_size: o.BatchSize = None,
     seed: o.Seed = 0,
@@ -197,8 +200,8 @@ def confirm(
                                                "(default 3).")] = None,
     trial: Annotated[Optional[list[int]], typer.Option(help="A search trial to retrain, instead of --top (repeat for "
                                                        "more): the tied pair `best` names, for example.")] = None,
-    seeds: Annotated[int, typer.Option(min=2, help="Runs each of them should have in all, the search's own included: "
-                                       "seeds s+1 ... s+seeds-1 after the trial's seed s.")] = 3,
+    seeds: Annotated[int, typer.Option(min=2, max=100, help="Runs each of them should have in all (up to 100), the "
+                                       "search's own included: seeds s+1 ... s+seeds-1 after the trial's seed s.")] = 3,
     study_name: o.StudyName = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Default and only choice: the search's.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Default and only choice: the search's.")] = None,
@@ -294,8 +297,10 @@ class Mode(StrEnum):
 def interpolate(
     trial: Annotated[str, typer.Option(help="'best' or a trial number.")] = "best",
     study_name: o.StudyName = None,
-    steps: Annotated[int, typer.Option(min=2, help="Images per interpolation line.")] = 10,
-    rows: Annotated[int, typer.Option(min=1, help="Interpolation lines.")] = 8,
+    # bounded: the figure is rows x steps images in one PNG and in the dashboard's page, and
+    # --steps 100000 once ran the machine out of memory instead of saying no
+    steps: Annotated[int, typer.Option(min=2, max=64, help="Images per interpolation line (2 to 64).")] = 10,
+    rows: Annotated[int, typer.Option(min=1, max=64, help="Interpolation lines (1 to 64).")] = 8,
     mode: Annotated[Mode, typer.Option(case_sensitive=False, help="random: between z ~ N(0, I) pairs (the report's B.3); "
                                        "images: between the encodings of test images.")] = Mode.random,
     seed: o.Seed = 0,
