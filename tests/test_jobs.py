@@ -150,6 +150,28 @@ def test_the_trials_a_run_trained_are_the_ones_its_workers_reported(tmp_path, mo
     assert len(study.trials) == 3
 
 
+@pytest.mark.parametrize("jobs, free_gb, said", [(8, 6, True), (8, 64, False), (3, 6, False)])
+def test_jobs_beyond_the_memory_are_said_before_the_workers_start(tmp_path, monkeypatch, capfd, jobs, free_gb, said):
+    """An explicit --jobs is the user's call, but past the free memory the kernel kills
+    workers mid-trial: the run says so at its start."""
+    from types import SimpleNamespace
+
+    from vae_search import run, workers
+    from vae_search.storages import open_storage
+
+    study = optuna.create_study(study_name="search", storage=open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=None))
+    started = []
+    monkeypatch.setattr(workers, "worker_identity", lambda: None)
+    monkeypatch.setattr(workers, "_available_memory", lambda: free_gb * 1024**3)
+    monkeypatch.setattr(workers, "run_workers", lambda argv, n, **kw: started.append(n) or 0)
+    opts = run.Training(argv=["optimize"], storage="unused", artifact_dir=tmp_path / "a", jobs=jobs)
+    run.run_trials(run.Prepared(None, study, SimpleNamespace(device="cpu")), opts, lambda **kw: 0, total=50, done=0,
+                   counts=lambda s: True, title="search")
+    err = capfd.readouterr().err
+    assert started == [jobs]  # said, not refused
+    assert (f"--jobs {jobs} is more workers than the free memory holds" in err) == said, err
+
+
 @pytest.mark.multiprocess
 def test_two_workers_complete_each_point_once(tmp_path, batches_dir, warm_cache):
     storage = f"sqlite:///{tmp_path}/s.db"

@@ -72,8 +72,8 @@ Jobs = Annotated[
     Optional[int],
     typer.Option(min=1, envvar="VAE_SEARCH_JOBS", help="Worker processes on this machine, all on the same study "
                  "(default: one per CPU core, each with one torch thread, as memory allows; with CUDA, up to 12 per GPU on "
-                 "three quarters of the cores, as memory allows). "
-                 "--jobs 1 trains in this process."),
+                 "three quarters of the cores, as memory allows; more than the free memory holds is said at the "
+                 "start). --jobs 1 trains in this process."),
 ]
 Heartbeat = Annotated[
     Optional[int],

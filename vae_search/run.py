@@ -193,6 +193,8 @@ def run_trials(p: Prepared, opts: Training, trials: Callable[..., int], *, total
             p.settings.on_batch_factory = rep.factory
             return trials(on_trial_end=lambda t: rep.trial_end(t.state.name, t.number, trial_line(t)), on_wait=rep.waiting)
     n = min(opts.jobs or workers.default_jobs(p.settings.device), max(1, total - done))
+    if opts.jobs and n > 1 and (note := workers.jobs_note(n)):
+        say(note)
     if n <= 1:
         with TrainingProgress() as progress:
             p.settings.on_batch_factory = progress.factory

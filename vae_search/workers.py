@@ -89,6 +89,18 @@ def default_jobs(device: torch.device) -> int:
     return max(1, min(cores(), by_memory))
 
 
+def jobs_note(jobs: int) -> str | None:
+    """What an explicit --jobs above this machine's memory risks, said rather than refused
+    (the user may know their workers are smaller): past it the kernel kills workers for
+    memory, and their trials are failed and retried instead of finished."""
+    memory = _available_memory()
+    if memory is None or jobs * WORKER_MEMORY <= memory:
+        return None
+    return (f"note: --jobs {jobs} is more workers than the free memory holds ({memory / 2**30:.1f} GiB free holds "
+            f"about {max(1, memory // WORKER_MEMORY)} of up to {WORKER_MEMORY / 2**30:.0f} GiB each on the full data); "
+            "a worker killed for memory loses its trial's work (the trial is retried)")
+
+
 def threads_per_worker(jobs: int) -> int:
     return max(1, cores() // jobs)
 
