@@ -187,6 +187,33 @@ class TestBadInput:
         line = one_line_error(err)
         assert rc == 2 and "unknown scheme 'redis'" in line and "sqlite:///" in line
 
+    def test_a_journal_that_is_none_or_damaged_is_one_line_and_left_as_it_was(self, cli, tmp_path, batches_dir):
+        """Optuna takes a last line that is no record for one being written and appends after
+        it: a text file given as a journal was written to and then could not be replayed."""
+        text = tmp_path / "notes.txt"
+        text.write_text("my notes\n")
+        journal = tmp_path / "j.log"
+        rc, _, err = cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", f"journal:///{journal}",
+                         "--artifact-dir", tmp_path / "art")
+        assert rc == 0, err
+        lines = journal.read_bytes().splitlines(keepends=True)
+        damaged = tmp_path / "damaged.log"
+        damaged.write_bytes(b"".join([*lines[:2], b"garbage{\n", *lines[3:]]))
+        for path, words in ((text, "is not an Optuna journal"), (damaged, "is damaged")):
+            before = path.read_bytes()
+            for args in (("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--artifact-dir", tmp_path / "art"),
+                         ("best",)):
+                rc, _, err = cli(*args, "--storage", f"journal:///{path}")
+                assert rc == 2 and words in one_line_error(err), (path, args, err)
+            assert path.read_bytes() == before
+        rc, _, err = cli("best", "--storage", "journal:")
+        assert rc == 2 and "names a folder" in one_line_error(err)
+
+    def test_a_sqlite_url_with_a_query_names_its_file(self, cli, existing):
+        storage, _ = existing
+        rc, out, err = cli("show", "--study-name", "b1", "--storage", storage + "?timeout=5")
+        assert rc == 0 and "config" in out, err
+
     def test_unreachable_server(self, cli):
         rc, _, err = cli("best", "--storage", "postgresql+psycopg://u:secret@127.0.0.1:1/db")
         line = one_line_error(err)

@@ -228,7 +228,7 @@ def _distribution(name: str, spec: Any) -> BaseDistribution:
         raise ValueError(f"type must be int, float or categorical, not {kind!r}")
     extra = sorted(set(spec) - _KEYS[kind])
     if extra:
-        raise ValueError(f"has unknown key(s) {', '.join(extra)}; a {kind} parameter takes {', '.join(sorted(_KEYS[kind]))}")
+        raise ValueError(f"has unknown key(s) {', '.join(extra)}; {'an' if kind == 'int' else 'a'} {kind} parameter takes {', '.join(sorted(_KEYS[kind]))}")
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:

@@ -174,18 +174,26 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
     scheme = url.split(":", 1)[0].lower()
     if scheme == "journal":
         path = Path(url.split(":", 1)[1].removeprefix("//"))
+        if path.is_dir():  # journal: with no path is the current folder
+            raise UsageError(f"storage {url!r} names a folder, not a journal file; use journal:///FILE")
         if must_exist and not path.is_file():
             raise UsageError(f"no study journal at {path}; run grid or optimize first")
+        _check_journal(path)
         if not must_exist:
             path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(_JournalFile(str(path)))
+        try:
+            return JournalStorage(_JournalFile(str(path)))  # replays the whole journal
+        except ValueError as e:  # json's JSONDecodeError, Optuna's "Invalid log format"
+            raise UsageError(f"journal {path} is damaged: a line before its last is no journal record ({e}); nothing "
+                             "was written to it") from None
     if scheme == "grpc":
         return _grpc_proxy(url)
     if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
         raise UsageError(f"storage URL {redact(url)!r} has an unknown scheme {scheme!r}; use {STORAGE_HELP}")
     engine_kwargs: dict[str, Any] = {}
     if scheme == "sqlite":
-        path = url.split("sqlite:///", 1)[1] if url.startswith("sqlite:///") else ""
+        # the file, without SQLAlchemy's ?query (sqlite:///x.db?timeout=30 is the file x.db)
+        path = url.split("sqlite:///", 1)[1].split("?", 1)[0] if url.startswith("sqlite:///") else ""
         if path in ("", ":memory:") or "mode=memory" in url:
             raise UsageError(f"storage {url!r} is an in-memory database that lives and dies with one process: workers "
                              "and later commands would never see its studies; use sqlite:///FILE")
@@ -236,6 +244,23 @@ def _not_optuna(where: str, tables: set[str]) -> UsageError:
     have = ", ".join(sorted(tables)[:5]) or "no tables"
     return UsageError(f"{where} is not an Optuna storage (it has {have}); nothing was written to it: pass the --storage "
                       "of a study database")
+
+
+def _check_journal(path: Path) -> None:
+    """A file that is there must be a journal. Optuna takes a last line that is no record for
+    one being written and appends after it: a text file given by mistake would be written to
+    and then be a journal that no reader can replay. A journal's first line is a record."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and "op_code" in record):
+        raise UsageError(f"{path} is not an Optuna journal (its first line is no journal record); nothing was written "
+                         "to it: pass the journal:///FILE of a study journal, or a new file")
 
 
 def new_sqlite_file(url: str) -> bool:
