@@ -192,9 +192,8 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
         raise UsageError(f"storage URL {redact(url)!r} has an unknown scheme {scheme!r}; use {STORAGE_HELP}")
     engine_kwargs: dict[str, Any] = {}
     if scheme == "sqlite":
-        # the file, without SQLAlchemy's ?query (sqlite:///x.db?timeout=30 is the file x.db)
-        path = url.split("sqlite:///", 1)[1].split("?", 1)[0] if url.startswith("sqlite:///") else ""
-        if path in ("", ":memory:") or "mode=memory" in url:
+        path = _sqlite_file(url)
+        if not path:
             raise UsageError(f"storage {url!r} is an in-memory database that lives and dies with one process: workers "
                              "and later commands would never see its studies; use sqlite:///FILE")
         if must_exist:
@@ -263,14 +262,19 @@ def _check_journal(path: Path) -> None:
                          "to it: pass the journal:///FILE of a study journal, or a new file")
 
 
+def _sqlite_file(url: str) -> str:
+    """The file of a sqlite:/// URL, without SQLAlchemy's ?query (sqlite:///x.db?timeout=30
+    is the file x.db); "" for an in-memory database."""
+    path = url[len("sqlite:///"):].split("?", 1)[0] if url.lower().startswith("sqlite:///") else ""
+    return "" if path == ":memory:" or "mode=memory" in url else path
+
+
 def new_sqlite_file(url: str) -> bool:
     """Whether `url` names a SQLite file that does not exist yet: it holds no study to check a
     run against, so a training command creates it only once its data has loaded (a data file
     that fails to decode leaves no empty database behind)."""
-    if not url.lower().startswith("sqlite:///"):
-        return False
-    path = url.split("sqlite:///", 1)[1].split("?", 1)[0]
-    return path not in ("", ":memory:") and not Path(path).exists()
+    path = _sqlite_file(url)
+    return bool(path) and not Path(path).exists()
 
 
 def _check_optuna_sqlite(path: Path) -> None:
