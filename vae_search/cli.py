@@ -60,8 +60,7 @@ def grid(
     ctx: typer.Context,
     preset: Annotated[str, typer.Option(help="Grid preset: a packaged name (b1) or the path of a .toml file of your own "
                                         "(./studies/mine.toml); the command says which file it used.")] = "b1",
-    # bounded: every (point, seed) is queued in the study at once, and a slip (--seeds 30000)
-    # would leave a shared study tens of thousands of waiting trials
+    # bounded: every (point, seed) is queued at once; a slip would flood a shared study
     seeds: Annotated[int, typer.Option(min=1, max=100, help="Run every point with seeds --seed, --seed+1, ... (up to "
                                        "100), so that seed noise can be told from real differences; each (point, seed) "
                                        "runs once.")] = 1,
@@ -297,8 +296,7 @@ class Mode(StrEnum):
 def interpolate(
     trial: Annotated[str, typer.Option(help="'best' or a trial number.")] = "best",
     study_name: o.StudyName = None,
-    # bounded: the figure is rows x steps images in one PNG and in the dashboard's page, and
-    # --steps 100000 once ran the machine out of memory instead of saying no
+    # bounded: one figure of rows x steps images (--steps 100000 ran out of memory)
     steps: Annotated[int, typer.Option(min=2, max=64, help="Images per interpolation line (2 to 64).")] = 10,
     rows: Annotated[int, typer.Option(min=1, max=64, help="Interpolation lines (1 to 64).")] = 8,
     mode: Annotated[Mode, typer.Option(case_sensitive=False, help="random: between z ~ N(0, I) pairs (the report's B.3); "
