@@ -105,6 +105,22 @@ class TestErrors:
         with pytest.raises(UsageError, match=f"unreadable image {bad}"):
             load_cifar10(root)
 
+    @pytest.mark.parametrize("size, words", [((3000, 2000), r"is \(2000, 3000\) pixels"),
+                                             ((10000, 10000), "declares more pixels than any image should have")])
+    def test_an_image_is_measured_before_it_is_decoded(self, tmp_path, monkeypatch, size, words):
+        """A 12 KB PNG can declare 10,000 x 10,000 pixels (300 MB decoded; 50,000 square would
+        be 7.5 GB): the header is read first, and such a file is never decoded."""
+        from PIL import Image
+
+        root = make_image_folder(tmp_path / "imgs", n_train=4, n_test=4)
+        big = sorted((root / "train").rglob("*.png"))[-1]
+        Image.new("1", size).save(big)
+        decode = data_module.decode_image
+        monkeypatch.setattr(data_module, "decode_image",
+                            lambda f, **k: pytest.fail(f"{f} decoded") if f == str(big) else decode(f, **k))
+        with pytest.raises(UsageError, match=words):
+            load_cifar10(root, cache_dir=tmp_path / "cache")
+
     def test_incomplete_batches(self, tmp_path):
         folder = make_batches(tmp_path, n_train=20, n_test=10)
         (folder / "data_batch_3").unlink()
@@ -176,6 +192,26 @@ class TestArchives:
         assert not (tmp_path / "escape.txt").exists() and not os.path.exists("/tmp/absolute-escape.txt")
         if evil != "/tmp/absolute-escape.txt":
             assert not list((tmp_path / "cache" / "unpacked").iterdir())  # nothing half-unpacked is kept
+
+    @pytest.mark.parametrize("bound", ["bytes", "members"])
+    def test_an_archive_that_unpacks_to_far_more_than_cifar10_is_refused(self, tmp_path, monkeypatch, bound):
+        """A few MB of gzip can expand to terabytes or to millions of files: bounded from the
+        members' headers, before anything is written."""
+        import io
+        import tarfile
+
+        monkeypatch.setattr(data_module, "MAX_UNPACKED_BYTES", 10_000)
+        monkeypatch.setattr(data_module, "MAX_UNPACKED_MEMBERS", 5)
+        archive = tmp_path / "bomb.tar.gz"
+        size, count = (20_000, 1) if bound == "bytes" else (10, 8)
+        with tarfile.open(archive, "w:gz") as tar:
+            for i in range(count):
+                info = tarfile.TarInfo(f"train/a/{i}.png")
+                info.size = size
+                tar.addfile(info, io.BytesIO(bytes(size)))
+        with pytest.raises(UsageError, match="unsafe member.*unpacks to more than"):
+            load_cifar10(archive, cache_dir=tmp_path / "cache")
+        assert not list((tmp_path / "cache" / "unpacked").iterdir())  # nothing half-unpacked is kept
 
     def test_not_an_archive(self, tmp_path):
         bogus = tmp_path / "data.tar.gz"

@@ -24,6 +24,7 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,11 @@ LAYOUTS = (
     "an ImageFolder with train/<class>/*.jpg|png and test/<class>/*.jpg|png, or a .tar.gz of either"
 )
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+# What an archive may unpack to. CIFAR-10 is 60,000 images: 178 MB as the official pickles,
+# about 20 MB of JPEGs in the shared copy. An archive is untrusted, and a few MB of gzip can
+# expand to terabytes or to millions of empty files, so unpacking stops well above CIFAR-10.
+MAX_UNPACKED_BYTES = 2 * 1024**3
+MAX_UNPACKED_MEMBERS = 250_000
 
 
 @dataclass
@@ -154,6 +160,24 @@ def _unreadable(archive: Path, e: Exception) -> UsageError:
     return UsageError(f"archive {archive} cannot be unpacked ({type(e).__name__}: {e}); {LAYOUTS}")
 
 
+def _bounded_data_filter() -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
+    """tarfile's "data" filter (no absolute paths, no "..", no links out, no devices), and a
+    bound on what the archive unpacks to, checked from each member's header before it is
+    written."""
+    seen = {"bytes": 0, "members": 0}
+
+    def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        member = tarfile.data_filter(member, dest)
+        seen["bytes"] += member.size
+        seen["members"] += 1
+        if seen["bytes"] > MAX_UNPACKED_BYTES or seen["members"] > MAX_UNPACKED_MEMBERS:
+            raise tarfile.FilterError(f"it unpacks to more than {MAX_UNPACKED_BYTES / 1024**3:.0f} GB or "
+                                      f"{MAX_UNPACKED_MEMBERS:,} files, far more than CIFAR-10")
+        return member
+
+    return check
+
+
 def _unpacked(archive: Path, cache_dir: Path) -> Path:
     """The archive unpacked into the cache (once; a later call finds it), as the folder that
     holds the layout (an archive may wrap it in one top folder)."""
@@ -165,7 +189,7 @@ def _unpacked(archive: Path, cache_dir: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpacking-"))
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")  # no absolute paths, no "..", no links out, no devices
+                tar.extractall(tmp, filter=_bounded_data_filter())
         except tarfile.FilterError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise UsageError(f"archive {archive} has an unsafe member ({e}); not unpacked") from None
@@ -263,6 +287,27 @@ def _read_batches(batches: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
+def _check_declared_size(file: str) -> None:
+    """The size an image declares in its header, read before it is decoded: a file of a few
+    KB can declare a huge image (a PNG of 50,000 x 50,000 pixels decodes to 7.5 GB), and a
+    data folder is untrusted. Formats PIL does not read are left to decode_image."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as im:
+                size = im.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise UsageError(f"image {file} declares more pixels than any image should have; not decoded; {LAYOUTS}") from None
+    except Exception:
+        return
+    if size != (32, 32):
+        raise UsageError(f"image {file} is {(size[1], size[0])} pixels, CIFAR-10 is 32x32; {LAYOUTS}")
+
+
 def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     out = []
     for split in ("train", "test"):
@@ -272,6 +317,7 @@ def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
             raise UsageError(f"{root / split}: {e}; {LAYOUTS}") from None
         images = torch.empty((len(folder.samples), 3, 32, 32), dtype=torch.uint8)
         for i, (file, _) in enumerate(folder.samples):
+            _check_declared_size(file)
             try:
                 img = decode_image(file, mode=ImageReadMode.RGB)  # (3, H, W) uint8
             except Exception as e:
