@@ -115,9 +115,10 @@ class TestErrors:
         root = make_image_folder(tmp_path / "imgs", n_train=4, n_test=4)
         big = sorted((root / "train").rglob("*.png"))[-1]
         Image.new("1", size).save(big)
-        decode = data_module.decode_image
+        decode, declared = data_module.decode_image, big.read_bytes()
         monkeypatch.setattr(data_module, "decode_image",
-                            lambda f, **k: pytest.fail(f"{f} decoded") if f == str(big) else decode(f, **k))
+                            lambda raw, **k: pytest.fail(f"{big} decoded") if raw.numpy().tobytes() == declared
+                            else decode(raw, **k))
         with pytest.raises(UsageError, match=words):
             load_cifar10(root, cache_dir=tmp_path / "cache")
 

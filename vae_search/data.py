@@ -19,6 +19,7 @@ image) raises `UsageError` with one line naming the path and the layouts accepte
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import shutil
@@ -287,7 +288,7 @@ def _read_batches(batches: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
-def _check_declared_size(file: str) -> None:
+def _check_declared_size(file: str, raw: bytes) -> None:
     """The size an image declares in its header, read before it is decoded: a file of a few
     KB can declare a huge image (a PNG of 50,000 x 50,000 pixels decodes to 7.5 GB), and a
     data folder is untrusted. Formats PIL does not read are left to decode_image."""
@@ -298,7 +299,7 @@ def _check_declared_size(file: str) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as im:
+            with Image.open(io.BytesIO(raw)) as im:
                 size = im.size
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise UsageError(f"image {file} declares more pixels than any image should have; not decoded; {LAYOUTS}") from None
@@ -317,9 +318,13 @@ def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
             raise UsageError(f"{root / split}: {e}; {LAYOUTS}") from None
         images = torch.empty((len(folder.samples), 3, 32, 32), dtype=torch.uint8)
         for i, (file, _) in enumerate(folder.samples):
-            _check_declared_size(file)
             try:
-                img = decode_image(file, mode=ImageReadMode.RGB)  # (3, H, W) uint8
+                raw = Path(file).read_bytes()  # read once: the bytes measured are the bytes decoded
+            except OSError as e:
+                raise UsageError(f"unreadable image {file} ({e.strerror}); {LAYOUTS}") from None
+            _check_declared_size(file, raw)
+            try:
+                img = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
             except Exception as e:
                 raise UsageError(f"unreadable image {file} ({e}); {LAYOUTS}") from None
             if img.shape != (3, 32, 32):
