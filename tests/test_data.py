@@ -59,6 +59,33 @@ class TestCache:
         second = load_cifar10(root, cache_dir=tmp_path / "cache")
         assert second.fingerprint != first.fingerprint
 
+    def test_a_changed_source_keeps_one_copy_in_the_cache(self, tmp_path, monkeypatch):
+        """Each version of a folder or archive used to add its decoded copy (180 MB for
+        CIFAR-10) and its unpacked files (240 MB for the JPEG copy) to the cache for good."""
+        import tarfile
+
+        cache = tmp_path / "cache"
+        folder = make_image_folder(tmp_path / "imgs", n_train=20, n_test=10, fmt="jpg")
+        other = make_image_folder(tmp_path / "other", n_train=10, n_test=10)
+        archive = tmp_path / "cifar10-jpeg.tar.gz"
+        seen = set()
+        for version in range(3):
+            victim = sorted((folder / "train").rglob("*.jpg"))[0]
+            victim.write_bytes(sorted((folder / "train").rglob("*.jpg"))[version + 1].read_bytes())
+            os.utime(victim, (time.time() + version, time.time() + version))
+            with tarfile.open(archive, "w:gz") as tar:
+                tar.add(folder / "train", arcname="train")
+                tar.add(folder / "test", arcname="test")
+            os.utime(archive, (time.time() + version, time.time() + version))
+            for source in (folder, archive, other):
+                seen.add(load_cifar10(source, cache_dir=cache).fingerprint)
+        assert len(seen) == 4  # three versions of the folder (and the archive of each), and the other folder
+        assert len(list(cache.glob("cifar10-*.pt"))) == 3  # one per source: folder, archive, other
+        assert len(list((cache / "unpacked").iterdir())) == 1
+        # and the newest copy is the one kept: read again without decoding
+        monkeypatch.setattr(data_module, "_read_image_folder", lambda path: pytest.fail(f"{path} decoded again"))
+        assert load_cifar10(archive, cache_dir=cache).fingerprint == load_cifar10(folder, cache_dir=cache).fingerprint
+
     def test_corrupt_cache_is_rebuilt(self, tmp_path):
         root = make_image_folder(tmp_path / "imgs", n_train=20, n_test=10)
         first = load_cifar10(root, cache_dir=tmp_path / "cache")

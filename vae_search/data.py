@@ -11,13 +11,15 @@ Sources, tried in this order for `load_cifar10(data_dir)`:
   - `data_dir` is None: `torchvision.datasets.CIFAR10(download=True)` into the cache folder.
 
 Images are decoded once into (N, 3, 32, 32) uint8 tensors and cached on disk, keyed by the
-source files' names, sizes and times, so a second run starts in seconds. Every problem a
+source files' names, sizes and times, so a second run starts in seconds; the cache keeps one
+copy per source (folder or archive), so a changed source replaces its older copy. Every problem a
 user can cause (no internet, a missing or empty folder, an unknown layout, an unreadable
 image) raises `UsageError` with one line naming the path and the layouts accepted.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
@@ -97,12 +99,16 @@ def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) ->
     cache_dir = cache_dir or default_cache_dir()
     if data_dir is None:
         return _download(cache_dir)
-    data_dir = Path(data_dir).expanduser()
-    layout, path = data_layout(data_dir)
+    layout, path = data_layout(Path(data_dir).expanduser())
     if layout == "archive":
-        data = load_cifar10(_unpacked(path, cache_dir), cache_dir)
+        kind, inner = data_layout(_unpacked(path, cache_dir))  # a folder: batches or an ImageFolder
+        data = _cached(inner, cache_dir, _reader(kind), source=path)
         return Cifar10(data.train, data.test, str(path))
-    return _cached(path, cache_dir, _read_batches if layout == "batches" else _read_image_folder)
+    return _cached(path, cache_dir, _reader(layout), source=path)
+
+
+def _reader(layout: str) -> Callable[[Path], tuple[torch.Tensor, torch.Tensor]]:
+    return _read_batches if layout == "batches" else _read_image_folder
 
 
 def data_layout(data_dir: Path) -> tuple[str, Path]:
@@ -154,7 +160,7 @@ def _download(cache_dir: Path) -> Cifar10:
                 f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without "
                 f"internet pass --data-dir (or set VAE_SEARCH_DATA); {LAYOUTS}"
             ) from None
-    return _cached(batches, cache_dir, _read_batches)
+    return _cached(batches, cache_dir, _read_batches, source=batches)
 
 
 def _unreadable(archive: Path, e: Exception) -> UsageError:
@@ -184,7 +190,8 @@ def _unpacked(archive: Path, cache_dir: Path) -> Path:
     holds the layout (an archive may wrap it in one top folder)."""
     st = archive.stat()
     key = hashlib.sha256(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    dest = cache_dir / "unpacked" / f"{archive.name}-{key}"
+    mine = f"{archive.name}-{_path_key(archive)}-"  # every version of this archive, here
+    dest = cache_dir / "unpacked" / f"{mine}{key}"
     if not dest.is_dir():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpacking-"))
@@ -201,6 +208,9 @@ def _unpacked(archive: Path, cache_dir: Path) -> Path:
             tmp.rename(dest)  # atomic: a worker unpacking at the same moment loses the race harmlessly
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
+        for old in dest.parent.glob(f"{glob.escape(mine)}*"):  # the archive changed: its older copies go
+            if old != dest:
+                shutil.rmtree(old, ignore_errors=True)
     root = dest
     while not (root / BATCHES_DIR).is_dir() and not (root / "train").is_dir():
         subdirs = [d for d in root.iterdir() if d.is_dir()]
@@ -222,8 +232,17 @@ def _source_key(path: Path) -> str:
     return h.hexdigest()[:24]
 
 
-def _cached(path: Path, cache_dir: Path, read) -> Cifar10:
-    cache_file = cache_dir / f"cifar10-{_source_key(path)}.pt"
+def _path_key(path: Path) -> str:
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+
+
+def _cached(path: Path, cache_dir: Path, read: Callable[[Path], tuple[torch.Tensor, torch.Tensor]], *,
+            source: Path) -> Cifar10:
+    """`read(path)` decoded once and kept in the cache, one file per `source` (the folder or
+    archive the user gave): when the data changes, the copy of its older version is removed,
+    so the cache does not grow by 180 MB with every change."""
+    mine = f"cifar10-{_path_key(source)}-"
+    cache_file = cache_dir / f"{mine}{_source_key(path)}.pt"
     if cache_file.exists():
         try:
             blob = torch.load(cache_file, weights_only=True)
@@ -234,6 +253,9 @@ def _cached(path: Path, cache_dir: Path, read) -> Cifar10:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(cache_file, lambda f: torch.save({"train": train, "test": test}, f))
+        for old in cache_dir.glob(f"{glob.escape(mine)}*.pt"):
+            if old != cache_file:
+                old.unlink(missing_ok=True)
     except OSError:
         pass  # a read-only cache only costs the next run a decode
     return Cifar10(train, test, str(path))
