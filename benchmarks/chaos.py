@@ -57,6 +57,11 @@ def make_data(root: Path, n_train: int, n_test: int) -> Path:
     return root
 
 
+def _stopped_with_error(proc: subprocess.Popen) -> bool:
+    """Ended, neither done (0) nor killed by the supervisor (SIGKILL)."""
+    return proc.poll() not in (None, 0, -signal.SIGKILL)
+
+
 class Fleet:
     """The workers: their roles, processes, and what happened to them."""
 
@@ -85,7 +90,7 @@ class Fleet:
         """Restart a worker that stopped with an error (a database that was down when it
         started, say); one that finished its work stays finished."""
         for role, proc in list(self.procs):
-            if proc.poll() not in (None, 0, -signal.SIGKILL) and proc.pid not in self.restarted:
+            if _stopped_with_error(proc) and proc.pid not in self.restarted:
                 self.restarted.add(proc.pid)
                 self.errors += 1
                 time.sleep(1)
@@ -94,7 +99,7 @@ class Fleet:
     def print_errors(self, most: int = 4, lines: int = 12) -> None:
         """The last lines of the logs of workers that stopped with an error (not killed, not
         finished): what a failed run in CI needs in its own output, the folder being gone."""
-        bad = [(r, p) for r, p in self.procs if p.poll() not in (None, 0, -signal.SIGKILL)]
+        bad = [(r, p) for r, p in self.procs if _stopped_with_error(p)]
         for role, proc in bad[-most:]:
             tail = self.log_of[proc.pid].read_text(errors="replace").splitlines()[-lines:]
             print(f"--- {self.log_of[proc.pid].name} ({role}, exit {proc.returncode}), last lines:", flush=True)

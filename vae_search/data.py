@@ -27,11 +27,13 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image
 
@@ -314,10 +316,6 @@ def _check_declared_size(file: str, raw: bytes) -> None:
     """The size an image declares in its header, read before it is decoded: a file of a few
     KB can declare a huge image (a PNG of 50,000 x 50,000 pixels decodes to 7.5 GB), and a
     data folder is untrusted. Formats PIL does not read are left to decode_image."""
-    import warnings
-
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -130,6 +130,15 @@ def _announce(settings: RunSettings, study: optuna.Study) -> None:
         say(f"note: trial(s) {', '.join(map(str, held))} of study {study.study_name!r} are RUNNING and {FAIL_STALE_HINT}")
 
 
+def _against(storage: BaseStorage, name: str, kind: str, distributions: dict[str, BaseDistribution] | None,
+             heartbeat: int | None) -> tuple[optuna.Study | None, int]:
+    """The study `name` where it exists, refused where this run cannot add to it, and the
+    heartbeat interval this run uses on `storage`."""
+    existing = st.existing_study(storage, name)
+    st.require_compatible(existing, kind, distributions)
+    return existing, st.settle_heartbeat(storage, existing, heartbeat)
+
+
 def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precision: str, seed: int | None = None,
             storage: BaseStorage | None = None, directions: Sequence[str] = ("minimize",),
             sampler: optuna.samplers.BaseSampler | None = None, pruner: optuna.pruners.BasePruner | None = None,
@@ -146,10 +155,10 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     # a SQLite file not there yet holds no study to check against: it is made once the data has
     # loaded, so that images that fail to decode leave no empty database behind
     later = storage is None and storages.new_sqlite_file(opts.storage)
+    existing = None
     if not later:
         storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
-    existing = None if later else st.existing_study(storage, name)
-    st.require_compatible(existing, kind, distributions)
+        existing, beat = _against(storage, name, kind, distributions, opts.heartbeat)
     recorded = (st.recorded(existing, "budget") or {}).get("precision") if existing is not None else None
     if precision == "auto" and recorded in ("fp32", "bf16"):
         # a study does not mix precisions: auto keeps the study's, so that a search started on
@@ -160,8 +169,6 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
                 f"alone would use {machine})")
         precision = recorded
     dev, prec = device_and_precision(opts.device, precision)
-    if not later:
-        beat = st.settle_heartbeat(storage, existing, opts.heartbeat)
     st.check_budget(existing, {"epochs": epochs, "batch_size": batch_size, "precision": prec}, record=False)
     settings = _settings(opts, epochs=epochs, batch_size=batch_size, seed=opts.seed if seed is None else seed,
                          device=dev, precision=prec, objectives=objectives)
@@ -169,9 +176,7 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
         check_data(settings)
     if later:  # another command may have made the file (and the study) meanwhile: the same checks
         storage = storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
-        existing = st.existing_study(storage, name)
-        st.require_compatible(existing, kind, distributions)
-        beat = st.settle_heartbeat(storage, existing, opts.heartbeat)
+        existing, beat = _against(storage, name, kind, distributions, opts.heartbeat)
     study = st.create_or_load(storage, name, directions=directions, sampler=sampler, pruner=pruner)
     st.check_budget(study, {**(budget or {}), "epochs": epochs, "batch_size": batch_size,
                             "data_fingerprint": settings.data.fingerprint, "precision": settings.precision})
