@@ -91,6 +91,28 @@ def test_default_jobs(monkeypatch, device, gpus, cores, free_gb, expected):
     assert workers.default_jobs(torch.device(device)) == expected
 
 
+@pytest.mark.parametrize("device, free_gb, gpu_free_gb, model_gb, expected", [
+    ("cpu", 24, 0, None, 12),  # the default space's models: 2 GiB a worker
+    ("cpu", 24, 0, 0.1, 12),   # small models change nothing
+    ("cpu", 24, 0, 5, 4),      # a worker holds its data (1 GiB) and the largest model: 6 GiB each
+    ("cpu", 24, 0, 30, 1),     # never fewer than one (a model that cannot fit is refused earlier)
+    ("cuda", 64, 40, 0.1, 12),
+    ("cuda", 64, 40, 8, 5),    # the workers on one GPU share its memory
+    ("cuda", 64, 4, 8, 1),
+])
+def test_default_jobs_leave_room_for_the_largest_model(monkeypatch, device, free_gb, gpu_free_gb, model_gb, expected):
+    import torch
+
+    from vae_search import workers
+
+    monkeypatch.setattr(workers, "cores", lambda: 16)
+    monkeypatch.setattr(workers, "_available_memory", lambda: free_gb * 1024**3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (gpu_free_gb * 1024**3, 80 * 1024**3))
+    model_bytes = None if model_gb is None else int(model_gb * 1024**3)
+    assert workers.default_jobs(torch.device(device), model_bytes) == expected
+
+
 def test_a_dead_workers_trial_is_failed_and_requeued_by_the_run_layer(tmp_path, monkeypatch):
     """run_trials' side of a worker death, without starting a process: run_workers reports
     the death (as it does on SIGKILL), the trial is failed with the reason and queued again,

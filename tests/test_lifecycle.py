@@ -199,6 +199,54 @@ def test_a_search_of_diverging_trials_fails_them_and_stops(tmp_path, batches_dir
     assert all(("diverged" in t.user_attrs["fail_reason"] or "non-finite" in t.user_attrs["fail_reason"]) for t in trials)
 
 
+# ---------------------------------------------------------------- models larger than the machine
+
+
+def _space_with_base(tmp_path, choices: str):
+    space = tmp_path / "big.toml"
+    space.write_text((ROOT / "vae_search" / "studies" / "search.toml").read_text().replace(
+        "choices = [16, 32, 48, 64]", f"choices = {choices}"))
+    assert choices in space.read_text()
+    return space
+
+
+def test_a_space_whose_largest_model_cannot_fit_is_refused_before_anything_is_written(tmp_path, batches_dir, cli):
+    """base_channels 100000 is 2.5 million million parameters: before, every trial failed on
+    the allocator (or the kernel killed the worker) only once the search proposed it."""
+    rc, _, err = cli("optimize", "--trials", 3, "--space", _space_with_base(tmp_path, "[16, 100000]"),
+                     "--data-dir", batches_dir, *TINY, "--storage", f"sqlite:///{tmp_path}/s.db",
+                     "--artifact-dir", tmp_path / "art")
+    line = one_line_error(err)
+    assert rc == 2 and "largest model this study can propose" in line and "base_channels 100000" in line, line
+    assert "GiB free" in line and "lower the largest base_channels or latent_dim" in line
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "art").exists()
+
+
+def test_a_cpu_allocation_failure_fails_the_trial_as_out_of_memory(tmp_path, batches_dir, cli, monkeypatch):
+    """The CPU allocator refuses with a RuntimeError (CUDA's is an OutOfMemoryError): the
+    trial says "out of memory" all the same, and the study goes on to the next."""
+    from vae_search import objective
+
+    real = objective.train
+
+    def refuse_the_wide(model_config, *args, **kwargs):
+        if model_config.base_channels == 64:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 720000000000 bytes. Error code 12 (Cannot allocate memory)")
+        return real(model_config, *args, **kwargs)
+
+    monkeypatch.setattr(objective, "train", refuse_the_wide)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    rc, _, err = cli("optimize", "--trials", 4, "--space", _space_with_base(tmp_path, "[16, 64]"), "--sampler",
+                     "random", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
+                     "--artifact-dir", tmp_path / "art")
+    trials = _search(storage).trials
+    wide = [t for t in trials if t.params.get("base_channels") == 64]
+    assert rc == 0 and wide and len([t for t in trials if t.state == TrialState.COMPLETE]) == 4, err
+    assert all(t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "out of memory on cpu: can't allocate "
+               "memory: you tried to allocate 720000000000 bytes. Error code 12 (Cannot allocate memory)" for t in wide)
+
+
 # ---------------------------------------------------------------- re-queueing races a worker
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from vae_search.model import VAE, ModelConfig, count_parameters, vae_loss
+from vae_search.model import VAE, ModelConfig, count_parameters, parameter_count, training_bytes, vae_loss
 
 
 class TestArchitecture:
@@ -14,6 +14,17 @@ class TestArchitecture:
     )
     def test_report_parameter_counts(self, latent, base, expected):
         assert count_parameters(VAE(ModelConfig(latent_dim=latent, base_channels=base))) == expected
+
+    @pytest.mark.parametrize("latent", [1, 4, 16, 114, 1000])
+    @pytest.mark.parametrize("base", [1, 3, 16, 48, 100])
+    def test_parameter_count_without_building_the_model(self, latent, base):
+        config = ModelConfig(latent_dim=latent, base_channels=base)
+        assert parameter_count(config) == count_parameters(VAE(config))
+
+    def test_training_memory_grows_with_the_model_and_the_batch(self):
+        small, wide = ModelConfig(16, 32), ModelConfig(16, 256)
+        assert training_bytes(wide, 128) > training_bytes(small, 128) > 16 * parameter_count(small)
+        assert training_bytes(small, 512) > training_bytes(small, 128)
 
     def test_shapes(self):
         model = VAE(ModelConfig(latent_dim=8, base_channels=16))

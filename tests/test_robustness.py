@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 from collections import Counter
@@ -186,6 +187,15 @@ class TestBadInput:
         rc, _, err = cli("grid", "--storage", "redis://localhost/0")
         line = one_line_error(err)
         assert rc == 2 and "unknown scheme 'redis'" in line and "sqlite:///" in line
+
+    def test_a_scheme_in_capitals_is_the_same_storage(self, cli, tmp_path, batches_dir):
+        """SQLAlchemy knows `sqlite` only in lower case: SQLITE:/// failed after the data had
+        loaded, with "Can't load plugin: sqlalchemy.dialects:SQLITE"."""
+        rc, _, err = cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage",
+                         f"SQLite:///{tmp_path}/s.db", "--artifact-dir", tmp_path / "art")
+        assert rc == 0, err
+        rc, out, err = cli("show", "--storage", f"sqlite:///{tmp_path}/s.db", "--json")
+        assert rc == 0 and len(json.loads(out)["rows"]) == 4, err
 
     def test_a_journal_that_is_none_or_damaged_is_one_line_and_left_as_it_was(self, cli, tmp_path, batches_dir):
         """Optuna takes a last line that is no record for one being written and appends after

@@ -137,6 +137,10 @@ def make_objective(
             # smaller; what this one held is given back to the device first.
             trial.set_user_attr("fail_reason", f"out of memory on {settings.device}: {str(e).splitlines()[0]}")
             raise
+        except RuntimeError as e:
+            if "can't allocate memory" in str(e):  # the CPU allocator's refusal: a RuntimeError, not an OutOfMemoryError
+                trial.set_user_attr("fail_reason", f"out of memory on {settings.device}: {str(e).split('DefaultCPUAllocator: ')[-1]}")
+            raise
         finally:
             if settings.device.type == "cuda":
                 import gc

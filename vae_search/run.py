@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+import torch
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
@@ -71,6 +72,7 @@ class Prepared:
     storage: BaseStorage
     study: optuna.Study
     settings: RunSettings
+    model_bytes: int | None = None  # what the largest model the study can propose needs to train
 
 
 def is_worker() -> bool:
@@ -170,6 +172,7 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
         precision = recorded
     dev, prec = device_and_precision(opts.device, precision)
     st.check_budget(existing, {"epochs": epochs, "batch_size": batch_size, "precision": prec}, record=False)
+    model_bytes = _fits(distributions, batch_size, dev) if distributions else None
     settings = _settings(opts, epochs=epochs, batch_size=batch_size, seed=opts.seed if seed is None else seed,
                          device=dev, precision=prec, objectives=objectives)
     if check_data is not None:  # before the study is created, so a refusal leaves nothing behind
@@ -183,7 +186,32 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     st.record_heartbeat(study, beat)
     study.set_user_attr("kind", kind)
     _announce(settings, study)
-    return Prepared(storage, study, settings)
+    return Prepared(storage, study, settings, model_bytes)
+
+
+def _fits(distributions: dict[str, BaseDistribution], batch_size: int, device: torch.device) -> int:
+    """The memory the largest model the study can propose needs to train; refused here, before
+    the data loads, where the device cannot hold even one (a trial would fail on it, or the
+    kernel kill a worker for memory, only once the search had reached it)."""
+    from vae_search.model import ModelConfig, parameter_count, training_bytes
+    from vae_search.workers import device_memory
+
+    def highest(name: str, default: int) -> int:
+        dist = distributions.get(name)
+        if dist is None:
+            return default
+        return max(int(c) for c in dist.choices) if isinstance(dist, CategoricalDistribution) else int(dist.high)
+
+    largest = ModelConfig(latent_dim=highest("latent_dim", 16), base_channels=highest("base_channels", 32))
+    batch = highest("batch_size", batch_size)
+    need, free = training_bytes(largest, batch), device_memory(device)
+    if free is not None and need > free:
+        raise UsageError(
+            f"the largest model this study can propose (latent_dim {largest.latent_dim}, base_channels "
+            f"{largest.base_channels}, batch {batch}: {parameter_count(largest):,} parameters) needs about "
+            f"{need / 2**30:,.1f} GiB to train, and {device} has {free / 2**30:,.1f} GiB free: lower the largest "
+            "base_channels or latent_dim of the search space (or preset)")
+    return need
 
 
 def run_trials(p: Prepared, opts: Training, trials: Callable[..., int], *, total: int, done: int,
@@ -197,8 +225,8 @@ def run_trials(p: Prepared, opts: Training, trials: Callable[..., int], *, total
         with workers.reporter() as rep:
             p.settings.on_batch_factory = rep.factory
             return trials(on_trial_end=lambda t: rep.trial_end(t.state.name, t.number, trial_line(t)), on_wait=rep.waiting)
-    n = min(opts.jobs or workers.default_jobs(p.settings.device), max(1, total - done))
-    if opts.jobs and n > 1 and (note := workers.jobs_note(n)):
+    n = min(opts.jobs or workers.default_jobs(p.settings.device, p.model_bytes), max(1, total - done))
+    if opts.jobs and n > 1 and (note := workers.jobs_note(n, p.settings.device, p.model_bytes)):
         say(note)
     if n <= 1:
         with TrainingProgress() as progress:

@@ -171,7 +171,9 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
     `must_exist`: for commands that read, the storage must already be an Optuna storage: a
     missing file, or a database without Optuna's tables, is an error, and nothing (no
     table, no folder) is created in it."""
-    scheme = url.split(":", 1)[0].lower()
+    scheme, sep, rest = url.partition(":")
+    scheme = scheme.lower()
+    url = scheme + sep + rest  # SQLAlchemy knows its dialects in lower case only: SQLITE:/// is sqlite:///
     if scheme == "journal":
         path = Path(url.split(":", 1)[1].removeprefix("//"))
         if path.is_dir():  # journal: with no path is the current folder

@@ -37,6 +37,9 @@ WORKER_ENV = "VAE_SEARCH_WORKER"  # "i/N" in a worker process
 PROGRESS_FD_ENV = "VAE_SEARCH_PROGRESS_FD"  # where a worker writes its progress events
 THREADS_ENV = "VAE_SEARCH_THREADS"  # torch threads of a worker
 WORKER_MEMORY = 2 * 1024**3  # bytes a full-data worker may take (README: a trial process peaks near 1.5 GB)
+# ... of which the data, the decoded batches and torch itself, whatever the model: a search
+# space of larger models adds its largest model's training memory (model.training_bytes) to it
+WORKER_BASE_MEMORY = 1024**3
 # Workers sharing one GPU by default: these models are too small to fill a GPU from one
 # process (kernel launches bound it), so each worker adds the work of the core it launches
 # from. On an H100 with 16 cores (benchmarks/results/gpu/h100-workers.json) 4, 8, 12 and 16
@@ -71,33 +74,54 @@ def _available_memory() -> int | None:
         return None
 
 
+def device_memory(device: torch.device) -> int | None:
+    """Bytes free where the model trains: the host's on CPU, the GPU's with CUDA; None where
+    it cannot be asked (MPS shares the host's memory with the system)."""
+    if device.type == "cpu":
+        return _available_memory()
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return None
+
+
+def worker_memory(device: torch.device, model_bytes: int | None = None) -> int:
+    """Host memory one worker may take: WORKER_MEMORY, more where a CPU worker trains a model
+    larger than the default space's (on a GPU the model's memory is the GPU's)."""
+    if model_bytes is None or torch.device(device).type != "cpu":
+        return WORKER_MEMORY
+    return max(WORKER_MEMORY, WORKER_BASE_MEMORY + model_bytes)
+
+
 def cores_for_gpu_workers(n_cores: int) -> int:
     return max(1, n_cores - n_cores // 4)  # 16 -> 12 (measured best), 4 -> 3, 2 -> 2
 
 
-def default_jobs(device: torch.device) -> int:
+def default_jobs(device: torch.device, model_bytes: int | None = None) -> int:
     """On CPU one worker per core (each with one thread), as many as the free memory holds;
     with CUDA, GPU_WORKERS per GPU on three quarters of the cores (each feeds its GPU from
-    a core) as the memory allows, at least one per GPU; on Apple MPS one."""
+    a core) as the host's and the GPU's memory allow, at least one per GPU; on Apple MPS one.
+    `model_bytes`: what the largest model the study can propose needs to train."""
     if device.type == "mps":
         return 1
     memory = _available_memory()
-    by_memory = max(1, memory // WORKER_MEMORY) if memory else cores()
+    by_memory = max(1, memory // worker_memory(device, model_bytes)) if memory else cores()
     if device.type == "cuda":
         gpus = max(1, torch.cuda.device_count())
+        if model_bytes:  # workers on one GPU share its memory: as many as hold the largest model
+            by_memory = min(by_memory, gpus * max(1, torch.cuda.mem_get_info(device)[0] // model_bytes))
         return max(gpus, min(GPU_WORKERS * gpus, cores_for_gpu_workers(cores()), by_memory))
     return max(1, min(cores(), by_memory))
 
 
-def jobs_note(jobs: int) -> str | None:
+def jobs_note(jobs: int, device: torch.device = torch.device("cpu"), model_bytes: int | None = None) -> str | None:
     """What an explicit --jobs above this machine's memory risks, said rather than refused
     (the user may know their workers are smaller): past it the kernel kills workers for
     memory, and their trials are failed and retried instead of finished."""
-    memory = _available_memory()
-    if memory is None or jobs * WORKER_MEMORY <= memory:
+    memory, each = _available_memory(), worker_memory(device, model_bytes)
+    if memory is None or jobs * each <= memory:
         return None
     return (f"note: --jobs {jobs} is more workers than the free memory holds ({memory / 2**30:.1f} GiB free holds "
-            f"about {max(1, memory // WORKER_MEMORY)} of up to {WORKER_MEMORY / 2**30:.0f} GiB each on the full data); "
+            f"about {max(1, memory // each)} of up to {each / 2**30:.1f} GiB each on the full data); "
             "a worker killed for memory loses its trial's work (the trial is retried)")
 
 
