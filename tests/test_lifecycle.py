@@ -222,6 +222,24 @@ def test_a_space_whose_largest_model_cannot_fit_is_refused_before_anything_is_wr
     assert not (tmp_path / "s.db").exists() and not (tmp_path / "art").exists()
 
 
+def test_the_memory_check_takes_the_largest_batch_the_data_allows(monkeypatch):
+    """A batch is at most the data: --batch-size 10000000 on 200 images trains batches of 200."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from vae_search import run, workers
+    from vae_search.errors import UsageError
+    from vae_search.model import ModelConfig, training_bytes
+
+    monkeypatch.setattr(workers, "_available_memory", lambda: 4 * 1024**3)
+    space = {"latent_dim": IntDistribution(2, 128, log=True), "base_channels": CategoricalDistribution([16, 64])}
+    cpu = torch.device("cpu")
+    assert run._fits(space, 10_000_000, cpu, limit_train=200) == training_bytes(ModelConfig(128, 64), 200)
+    with pytest.raises(UsageError, match="batch 10000000"):
+        run._fits(space, 10_000_000, cpu, limit_train=None)
+    searched = {**space, "batch_size": CategoricalDistribution([64, 512])}  # the space's largest batch, not --batch-size
+    assert run._fits(searched, 128, cpu, limit_train=None) == training_bytes(ModelConfig(128, 64), 512)
+
+
 def test_a_cpu_allocation_failure_fails_the_trial_as_out_of_memory(tmp_path, batches_dir, cli, monkeypatch):
     """The CPU allocator refuses with a RuntimeError (CUDA's is an OutOfMemoryError): the
     trial says "out of memory" all the same, and the study goes on to the next."""

@@ -172,7 +172,7 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
         precision = recorded
     dev, prec = device_and_precision(opts.device, precision)
     st.check_budget(existing, {"epochs": epochs, "batch_size": batch_size, "precision": prec}, record=False)
-    model_bytes = _fits(distributions, batch_size, dev) if distributions else None
+    model_bytes = _fits(distributions, batch_size, dev, opts.limit_train) if distributions else None
     settings = _settings(opts, epochs=epochs, batch_size=batch_size, seed=opts.seed if seed is None else seed,
                          device=dev, precision=prec, objectives=objectives)
     if check_data is not None:  # before the study is created, so a refusal leaves nothing behind
@@ -189,7 +189,8 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     return Prepared(storage, study, settings, model_bytes)
 
 
-def _fits(distributions: dict[str, BaseDistribution], batch_size: int, device: torch.device) -> int:
+def _fits(distributions: dict[str, BaseDistribution], batch_size: int, device: torch.device,
+          limit_train: int | None) -> int:
     """The memory the largest model the study can propose needs to train; refused here, before
     the data loads, where the device cannot hold even one (a trial would fail on it, or the
     kernel kill a worker for memory, only once the search had reached it)."""
@@ -204,6 +205,8 @@ def _fits(distributions: dict[str, BaseDistribution], batch_size: int, device: t
 
     largest = ModelConfig(latent_dim=highest("latent_dim", 16), base_channels=highest("base_channels", 32))
     batch = highest("batch_size", batch_size)
+    if limit_train:  # no batch holds more images than the data
+        batch = min(batch, limit_train)
     need, free = training_bytes(largest, batch), device_memory(device)
     if free is not None and need > free:
         raise UsageError(
