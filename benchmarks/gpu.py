@@ -1,7 +1,9 @@
-"""The GPU path, checked in one command: the CUDA tests, the full-data B.1 grid in bf16, and
-training throughput with 1, 2 and 4 workers sharing the GPU.
+"""The GPU path, checked in one command: the CUDA tests, the full-data B.1 grid in bf16,
+training throughput with 1, 2 and 4 workers sharing the GPU and, with --search, the README's
+search itself.
 
     python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz     # on a GPU machine: 4.5 minutes on an H200
+    python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz --search 50    # + about 3.5 minutes on an H100
     python benchmarks/gpu.py --device cpu --quick                    # the same code on tiny data, 1 and 2 workers (the test suite)
 
 On a bare GPU machine (the `device` tool sends the checkout, not ../shared), from the
@@ -25,7 +27,13 @@ Prints progress on stderr and, as its last line on stdout, one JSON object:
   - throughput: training images per second of latent 16 / base 32 (batch 128, bf16 on
     CUDA) for 1, 2 and 4 worker processes (--workers for others) on the device at once, their sum, and each
     worker's peak GPU memory (torch.cuda.max_memory_allocated), so that the default --jobs
-    on a GPU can be set from a measurement.
+    on a GPU can be set from a measurement;
+  - search (with --search N): `optimize --trials N` with the defaults, then `confirm --top 3
+    --seeds 3`: their wall times, the trials' states, the share of the unpruned epochs
+    trained, distinct parameter sets, the winner as `best` says it, and the points this
+    search shares with the CPU search in benchmarks/results/search/ (same parameters, seed,
+    data and budget: the first trials of searches with the same --seed draw the same
+    points), with the relative difference of their values.
 """
 
 from __future__ import annotations
@@ -99,6 +107,80 @@ def grid(args: argparse.Namespace, tmp: Path) -> dict:
     return out
 
 
+def search(args: argparse.Namespace, tmp: Path) -> dict:
+    """The README's search with every default (the device's default --jobs, TPE, the default
+    pruner), then `confirm --top 3 --seeds 3` and `best`: wall times, what the pruner saved,
+    the winner; and, where the CPU search in benchmarks/results/search/ trained the same point
+    with the same seed on the same data and budget (the first trials of any search with the
+    same --seed draw the same parameters), how far this device's value is from the CPU's."""
+    import optuna
+    from optuna.trial import TrialState
+
+    db = Path(args.search_db) if args.search_db else tmp / "search.db"
+    storage = f"sqlite:///{db.resolve()}"
+    limits = ["--limit-train", "256", "--limit-val", "64", "--epochs", "2", "--batch-size", "64"] if args.quick else []
+    common = ["--device", args.device, "--precision", args.precision, "--storage", storage, "--artifact-dir",
+              str(tmp / "search-art"), *(["--data-dir", args.data_dir] if args.data_dir else []), *limits]
+    top, seeds = (2, 2) if args.quick else (3, 3)
+    out: dict = {"trials": args.search, "storage": str(db)}
+    for part, cmd in (("optimize", ["optimize", "--trials", str(args.search), *common]),
+                      ("confirm", ["confirm", "--study-name", "search", "--top", str(top), "--seeds", str(seeds), *common])):
+        start = time.monotonic()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "vae_search", *cmd], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=args.search_timeout)
+        except subprocess.TimeoutExpired:
+            return {**out, "rc": None, "timed_out": part, f"{part}_wall_s": round(time.monotonic() - start, 1)}
+        out[f"{part}_wall_s"] = round(time.monotonic() - start, 1)
+        if proc.returncode != 0:
+            return {**out, "rc": proc.returncode, "failed": part, "error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
+    study = optuna.load_study(study_name="search", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    epochs = done[0].user_attrs["epochs"] if done else 0
+    out.update(
+        rc=0, jobs=done[0].user_attrs.get("jobs") if done else None,
+        states={s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)},
+        trials_wall_s=round((max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds(), 1),
+        epochs_fraction=round(sum(len(t.intermediate_values) for t in done) / (epochs * len(done)), 3),
+        distinct=len({tuple(sorted(t.params.items())) for t in done}),
+    )
+    best = subprocess.run([sys.executable, "-m", "vae_search", "best", "--json", "--study-name", "search", "--storage",
+                           storage], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if best.returncode == 0:
+        chosen = json.loads(best.stdout)
+        out["best"] = {"params": chosen["params"], "n": chosen["n"], "neg_elbo": chosen["neg_elbo"]}
+    out["vs_cpu_search"] = _against_cpu(storage)
+    return out
+
+
+def _against_cpu(storage: str) -> dict:
+    """Relative differences (%) where this search and the CPU one finished the same point with
+    the same seed, data and budget (both studies: the search and its confirmation)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    reference = ROOT / "benchmarks" / "results" / "search" / "studies.db"
+    diffs = []
+
+    def finished(url: str, name: str) -> dict:
+        try:
+            study = optuna.load_study(study_name=name, storage=url)
+        except KeyError:  # no such study there
+            return {}
+        return {(tuple(sorted(t.params.items())), t.user_attrs.get("seed"), t.user_attrs.get("data_fingerprint"),
+                 t.user_attrs.get("epochs"), t.user_attrs.get("batch_size")): t.value
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+
+    for name in ("search", "search-confirm"):
+        mine, cpu = finished(storage, name), finished(f"sqlite:///{reference}", name)
+        diffs += [100 * (mine[k] - cpu[k]) / cpu[k] for k in mine.keys() & cpu.keys()]
+    if not diffs:
+        return {"shared": 0}
+    return {"shared": len(diffs), "min_abs_pct": round(min(map(abs, diffs)), 3), "max_abs_pct": round(max(map(abs, diffs)), 3),
+            "mean_abs_pct": round(sum(map(abs, diffs)) / len(diffs), 3)}
+
+
 def _worker(device: str, precision: str, images: int, epochs: int, ready, results) -> None:
     """One worker process: train latent 16 / base 32 on random images and report img/s of
     the epochs after the first (which pays for cuDNN's autotuning and any compilation)."""
@@ -166,6 +248,11 @@ def main() -> None:
                     help="worker counts of the throughput runs, such as 1,4,8,16 (default 1,2,4; --quick 1,2)")
     ap.add_argument("--throughput-images", type=int, default=25_000, help="images per epoch in the throughput runs")
     ap.add_argument("--grid-timeout", type=float, default=420.0, help="seconds the grid may take")
+    ap.add_argument("--search", type=int, default=0, metavar="TRIALS",
+                    help="also run the README's search with this many trials (50 on a GPU), then confirm and best "
+                         "(default 0: left out)")
+    ap.add_argument("--search-db", help="keep the search's study database here (default: a temporary folder)")
+    ap.add_argument("--search-timeout", type=float, default=420.0, help="seconds the search and confirm may take, each")
     ap.add_argument("--json", type=Path, help="also write the JSON here, rewritten after each part, so a run cut "
                                               "short by a time limit still leaves what it measured")
     args = ap.parse_args()
@@ -199,6 +286,9 @@ def main() -> None:
             keep("grid", grid(args, Path(tmp)))
         say("throughput ...")
         keep("throughput", throughput(args))
+        if args.search:
+            say(f"the search, {args.search} trials ...")
+            keep("search", search(args, Path(tmp)))
     print(json.dumps(result))
 
 

@@ -28,13 +28,18 @@ def test_profile_step_splits_the_step_into_parts():
 @pytest.mark.slow
 def test_gpu_benchmark_dry_run_on_cpu():
     """benchmarks/gpu.py's own code, on the CPU and tiny data: every part runs and reports."""
-    result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick")
+    result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick", "--search", "4")
     assert result["cuda_tests"]["rc"] in (0, 5) and result["cuda_tests"].get("failed", 0) == 0
     grid = result["grid"]
     assert grid["rc"] == 0 and sorted(grid["configs"]) == ["1", "2", "3", "4"]
     assert all(c["cpu_fp32"]["val_loss"] > 1800 and c["time_s"] > 0 for c in grid["configs"].values())
     assert sorted(result["throughput"]) == ["1", "2"]  # --quick: 4 workers only on the real run
     assert all(len(r["img_s_each"]) == int(n) and r["img_s_total"] > 0 for n, r in result["throughput"].items())
+    search = result["search"]  # the README's search on tiny data: 4 trials, then the best 2 with a second seed
+    assert search["rc"] == 0 and search["optimize_wall_s"] > 0 and search["confirm_wall_s"] > 0, search
+    assert sum(n for s, n in search["states"].items() if s in ("COMPLETE", "PRUNED")) == 4 == search["distinct"]
+    assert 0 < search["epochs_fraction"] <= 1 and search["best"]["n"] in (1, 2)
+    assert search["vs_cpu_search"] == {"shared": 0}  # tiny data: nothing to compare with the full-data CPU search
 
 
 @pytest.mark.slow
