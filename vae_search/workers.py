@@ -108,7 +108,7 @@ def default_jobs(device: torch.device, model_bytes: int | None = None) -> int:
     if device.type == "cuda":
         gpus = max(1, torch.cuda.device_count())
         if model_bytes:  # workers on one GPU share its memory: as many as hold the largest model
-            by_memory = min(by_memory, gpus * max(1, torch.cuda.mem_get_info(device)[0] // model_bytes))
+            by_memory = min(by_memory, gpus * max(1, (device_memory(device) or 0) // model_bytes))
         return max(gpus, min(GPU_WORKERS * gpus, cores_for_gpu_workers(cores()), by_memory))
     return max(1, min(cores(), by_memory))
 
