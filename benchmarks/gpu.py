@@ -14,8 +14,8 @@ repository root, with the archive copied into the working tree first:
 
 Where that machine has no package index but has PyTorch (the `device` tool's), the missing
 packages travel as wheels downloaded here for its Python (optuna, sqlalchemy, alembic,
-colorlog, mako, greenlet, plotly, cmaes, optuna-dashboard, bottle: the device README's
-`pip download` recipe), installed there with `pip install --no-index --no-deps --target
+colorlog, mako, cmaes, optuna-dashboard, bottle; plotly and narwhals too where `report` is
+run there: the device README's `pip download` recipe), installed there with `pip install --no-index --no-deps --target
 /tmp/site .whl/*.whl` and PYTHONPATH=/tmp/site; that is how benchmarks/results/gpu/ was
 measured.
 
