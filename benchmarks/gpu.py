@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,13 +137,12 @@ def search(args: argparse.Namespace, tmp: Path) -> dict:
             return {**out, "rc": proc.returncode, "failed": part, "error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
     study = optuna.load_study(study_name="search", storage=storage)
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    epochs = done[0].user_attrs["epochs"] if done else 0
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]  # optimize ended well: some
     out.update(
-        rc=0, jobs=done[0].user_attrs.get("jobs") if done else None,
-        states={s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)},
+        rc=0, jobs=done[0].user_attrs.get("jobs"), states=dict(Counter(t.state.name for t in trials)),
         trials_wall_s=round((max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds(), 1),
-        epochs_fraction=round(sum(len(t.intermediate_values) for t in done) / (epochs * len(done)), 3),
+        # as pruning.py --live counts them: the epochs each trial ran, against all of them running the budget
+        epochs_fraction=round(sum(t.user_attrs["epochs_run"] for t in done) / (done[0].user_attrs["epochs"] * len(done)), 3),
         distinct=len({tuple(sorted(t.params.items())) for t in done}),
     )
     best = subprocess.run([sys.executable, "-m", "vae_search", "best", "--json", "--study-name", "search", "--storage",
