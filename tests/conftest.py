@@ -20,6 +20,17 @@ os.environ["VAE_SEARCH_JOBS"] = "1"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_cache(tmp_path_factory):
+    """Module- and session-scoped fixtures run the CLI before any test's own `_isolated`: they
+    cache in the session's temporary folder too, never in the user's ~/.cache/vae-search."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VAE_SEARCH_CACHE", str(tmp_path_factory.mktemp("session-cache")))
+        for name in ("VAE_SEARCH_DATA", "VAE_SEARCH_STORAGE", "VAE_SEARCH_ARTIFACTS"):
+            mp.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
     """Each test caches decoded data in its own folder, never reads VAE_SEARCH_DATA or a

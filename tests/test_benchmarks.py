@@ -26,6 +26,13 @@ def test_profile_step_splits_the_step_into_parts():
 
 
 @pytest.mark.slow
+def test_startup_times_both_variants():
+    result = _last_json("benchmarks/startup.py", "--rounds", "1")
+    assert {"best_s", "best_with_torch_s", "show_s", "show_with_torch_s"} <= set(result)
+    assert all(result[k] > 0 for k in ("best_s", "best_with_torch_s", "show_s", "show_with_torch_s"))
+
+
+@pytest.mark.slow
 def test_gpu_benchmark_dry_run_on_cpu():
     """benchmarks/gpu.py's own code, on the CPU and tiny data: every part runs and reports."""
     result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick", "--search", "4")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 import signal
+import socket
 import sqlite3
+import stat
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import SMALL, SMALL_POINTS, TINY, one_line_error, wait_for, worker
+from tests.conftest import SMALL, SMALL_POINTS, TINY, invoke, one_line_error, wait_for, worker
 from vae_search.atomic import atomic_write
 
 B1_POINTS = {(4, 32), (8, 32), (16, 32), (8, 64)}
@@ -164,13 +170,21 @@ def test_same_seed_same_val_loss_through_the_cli(tmp_path, batches_dir, cli):
 # ---------------------------------------------------------------- bad input leaves studies as they were
 
 
+@pytest.fixture(scope="module")
+def _one_epoch_grid(tmp_path_factory, batches_dir) -> Path:
+    """Trained once per module; each test gets its own copy (training is the slow part)."""
+    tmp = tmp_path_factory.mktemp("one-epoch-grid")
+    assert invoke("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", f"sqlite:///{tmp}/s.db",
+                  "--artifact-dir", tmp / "art") == 0
+    return tmp
+
+
 @pytest.fixture
-def existing(tmp_path, batches_dir, cli):
+def existing(tmp_path, _one_epoch_grid):
     """A storage with a complete one-epoch b1 study, and a way to check it did not change."""
+    shutil.copy(_one_epoch_grid / "s.db", tmp_path / "s.db")
+    shutil.copytree(_one_epoch_grid / "art", tmp_path / "art")
     storage = f"sqlite:///{tmp_path}/s.db"
-    rc, _, err = cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage,
-                     "--artifact-dir", tmp_path / "art")
-    assert rc == 0, err
 
     def dump() -> list:
         with sqlite3.connect(tmp_path / "s.db") as conn:
@@ -243,6 +257,17 @@ class TestBadInput:
         storage, _ = existing
         rc, _, err = cli("grid", "--device", "tpu", "--storage", storage)
         assert rc == 2 and "--device" in one_line_error(err)
+
+    def test_a_port_in_use_is_one_line_before_any_banner(self, cli, existing):
+        """The servers said they were listening, then failed to bind: four lines, the first a lie."""
+        storage, _ = existing
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            for command in ("dashboard", "storage-proxy"):
+                rc, _, err = cli(command, "--storage", storage, "--port", port)
+                assert rc == 2 and f"cannot listen on 127.0.0.1:{port}" in one_line_error(err), (command, err)
 
     def test_unknown_study(self, cli, existing):
         storage, _ = existing
@@ -329,3 +354,62 @@ def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path):
     atomic_write(target, lambda f: f.write(b"new"))
     assert target.read_text() == "new"
     assert Path(target).stat().st_mode & 0o777 != 0o600
+
+
+def test_atomic_write_follows_a_link_and_writes_a_stream_in_place(tmp_path):
+    """Renaming over the target replaced whatever was there: as root, `show --csv /dev/full`
+    turned the device into a CSV file; a link to a kept table became a file of its own."""
+    kept = tmp_path / "kept" / "table.csv"
+    kept.parent.mkdir()
+    kept.write_text("old")
+    link = tmp_path / "table.csv"
+    link.symlink_to(kept)
+    atomic_write(link, lambda f: f.write(b"new"))
+    assert link.is_symlink() and kept.read_text() == "new"
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["table.csv"]
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    atomic_write(fifo, lambda f: f.write(b"streamed"))
+    reader.join(timeout=10)
+    assert got == [b"streamed"] and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_a_disk_that_fills_up_while_writing_is_one_line(cli, existing, monkeypatch):
+    """A write the system refuses halfway was a traceback from report, interpolate and
+    show --csv; the files that were there stay as they were, with no temporary left."""
+    storage, tmp = existing
+    table = tmp / "t.csv"
+    table.write_text("the old table")
+    (tmp / "rep").mkdir()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("vae_search.atomic.os.fsync", full)
+    for args, what in ((("show", "--csv", table), str(table)), (("report", "--out", tmp / "rep"), "the report"),
+                       (("interpolate", "--artifact-dir", tmp / "art", "--out", tmp / "int"), "the interpolation")):
+        rc, _, err = cli(*args, "--study-name", "b1", "--storage", storage)
+        line = one_line_error(err)
+        assert rc == 1 and f"cannot write {what}" in line and "No space left on device" in line, (args, err)
+    assert table.read_text() == "the old table"
+    assert not [p for p in tmp.rglob("*.tmp")]
+
+
+def test_a_csv_that_is_a_folder_or_a_stream(cli, existing):
+    storage, tmp = existing
+    rc, _, err = cli("show", "--study-name", "b1", "--storage", storage, "--csv", tmp)
+    assert rc == 2 and f"--csv {tmp} is a folder" in one_line_error(err)
+    fifo = tmp / "rows"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    rc, _, err = cli("show", "--study-name", "b1", "--storage", storage, "--csv", fifo)
+    reader.join(timeout=10)
+    assert rc == 0, err
+    assert got[0].decode().splitlines()[0].startswith("config,latent_dim,base_channels") and len(got[0].splitlines()) == 5
+    assert stat.S_ISFIFO(fifo.stat().st_mode)

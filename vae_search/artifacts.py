@@ -15,19 +15,21 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import optuna
-import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.atomic import atomic_write
 from vae_search.errors import RunError, UsageError
-from vae_search.images import interpolation_frames, prior_samples, reconstructions, save_png
-from vae_search.model import VAE, ModelConfig
 from vae_search.storages import artifact_folder
-from vae_search.train import TrainConfig, TrainResult
+
+if TYPE_CHECKING:  # torch and torchvision load where weights are saved or read, not for `best` or `show`
+    import torch
+
+    from vae_search.model import VAE, ModelConfig
+    from vae_search.train import TrainConfig, TrainResult
 
 CHECKPOINT_FORMAT = "vae-search-checkpoint/1"
 WEIGHTS_ATTR = "weights_artifact_id"
@@ -91,6 +93,11 @@ def _save(
     result: TrainResult,
     test_images: torch.Tensor,
 ) -> dict[str, str]:
+    import torch
+
+    from vae_search.images import interpolation_frames, prior_samples, reconstructions, save_png
+    from vae_search.model import VAE
+
     model = VAE(model_config)
     model.load_state_dict(result.state_dict)
     ids: dict[str, str] = {}
@@ -127,6 +134,8 @@ def trials_with_weights(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def load_checkpoint(store: FileSystemArtifactStore, trial: FrozenTrial) -> dict[str, Any]:
+    import torch
+
     artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
     if artifact_id is None:
         raise UsageError(f"trial {trial.number} has no weights")
@@ -149,6 +158,8 @@ def load_checkpoint(store: FileSystemArtifactStore, trial: FrozenTrial) -> dict[
 
 
 def load_model(store: FileSystemArtifactStore, trial: FrozenTrial) -> VAE:
+    from vae_search.model import VAE, ModelConfig
+
     ckpt = load_checkpoint(store, trial)
     model = VAE(ModelConfig.from_dict(ckpt["model_config"]))
     try:

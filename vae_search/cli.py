@@ -92,7 +92,7 @@ def grid(
     from vae_search import run
 
     if csv is not None:  # found out now, not after the training
-        _writable_parent(csv)
+        run.csv_target(csv)
     opts = _training(ctx, locals())
     study, p = run.grid(opts, preset, seeds, study_name)
     if not run.is_worker():
@@ -116,23 +116,17 @@ def show(
 
 
 def _print_grid_table(summary, csv: Optional[Path], as_json: bool = False) -> None:
-    from vae_search.tables import grid_rich_table, write_csv
+    from vae_search import run
+    from vae_search.tables import grid_rich_table
 
     if csv is not None:
-        _writable_parent(csv)
-        write_csv(summary.table, csv)
+        run.save_csv(summary.table, csv)
     if as_json:
         print(json.dumps(summary.to_dict(), default=str))
         return
     out = _stdout()
     out.print(grid_rich_table(summary.table, f"{summary.preset.title} — study {summary.study.study_name!r}"))
     _print_verdicts(out, summary.verdicts)
-
-
-def _writable_parent(path: Path) -> None:
-    from vae_search.run import writable_folder
-
-    writable_folder(path.parent if str(path.parent) else Path("."))
 
 
 # ---------------------------------------------------------------- optimize / confirm
@@ -435,6 +429,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         _error(str(e), 2)
     except RunError as e:
         _error(str(e), 1)
+    except OSError as e:  # what the commands do not word themselves: the system's reason and file
+        _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", 1)
     except typer.TyperException as e:  # Typer's own: bad option values, unknown options
         _error(e.format_message(), e.exit_code)
     except (typer.Abort, KeyboardInterrupt):

@@ -24,8 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE_VALUES = 3 * 32 * 32  # per-image sum of the reconstruction loss runs over these
-
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -13,13 +13,13 @@ tables are the CLI's.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
@@ -28,8 +28,12 @@ from vae_search import definitions, samplers, storages
 from vae_search import study as st
 from vae_search import trial_loop as loop
 from vae_search.errors import RunError, UsageError
-from vae_search.objective import OBJECTIVES, RunSettings, make_objective
 from vae_search.ui import err
+
+if TYPE_CHECKING:  # torch and the objective load when a command trains: `best` and `show` start in a second or two
+    import torch
+
+    from vae_search.objective import RunSettings
 
 FAIL_STALE_HINT = ("nothing checks them on this storage (no heartbeats: a journal or gRPC storage, or --heartbeat 0); "
                    "if their workers are gone, `vae-search fail-stale --older-than 2h` (longer than any trial takes) "
@@ -99,6 +103,7 @@ def _settings(opts: Training, *, epochs: int, batch_size: int, seed: int, device
               objectives: tuple[str, ...] = ("neg_elbo",)) -> RunSettings:
     from vae_search.artifacts import artifact_store
     from vae_search.data import load_cifar10
+    from vae_search.objective import RunSettings
     from vae_search.workers import apply_worker_threads, worker_identity
 
     apply_worker_threads()
@@ -252,6 +257,8 @@ def run_trials(p: Prepared, opts: Training, trials: Callable[..., int], *, total
 
 def _run_points(p: Prepared, opts: Training, points: list[loop.Point], distributions: dict, seed: int,
                 title: str) -> None:
+    from vae_search.objective import make_objective
+
     loop.enqueue_missing_points(p.study, points, seed)
     objective = make_objective(p.settings, distributions)
     ran = run_trials(p, opts, lambda **kw: loop.run_points(p.study, points, objective, default_seed=seed, **kw),
@@ -279,6 +286,8 @@ def grid(opts: Training, preset_name: str, seeds: int, study_name: str | None) -
 
 
 def parse_objectives(text: str) -> tuple[str, ...]:
+    from vae_search.objective import OBJECTIVES
+
     objs = tuple(o.strip() for o in text.split(",") if o.strip())
     if not objs or objs[0] != "neg_elbo" or len(objs) > 2 or any(o not in OBJECTIVES for o in objs) or len(set(objs)) != len(objs):
         raise UsageError(f"--objectives {text!r}: use neg_elbo or neg_elbo,params")
@@ -321,6 +330,8 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     already = st.finished_count(study)
     say(f"study {study.study_name!r}: {already} of {trials} trials finished; sampler {sampler}, pruner "
         f"{'none' if len(objs) > 1 else pruner}")
+    from vae_search.objective import make_objective
+
     objective = make_objective(p.settings, distributions)
     started = datetime.datetime.now()  # Optuna's timestamps are local times too
     ran = run_trials(
@@ -529,8 +540,9 @@ def interpolate(storage_url: str, study_name: str | None, notes: list[str], *, t
     model = load_model(store, chosen)
     images = _test_images(data_dir) if mode == "images" else None
     writable_folder(out_dir)
-    png = publish_interpolation(study, chosen, model, store, out_dir=out_dir, rows=rows, steps=steps, mode=mode,
-                              seed=seed, images=images)
+    with writing(f"the interpolation into {out_dir}"):
+        png = publish_interpolation(study, chosen, model, store, out_dir=out_dir, rows=rows, steps=steps, mode=mode,
+                                  seed=seed, images=images)
     return study, chosen, png
 
 
@@ -549,8 +561,10 @@ def report(storage_url: str, study_name: str | None, notes: list[str], *, artifa
     storage, study = load_for_reading(storage_url, study_name, notes)
     st.require_kind(study, "grid", "search", "confirm")
     writable_folder(out)
-    return write_report(study, storage, artifact_dir, inside(out, file_name(study.study_name)),
-                        images=_test_images(data_dir), preset=preset)
+    images = _test_images(data_dir)
+    with writing(f"the report into {out}"):
+        return write_report(study, storage, artifact_dir, inside(out, file_name(study.study_name)), images=images,
+                            preset=preset)
 
 
 def about() -> list[str]:
@@ -596,6 +610,36 @@ def writable_folder(folder: Path) -> None:
         raise UsageError(f"cannot write to {folder}: permission denied")
 
 
+def csv_target(path: Path) -> Path:
+    """`--csv PATH` can be written: a file in a folder that exists or can be made, or a
+    stream that exists (/dev/stdout, a FIFO), or one line says why."""
+    if path.is_dir():
+        raise UsageError(f"--csv {path} is a folder; give a file name, such as {path / 'table.csv'}")
+    if not (path.exists() and not path.is_file()):
+        writable_folder(path.parent if str(path.parent) else Path("."))
+    return path
+
+
+def save_csv(table: Any, path: Path) -> Path:
+    """The table as CSV at `path`; a failed write (a full disk) is one line, not a traceback."""
+    from vae_search.tables import write_csv
+
+    csv_target(path)
+    with writing(str(path)):
+        return write_csv(table, path)
+
+
+@contextmanager
+def writing(what: str) -> Iterator[None]:
+    """A write the system refuses halfway (a full disk, a folder made read-only) is one line
+    and exit 1, not a traceback; atomic writes leave the old files as they were."""
+    try:
+        yield
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise RunError(f"cannot write {what}: {e.strerror or e}{where}") from None
+
+
 def loopback(host: str) -> bool:
     import ipaddress
 
@@ -607,6 +651,20 @@ def loopback(host: str) -> bool:
         return False
 
 
+def can_listen(host: str, port: int) -> None:
+    """The address is free, or one line says why before anything says it is listening (the
+    servers' own messages came after their banners; a race with another program remains)."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both servers do
+            s.bind((host, port))
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def dashboard(storage_url: str, artifact_dir: Path, host: str, port: int) -> None:
     """optuna-dashboard on the storage as it is (nothing created) and the artifact folder."""
     import optuna_dashboard
@@ -614,6 +672,7 @@ def dashboard(storage_url: str, artifact_dir: Path, host: str, port: int) -> Non
     from vae_search.artifacts import artifact_store
 
     storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
+    can_listen(host, port)
     try:
         store = artifact_store(artifact_dir, create=False)
     except UsageError as e:  # the studies are still worth a look; their files are not there
@@ -641,6 +700,7 @@ def storage_proxy(storage_url: str, host: str, port: int) -> None:
         raise UsageError("Optuna's storage proxy serves a database (sqlite, postgresql, mysql), not a journal file")
     # A heartbeat-free storage: nobody beats through the proxy, so the proxy itself must not fail trials as stale.
     backend = optuna.storages.get_storage(storages.open_storage(storage_url, heartbeat=None))
+    can_listen(host, port)
     if not loopback(host):
         err.print(f"warning: listening on {host}: the storage proxy has no TLS and no authentication, and anyone who "
                   "can reach this port can read, change and delete every study; keep it on a trusted network")

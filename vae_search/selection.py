@@ -20,7 +20,6 @@ from optuna.trial import FrozenTrial, TrialState
 from vae_search.artifacts import WEIGHTS_ATTR, trials_with_weights
 from vae_search.definitions import GridPoint, Preset, load_preset, packaged_dir
 from vae_search.errors import UsageError
-from vae_search.model import IMAGE_VALUES
 from vae_search.notes import update_note
 from vae_search.storages import storage_of, trial_handle, trial_id_of
 from vae_search.study import CONFIRM_SUFFIX, confirm_study_name, recorded
@@ -29,6 +28,7 @@ from vae_search.trial_attrs import readable
 
 REFERENCE_PRESET = "b1"  # the report whose baseline and figures a search is compared with
 ALPHA = 0.05  # Welch's t-test level for "beyond seed noise"
+IMAGE_VALUES = 3 * 32 * 32  # a CIFAR-10 image: what the latents compress
 
 
 # ---------------------------------------------------------------- candidates: configurations with their runs

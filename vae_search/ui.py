@@ -4,15 +4,18 @@ clean), and one line per finished trial."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vae_search.model import ModelConfig
-from vae_search.train import TrainConfig
+if TYPE_CHECKING:  # torch only where a command trains: reading commands start without it
+    import torch
+
+    from vae_search.model import ModelConfig
+    from vae_search.train import TrainConfig
 
 # Off a terminal (a log file, a pipe) a line stays one line: wrapped at 80 columns, paths
 # and messages would be cut where a reader or a grep looks for them.

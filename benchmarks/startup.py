@@ -1,0 +1,79 @@
+"""How long a reading command takes from the shell prompt to its answer, against the same
+command with torch and torchvision imported first, as every command did before the reading
+commands stopped importing them. Both are timed in this run, alternately, on one synthetic
+B.1 grid (no training, no data):
+
+    python benchmarks/startup.py            # 5 rounds; the last line is one JSON object
+
+Each round starts a fresh interpreter per command (what a user's shell does); the figures
+are the medians. The OS file cache is warm after the first round, as on a machine that ran
+the tool before; a cold first start is slower for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+COMMANDS = {"best": ["best"], "show": ["show"]}
+# The baseline: the same command after `import torch, torchvision`, which the old import
+# chain (run -> objective -> artifacts -> images -> torchvision) paid for every command.
+RUN = "import sys\n{pre}from vae_search.cli import main\nmain(sys.argv[1:])\n"
+
+
+def _time(code: str, args: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"startup: {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per command and variant (default 5)")
+    args = parser.parse_args()
+
+    import optuna
+    import torch
+
+    from tests.conftest import synthetic_grid
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        storage = f"sqlite:///{cwd}/s.db"
+        synthetic_grid(storage, {1: [1912.0, 1913.0], 2: [1872.0, 1873.0], 3: [1845.0, 1846.0], 4: [1846.0, 1847.0]})
+        variants = {"now": RUN.format(pre=""), "with_torch": RUN.format(pre="import torch, torchvision\n")}
+        times: dict[str, dict[str, list[float]]] = {c: {v: [] for v in variants} for c in COMMANDS}
+        for cmd in COMMANDS.values():  # one untimed round: the file cache, as on a machine that ran the tool
+            for code in variants.values():
+                _time(code, [*cmd, "--storage", storage], cwd)
+        for _ in range(args.rounds):
+            for name, cmd in COMMANDS.items():
+                for variant, code in variants.items():
+                    times[name][variant].append(_time(code, [*cmd, "--storage", storage], cwd))
+
+    result: dict[str, object] = {"cpu": torch.backends.cpu.get_cpu_capability(), "rounds": args.rounds}
+    for name in COMMANDS:
+        now, before = (statistics.median(times[name][v]) for v in ("now", "with_torch"))
+        print(f"{name}: {now:.2f} s (median of {args.rounds}); with torch and torchvision imported first "
+              f"{before:.2f} s; {before / now:.2f}x", flush=True)
+        result[f"{name}_s"], result[f"{name}_with_torch_s"] = round(now, 3), round(before, 3)
+        result[f"{name}_speedup"] = round(before / now, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
