@@ -269,6 +269,23 @@ class TestBadInput:
                 rc, _, err = cli(command, "--storage", storage, "--port", port)
                 assert rc == 2 and f"cannot listen on 127.0.0.1:{port}" in one_line_error(err), (command, err)
 
+    def test_a_locked_database_is_said_to_be_locked(self, cli, existing, monkeypatch):
+        """A study file that another program holds was "not an Optuna storage (database is locked)"."""
+        storage, tmp = existing
+        monkeypatch.setattr("vae_search.storages.LOOK_TIMEOUT", 0.5)
+        holder = sqlite3.connect(tmp / "s.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            for command in ("best", "show"):
+                rc, _, err = cli(command, "--study-name", "b1", "--storage", storage)
+                line = one_line_error(err)
+                assert rc == 2 and "stayed locked by another program" in line and "not an Optuna storage" not in line
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        rc, out, err = cli("show", "--study-name", "b1", "--storage", storage)  # show writes nothing
+        assert rc == 0 and "config" in out, err
+
     def test_unknown_study(self, cli, existing):
         storage, _ = existing
         for command in ("best", "report", "interpolate", "show"):

@@ -38,6 +38,7 @@ from vae_search.errors import RunError, UsageError
 
 DEFAULT_HEARTBEAT = 30  # seconds between heartbeats of a running trial (RDB storages)
 SQLITE_TIMEOUT = 120  # seconds a writer waits for SQLite's lock instead of failing "locked"
+LOOK_TIMEOUT = 10  # seconds the first look at a file waits: a worker's write takes milliseconds
 # How long a worker waits for its database to come back before it stops (VAE_SEARCH_OUTAGE_S).
 OUTAGE_S = float(os.environ.get("VAE_SEARCH_OUTAGE_S", 60))
 STORAGE_HELP = (
@@ -286,11 +287,17 @@ def _check_optuna_sqlite(path: Path) -> None:
     if not path.is_file():
         raise UsageError(f"no study database at {path}; run grid or optimize first, or pass --storage")
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=LOOK_TIMEOUT)
         try:
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e):
+            raise UsageError(f"{path} is not an Optuna storage ({e}); nothing was written to it") from None
+        # a storage that another program holds is still one: "not an Optuna storage" misled
+        raise UsageError(f"{path} stayed locked by another program for {LOOK_TIMEOUT} s (an open sqlite3 shell's "
+                         "transaction, or a copy in progress); nothing was written to it: try again when it is done") from None
     except sqlite3.DatabaseError as e:
         raise UsageError(f"{path} is not an Optuna storage ({e}); nothing was written to it") from None
     if not OPTUNA_TABLES <= tables:
