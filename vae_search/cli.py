@@ -79,7 +79,7 @@ def grid(
     artifact_dir: o.ArtifactDir = o.DEFAULT_ARTIFACTS,
     compile: o.CompileOpt = o.Compile.auto,
     heartbeat: o.Heartbeat = None,
-    csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV: a file, replaced whole (never half-written), or a stream such as /dev/stdout.")] = None,
 ) -> None:
     """Run a preset grid (the report's B.1 by default) as one Optuna study.
 
@@ -105,7 +105,7 @@ def show(
     preset: o.GridPreset = None,
     storage: o.StorageOpt = o.DEFAULT_STORAGE,
     artifact_dir: o.ArtifactDir = o.DEFAULT_ARTIFACTS,
-    csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV: a file, replaced whole (never half-written), or a stream such as /dev/stdout.")] = None,
     json_out: o.JsonOpt = False,
 ) -> None:
     """Print a grid study's table beside the report's figures: mean +- sd over seeds (and n),
