@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vae_search.model import VAE, ModelConfig  # noqa: E402
-from vae_search.train import _adam_kwargs, _get_step, _should_compile  # noqa: E402
+from vae_search.train import _adam_kwargs, _get_step, should_compile  # noqa: E402
 
 # operator name -> part; the first matching prefix wins, the rest is "elementwise and other"
 PARTS = [
@@ -54,7 +54,7 @@ def main() -> None:
     cfg = ModelConfig(latent_dim=args.latent, base_channels=args.base)
     model = VAE(cfg).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, **_adam_kwargs(device))
-    compiled = _should_compile("auto", device, 500_000)
+    compiled = should_compile("auto", device, 500_000)
     step = _get_step(compiled)
     x = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8)
     beta = torch.tensor(1.0)

@@ -44,12 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vae_search.data import Cifar10, load_cifar10  # noqa: E402
 from vae_search.model import VAE, ModelConfig  # noqa: E402
-from vae_search.train import TrainConfig, _should_compile, evaluate, resolve_precision, train  # noqa: E402
+from vae_search.train import TrainConfig, evaluate, resolve_precision, should_compile, train  # noqa: E402
 from vae_search.workers import default_jobs, threads_per_worker  # noqa: E402
 
 BATCH = 128
 # What `--compile auto` does for a full-data trial (10 epochs of 50,000 images) on this machine.
-FULL_TRIAL_COMPILES = _should_compile("auto", torch.device("cpu"), 500_000)
+FULL_TRIAL_COMPILES = should_compile("auto", torch.device("cpu"), 500_000)
 
 
 # ---------------------------------------------------------------- (a) the textbook loop

@@ -125,6 +125,7 @@ def test_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir, pruner):
     assert t.user_attrs["neg_elbo"] == t.user_attrs["history"][-1]["neg_elbo"]
     assert sorted(t.intermediate_values) == list(range(1, first + 1))
     assert t.user_attrs["params"] > 0  # known before training
+    assert t.user_attrs["compiled"] is False  # so is whether it compiles (TINY: --compile off)
 
 
 def test_a_rerun_of_best_on_an_unchanged_study_writes_nothing(searched, cli, tmp_path):

@@ -17,7 +17,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from vae_search.artifacts import save_trial_artifacts
 from vae_search.data import Cifar10
 from vae_search.model import VAE, ModelConfig, count_parameters
-from vae_search.train import Diverged, TrainConfig, train
+from vae_search.train import Diverged, TrainConfig, should_compile, train
 
 OBJECTIVES = ("neg_elbo", "params")  # what --objectives may name
 METRICS = ("val_loss", "recon_loss", "kl", "neg_elbo", "train_loss", "time_s")
@@ -102,8 +102,10 @@ def make_objective(
             trial.set_user_attr(key, value)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("batch_size", train_config.batch_size)
-        # known before training, so pruned and failed trials carry it too
+        # known before training, so pruned and failed trials carry them too (a trial's time_s
+        # is read with "compiled"; training records the truth if compiling fails and falls back)
         trial.set_user_attr("params", count_parameters(VAE(model_config)))
+        trial.set_user_attr("compiled", should_compile(settings.compile, settings.device, len(settings.data.train) * train_config.epochs))
         history: list[dict[str, float]] = []
 
         def on_epoch(metrics: dict[str, float]) -> None:

@@ -167,7 +167,7 @@ def compile_pays(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def _should_compile(compile: bool | str, device: torch.device, images: int) -> bool:
+def should_compile(compile: bool | str, device: torch.device, images: int) -> bool:
     if compile == "auto":
         return compile_pays(device) and images >= COMPILE_MIN_IMAGES
     return bool(compile) and device.type != "mps"
@@ -253,7 +253,7 @@ def train(
     gen = torch.Generator(device=device).manual_seed(config.seed)
     perm_gen = torch.Generator().manual_seed(config.seed)  # batch order, identical on any device
     beta = torch.tensor(config.beta, device=device)
-    use_compile = _should_compile(compile, device, n * config.epochs)
+    use_compile = should_compile(compile, device, n * config.epochs)
     step = _get_step(use_compile)
 
     history: list[dict[str, float]] = []
