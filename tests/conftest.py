@@ -33,12 +33,10 @@ def _no_user_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    """Each test caches decoded data in its own folder, never reads VAE_SEARCH_DATA or a
-    study database from the environment, and trains in one process unless it asks for
-    --jobs (the tests call the CLI in-process and patch it)."""
+    """Each test caches decoded data in its own folder (`_no_user_cache` keeps VAE_SEARCH_DATA
+    and a study database out of the environment for the whole session), and trains in one
+    process unless it asks for --jobs (the tests call the CLI in-process and patch it)."""
     monkeypatch.setenv("VAE_SEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    for name in ("VAE_SEARCH_DATA", "VAE_SEARCH_STORAGE", "VAE_SEARCH_ARTIFACTS"):
-        monkeypatch.delenv(name, raising=False)
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

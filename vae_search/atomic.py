@@ -32,7 +32,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
         with open(path, "wb") as f:  # a stream: nothing to be atomic about
             write(f)
         return path
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    target = Path(os.path.realpath(path))  # a link: the file it names
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

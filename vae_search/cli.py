@@ -21,7 +21,7 @@ import typer
 from vae_search import interrupts
 from vae_search import options as o
 from vae_search import study as st_defaults
-from vae_search.errors import RunError, UsageError
+from vae_search.errors import RunError, UsageError, system_reason
 
 app = typer.Typer(
     add_completion=False,
@@ -430,7 +430,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except RunError as e:
         _error(str(e), 1)
     except OSError as e:  # what the commands do not word themselves: the system's reason and file
-        _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", 1)
+        _error(system_reason(e), 1)
     except typer.TyperException as e:  # Typer's own: bad option values, unknown options
         _error(e.format_message(), e.exit_code)
     except (typer.Abort, KeyboardInterrupt):

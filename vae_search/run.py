@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from vae_search import definitions, samplers, storages
 from vae_search import study as st
 from vae_search import trial_loop as loop
-from vae_search.errors import RunError, UsageError
+from vae_search.errors import RunError, UsageError, system_reason
 from vae_search.ui import err
 
 if TYPE_CHECKING:  # torch and the objective load when a command trains: `best` and `show` start in a second or two
@@ -299,6 +299,8 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
              study_name: str) -> tuple[optuna.Study, BaseStorage]:
     """The search: trials until the study has `trials` finished ones, counting every worker's.
     `sampler` and `pruner` None: the study's own (st.settle_strategy), else the defaults."""
+    from vae_search.objective import make_objective
+
     objs = parse_objectives(objectives)
     distributions = definitions.load_space(space)
     preset = definitions.load_preset(include_preset) if include_preset else None
@@ -330,8 +332,6 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     already = st.finished_count(study)
     say(f"study {study.study_name!r}: {already} of {trials} trials finished; sampler {sampler}, pruner "
         f"{'none' if len(objs) > 1 else pruner}")
-    from vae_search.objective import make_objective
-
     objective = make_objective(p.settings, distributions)
     started = datetime.datetime.now()  # Optuna's timestamps are local times too
     ran = run_trials(
@@ -615,7 +615,7 @@ def csv_target(path: Path) -> Path:
     stream that exists (/dev/stdout, a FIFO), or one line says why."""
     if path.is_dir():
         raise UsageError(f"--csv {path} is a folder; give a file name, such as {path / 'table.csv'}")
-    if not (path.exists() and not path.is_file()):
+    if not path.exists() or path.is_file():  # a stream's folder (/dev) need not be writable
         writable_folder(path.parent if str(path.parent) else Path("."))
     return path
 
@@ -636,8 +636,7 @@ def writing(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        raise RunError(f"cannot write {what}: {e.strerror or e}{where}") from None
+        raise RunError(f"cannot write {what}: {system_reason(e)}") from None
 
 
 def loopback(host: str) -> bool:

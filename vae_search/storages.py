@@ -292,13 +292,10 @@ def _check_optuna_sqlite(path: Path) -> None:
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
-    except sqlite3.OperationalError as e:
-        if "locked" not in str(e):
-            raise UsageError(f"{path} is not an Optuna storage ({e}); nothing was written to it") from None
-        # a storage that another program holds is still one: "not an Optuna storage" misled
-        raise UsageError(f"{path} stayed locked by another program for {LOOK_TIMEOUT} s (an open sqlite3 shell's "
-                         "transaction, or a copy in progress); nothing was written to it: try again when it is done") from None
     except sqlite3.DatabaseError as e:
+        if "locked" in str(e):  # a storage that another program holds is still one: "not an Optuna storage" misled
+            raise UsageError(f"{path} stayed locked by another program for {LOOK_TIMEOUT} s (an open sqlite3 shell's "
+                             "transaction, or a copy in progress); nothing was written to it: try again when it is done") from None
         raise UsageError(f"{path} is not an Optuna storage ({e}); nothing was written to it") from None
     if not OPTUNA_TABLES <= tables:
         raise _not_optuna(str(path), tables)
