@@ -3,7 +3,7 @@ training throughput with 1, 2 and 4 workers sharing the GPU and, with --search, 
 search itself.
 
     python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz     # on a GPU machine: 4.5 minutes on an H200
-    python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz --search 50    # + about 3.5 minutes on an H100
+    python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz --search 50    # + about 5 minutes on an H100
     python benchmarks/gpu.py --device cpu --quick                    # the same code on tiny data, 1 and 2 workers (the test suite)
 
 On a bare GPU machine (the `device` tool sends the checkout, not ../shared), from the
@@ -29,11 +29,14 @@ Prints progress on stderr and, as its last line on stdout, one JSON object:
     worker's peak GPU memory (torch.cuda.max_memory_allocated), so that the default --jobs
     on a GPU can be set from a measurement;
   - search (with --search N): `optimize --trials N` with the defaults, then `confirm --top 3
-    --seeds 3`: their wall times, the trials' states, the share of the unpruned epochs
-    trained, distinct parameter sets, the winner as `best` says it, and the points this
+    --seeds 3`: their wall times and where each went (`*_timing`: from the command's start
+    to its first trial's, the trials, from the last trial's end to the command's), the
+    trials' states, the share of the unpruned epochs trained, distinct parameter sets, the winner as `best` says it, and the points this
     search shares with the CPU search in benchmarks/results/search/ (same parameters, seed,
     data and budget: the first trials of searches with the same --seed draw the same
-    points), with the relative difference of their values.
+    points), with the relative difference of their values. A part that outlasts
+    --search-timeout is stopped as a Ctrl-C stops it (its running trials FAIL
+    "interrupted") and the study is reported as it stands.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,34 +128,76 @@ def search(args: argparse.Namespace, tmp: Path) -> dict:
               str(tmp / "search-art"), *(["--data-dir", args.data_dir] if args.data_dir else []), *limits]
     top, seeds = (2, 2) if args.quick else (3, 3)
     out: dict = {"trials": args.search, "storage": str(db)}
-    for part, cmd in (("optimize", ["optimize", "--trials", str(args.search), *common]),
-                      ("confirm", ["confirm", "--study-name", "search", "--top", str(top), "--seeds", str(seeds), *common])):
-        start = time.monotonic()
+    for part, name, cmd in (
+            ("optimize", "search", ["optimize", "--trials", str(args.search), *common]),
+            ("confirm", "search-confirm", ["confirm", "--study-name", "search", "--top", str(top), "--seeds", str(seeds),
+                                           *common])):
+        started, start = datetime.now(), time.monotonic()  # naive local time, as Optuna stamps its trials
+        proc = subprocess.Popen([sys.executable, "-m", "vae_search", *cmd], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
         try:
-            proc = subprocess.run([sys.executable, "-m", "vae_search", *cmd], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=args.search_timeout)
+            _, stderr = proc.communicate(timeout=args.search_timeout)
         except subprocess.TimeoutExpired:
-            return {**out, "rc": None, "timed_out": part, f"{part}_wall_s": round(time.monotonic() - start, 1)}
+            # SIGTERM, as a user's Ctrl-C: vae-search ends its running trials as FAIL "interrupted" and keeps the
+            # rest (a SIGKILL would leave them RUNNING); then what the study holds is still measured
+            proc.terminate()
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            out.update({"timed_out": part, f"{part}_wall_s": round(time.monotonic() - start, 1),
+                        f"{part}_timing": _timing(storage, name, started, None)})
+            break
         out[f"{part}_wall_s"] = round(time.monotonic() - start, 1)
+        out[f"{part}_timing"] = _timing(storage, name, started, datetime.now())
         if proc.returncode != 0:
-            return {**out, "rc": proc.returncode, "failed": part, "error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
-    study = optuna.load_study(study_name="search", storage=storage)
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]  # optimize ended well: some
+            return {**out, "rc": proc.returncode, "failed": part, "error": stderr.strip().splitlines()[-1:] or ["?"]}
+    try:
+        trials = optuna.load_study(study_name="search", storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # optimize ended before it made the study
+        return {**out, "rc": None}
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if not done:
+        return {**out, "rc": None, "states": dict(Counter(t.state.name for t in trials))}
     out.update(
-        rc=0, jobs=done[0].user_attrs.get("jobs"), states=dict(Counter(t.state.name for t in trials)),
-        trials_wall_s=round((max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds(), 1),
+        rc=None if "timed_out" in out else 0, jobs=done[0].user_attrs.get("jobs"),
+        states=dict(Counter(t.state.name for t in trials)),
+        trials_wall_s=out["optimize_timing"].get("trials_wall_s"),
         # as pruning.py --live counts them: the epochs each trial ran, against all of them running the budget
         epochs_fraction=round(sum(t.user_attrs["epochs_run"] for t in done) / (done[0].user_attrs["epochs"] * len(done)), 3),
         distinct=len({tuple(sorted(t.params.items())) for t in done}),
     )
+    out["vs_cpu_search"] = _against_cpu(storage)
+    if out["rc"] is None:
+        return out
     best = subprocess.run([sys.executable, "-m", "vae_search", "best", "--json", "--study-name", "search", "--storage",
                            storage], cwd=ROOT, capture_output=True, text=True, timeout=120)
     if best.returncode == 0:
         chosen = json.loads(best.stdout)
         out["best"] = {"params": chosen["params"], "n": chosen["n"], "neg_elbo": chosen["neg_elbo"]}
-    out["vs_cpu_search"] = _against_cpu(storage)
     return out
+
+
+def _timing(storage: str, name: str, started: datetime, ended: datetime | None) -> dict:
+    """Where a command's wall time went: from its start to its first trial's (imports, data,
+    the memory check, spawning the workers), the trials themselves, and from the last trial's
+    end to the command's (joining the workers, the closing summary; None when it was cut
+    short). Trials finished by an earlier command in the same storage are left out."""
+    import optuna
+
+    try:
+        trials = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+                  if t.datetime_start and t.datetime_start >= started]
+    except KeyError:
+        trials = []
+    if not trials:
+        return {"trials": 0}
+    first = min(t.datetime_start for t in trials)
+    last = max((t.datetime_complete for t in trials if t.datetime_complete), default=None)
+    return {"trials": len(trials), "startup_s": round((first - started).total_seconds(), 1),
+            "trials_wall_s": round((last - first).total_seconds(), 1) if last else None,
+            "finish_s": round((ended - last).total_seconds(), 1) if ended and last else None}
 
 
 def _against_cpu(storage: str) -> dict:

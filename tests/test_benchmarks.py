@@ -47,6 +47,22 @@ def test_gpu_benchmark_dry_run_on_cpu():
     assert sum(n for s, n in search["states"].items() if s in ("COMPLETE", "PRUNED")) == 4 == search["distinct"]
     assert 0 < search["epochs_fraction"] <= 1 and search["best"]["n"] in (1, 2)
     assert search["vs_cpu_search"] == {"shared": 0}  # tiny data: nothing to compare with the full-data CPU search
+    for part in ("optimize", "confirm"):  # where each command's wall time went: start-up, trials, finish
+        timing = search[f"{part}_timing"]
+        assert timing["trials"] >= 2 and min(timing["startup_s"], timing["trials_wall_s"], timing["finish_s"]) >= 0
+        assert timing["startup_s"] + timing["trials_wall_s"] + timing["finish_s"] <= search[f"{part}_wall_s"] + 0.5
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_reports_a_search_cut_short():
+    """--search-timeout strikes mid-search: the part is stopped as a Ctrl-C would stop it (its
+    running trial FAIL "interrupted", none left RUNNING) and what the study holds is reported."""
+    result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick", "--skip-tests", "--skip-grid", "--workers", "1",
+                        "--search", "300", "--search-timeout", "40")
+    search = result["search"]
+    assert search["timed_out"] == "optimize" and search["rc"] is None and "confirm_wall_s" not in search, search
+    assert "RUNNING" not in search["states"] and 0 < search["distinct"] < 300, search
+    assert search["optimize_timing"]["finish_s"] is None and search["optimize_timing"]["trials"] > 0
 
 
 @pytest.mark.slow

@@ -115,3 +115,72 @@ def test_an_interrupt_in_a_journal_append_is_raised_after_it(tmp_path, handlers,
     monkeypatch.undo()
     assert not list(tmp_path.glob("j.log.lock*"))  # no lock left behind
     assert len(study.trials) == 1  # the append went through whole
+
+
+def _signal_after(engine, monkeypatch, prefix: str) -> list:
+    """Send SIGINT to this process just after the first statement starting with `prefix`."""
+    real, sent = engine.dialect.do_execute, []
+
+    def execute_then_signal(cursor, statement, *args, **kwargs):
+        result = real(cursor, statement, *args, **kwargs)
+        if statement.lstrip().upper().startswith(prefix) and not sent:
+            sent.append(statement)
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(engine.dialect, "do_execute", execute_then_signal)
+    return sent
+
+
+SPACE = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+
+def test_an_interrupt_while_a_trial_is_asked_fails_that_trial(tmp_path, handlers, monkeypatch):
+    """The storage call that creates the trial holds the interrupt and raises it as it ends,
+    before `ask` has handed the trial over: it was once left RUNNING with nobody to end it
+    (seen as a RUNNING trial after benchmarks/gpu.py's SIGTERM of a timed-out search)."""
+    from vae_search import trial_loop
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage, study_name="s")
+    sent = _signal_after(rdb_of(storage).engine, monkeypatch, "INSERT INTO TRIALS ")
+    trained = []
+    with pytest.raises(KeyboardInterrupt):
+        trial_loop.run_optimize(study, lambda t: trained.append(t.number) or 1.0, n_trials=3, space=SPACE)
+    monkeypatch.undo()
+    assert sent and not trained
+    [t] = study.trials
+    assert (t.state, t.user_attrs["fail_reason"]) == (optuna.trial.TrialState.FAIL, "interrupted")
+
+
+def test_an_interrupt_in_the_checks_before_training_fails_the_trial(tmp_path, handlers, monkeypatch):
+    """Between ask and training the proposal is checked against the study (surplus, twins)."""
+    from vae_search import trial_loop
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="s")
+
+    def interrupted(study, trial):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trial_loop, "twin_of", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trial_loop.run_optimize(study, lambda t: 1.0, n_trials=3, space=SPACE)
+    [t] = study.trials
+    assert (t.state, t.user_attrs["fail_reason"]) == (optuna.trial.TrialState.FAIL, "interrupted")
+
+
+def test_an_interrupt_while_a_queued_point_is_taken_fails_that_trial(tmp_path, handlers, monkeypatch):
+    """The grid's and confirm's way in: a WAITING trial set RUNNING by this worker."""
+    from vae_search import trial_loop
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial_loop.enqueue_missing_points(study, [trial_loop.Point({"x": 0.5}, seed=0)])
+    sent = _signal_after(rdb_of(storage).engine, monkeypatch, "UPDATE TRIALS SET STATE")
+    trained = []
+    with pytest.raises(KeyboardInterrupt):
+        trial_loop.run_points(study, [trial_loop.Point({"x": 0.5}, seed=0)], lambda t: trained.append(t.number) or 1.0)
+    monkeypatch.undo()
+    assert sent and not trained
+    [t] = study.trials
+    assert (t.state, t.user_attrs["fail_reason"]) == (optuna.trial.TrialState.FAIL, "interrupted")

@@ -36,6 +36,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from vae_search import interrupts
 from vae_search.definitions import Preset
 from vae_search.errors import RunError
 from vae_search.storages import (
@@ -134,6 +135,35 @@ def _finish(
         return trial.storage.get_trial(trial_id_of(trial))
 
 
+def _claim(
+    study: optuna.Study,
+    take: Callable[[], optuna.Trial | None],
+    stand_down: Callable[[optuna.Trial], str | None],
+) -> tuple[optuna.Trial | None, str | None]:
+    """Take a trial into this worker (`take`: ask, or pop a queued one) and decide whether
+    it trains (`stand_down`: the reason it may not, else None; it is then failed with that
+    reason). Returns the trial (None when there was none to take) and that reason (None:
+    it trains).
+
+    Ctrl-C or SIGTERM must not leave the trial RUNNING with nobody to end it (until a
+    heartbeat check, or `fail-stale` where there is none): one that comes while the trial is
+    being taken waits until it is in hand (the storage call that created it would raise it
+    before `take` returned), and one in the checks fails it as "interrupted", as execute
+    does once training starts."""
+    trial = None
+    try:
+        with interrupts.deferred():
+            trial = take()
+        reason = stand_down(trial) if trial is not None else None
+        if reason is not None:
+            _finish(study, trial, TrialState.FAIL, reason=reason)
+        return trial, reason
+    except KeyboardInterrupt:
+        if trial is not None:
+            _finish(study, trial, TrialState.FAIL, reason="interrupted")
+        raise
+
+
 # ---------------------------------------------------------------- points: (parameters, seed), each run once
 
 
@@ -219,10 +249,10 @@ def _pop_waiting(study: optuna.Study) -> optuna.Trial | None:
     return None
 
 
-def _duplicate_of(study: optuna.Study, trial: optuna.Trial, default_seed: int) -> int | None:
-    """The number of another trial that owns this trial's point: a COMPLETE one, or a live
-    one with a lower number. Two workers that enqueued the same missing point at the same
-    moment both pop a trial for it; the higher-numbered one stands down."""
+def _duplicate_of(study: optuna.Study, trial: optuna.Trial, default_seed: int) -> str | None:
+    """Why this trial stands down, where another trial owns its point: a COMPLETE one, or a
+    live one with a lower number. Two workers that enqueued the same missing point at the
+    same moment both pop a trial for it; the higher-numbered one stands down."""
     frozen = trial.storage.get_trial(trial_id_of(trial))
     mine = Point(_params_of(frozen), trial_seed(frozen, default_seed))
     for t in study.get_trials(deepcopy=False):
@@ -231,7 +261,7 @@ def _duplicate_of(study: optuna.Study, trial: optuna.Trial, default_seed: int) -
         if t.state == TrialState.COMPLETE or (
             t.state in (TrialState.RUNNING, TrialState.WAITING) and t.number < trial.number
         ):
-            return t.number
+            return f"duplicate of trial {t.number}; not run"
     return None
 
 
@@ -281,14 +311,12 @@ def run_points(
     ran = 0
     while True:
         fail_stale_trials(study)
-        trial = _pop_waiting(study)
+        trial, stood_down = _claim(study, lambda: _pop_waiting(study), lambda t: _duplicate_of(study, t, default_seed))
         if trial is None:
             if _wait_for_others(study, on_wait):
                 continue
             return ran
-        owner = _duplicate_of(study, trial, default_seed)
-        if owner is not None:
-            _finish(study, trial, TrialState.FAIL, reason=f"duplicate of trial {owner}; not run")
+        if stood_down:
             continue
         frozen = execute(study, trial, objective)
         ran += 1
@@ -368,20 +396,10 @@ def run_optimize(
         if repeats >= MAX_REPEATS:
             raise RunError(f"the sampler proposed {repeats} configurations in a row that were trained already: the "
                            "space looks exhausted; widen it (--space) or ask for fewer --trials")
-        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": this loop beats itself
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            trial = study.ask(fixed_distributions=space)
-        ahead = [
-            t for t in study.get_trials(deepcopy=False)
-            if t.state in FINISHED or (t.state == TrialState.RUNNING and t.number < trial.number)
-        ]
-        if len(ahead) >= n_trials:  # another worker took the last slot meanwhile
-            _finish(study, trial, TrialState.FAIL, reason=f"{SURPLUS} the study already had {n_trials} trials")
-            continue
-        twin = twin_of(study, trial) if space is not None else None
-        if twin is not None:
-            _finish(study, trial, TrialState.FAIL, reason=f"{REPEATS} {twin}; not trained")
-            repeats += 1
+        trial, stood_down = _claim(study, lambda: _ask(study, space), lambda t: _untrained(study, t, n_trials, space))
+        assert trial is not None  # ask always makes one
+        if stood_down:
+            repeats += stood_down.startswith(REPEATS)
             continue
         repeats = 0
         frozen = execute(study, trial, objective)
@@ -392,6 +410,26 @@ def run_optimize(
             failures = 0
         if on_trial_end:
             on_trial_end(frozen)
+
+
+def _ask(study: optuna.Study, space: dict[str, BaseDistribution] | None) -> optuna.Trial:
+    with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": this loop beats itself
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        return study.ask(fixed_distributions=space)
+
+
+def _untrained(study: optuna.Study, trial: optuna.Trial, n_trials: int,
+               space: dict[str, BaseDistribution] | None) -> str | None:
+    """Why a proposal is not trained: the last slot was taken meanwhile, or it repeats a
+    trained configuration (`twin_of`)."""
+    ahead = [
+        t for t in study.get_trials(deepcopy=False)
+        if t.state in FINISHED or (t.state == TrialState.RUNNING and t.number < trial.number)
+    ]
+    if len(ahead) >= n_trials:  # another worker took the last slot meanwhile
+        return f"{SURPLUS} the study already had {n_trials} trials"
+    twin = twin_of(study, trial) if space is not None else None
+    return f"{REPEATS} {twin}; not trained" if twin is not None else None
 
 
 # ---------------------------------------------------------------- dead workers' trials
