@@ -23,7 +23,8 @@ def _private_optuna_uses(path: Path) -> list[str]:
     for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
             base = ast.unparse(node.value)
-            if base not in ("self", "cls") and not base.startswith("torch"):
+            # atexit._run_exitfuncs and os._exit: __main__'s quick exit (the standard library, not Optuna)
+            if base not in ("self", "cls", "atexit", "os") and not base.startswith("torch"):
                 found.append(f"{path.name}:{node.lineno} {base}.{node.attr}")
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("optuna"):
             names = [node.module, *(a.name for a in node.names)]

@@ -17,12 +17,15 @@ It is also the one module that touches Optuna's private API (the last section).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
 import functools
 import json
 import os
 import random
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,6 +166,18 @@ for _name, _member in list(vars(RDBStorage).items()):
         setattr(ResilientRDBStorage, _name, _retrying(_member))
 
 
+_ENGINES: weakref.WeakSet = weakref.WeakSet()  # the engines of the RDB storages this process opened
+
+
+@atexit.register
+def _close_connections() -> None:
+    """Close the pooled database connections at exit, as a server expects: the quick exit of
+    `__main__.entry` skips the garbage collection that would otherwise close them."""
+    for engine in list(_ENGINES):
+        with contextlib.suppress(Exception):  # a server already gone: nothing left to close politely
+            engine.dispose()
+
+
 # ---------------------------------------------------------------- opening a storage
 
 
@@ -219,6 +234,7 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
                 _check_optuna_tables(url, engine_kwargs)
             storage = ResilientRDBStorage(url=url, engine_kwargs=engine_kwargs, skip_table_creation=must_exist, **hb)
             storage.label = redact(url)
+            _ENGINES.add(storage.engine)
             if scheme == "sqlite":
                 _serialize_sqlite(storage.engine)
             return storage
