@@ -31,10 +31,11 @@ Prints progress on stderr and, as its last line on stdout, one JSON object:
   - search (with --search N): `optimize --trials N` with the defaults, then `confirm --top 3
     --seeds 3`: their wall times and where each went (`*_timing`: from the command's start
     to its first trial's, the trials, from the last trial's end to the command's), the
-    trials' states, the share of the unpruned epochs trained, distinct parameter sets, the winner as `best` says it, and the points this
-    search shares with the CPU search in benchmarks/results/search/ (same parameters, seed,
-    data and budget: the first trials of searches with the same --seed draw the same
-    points), with the relative difference of their values. A part that outlasts
+    trials' states, the share of the unpruned epochs trained, distinct parameter sets, the
+    winner as `best` says it, and the points this search shares with the CPU search in
+    benchmarks/results/search/ (same parameters, seed, data and budget: the first trials of
+    searches with the same --seed draw the same points), with the relative difference of
+    their values. A part that outlasts
     --search-timeout is stopped as a Ctrl-C stops it (its running trials FAIL
     "interrupted") and the study is reported as it stands.
 """
@@ -163,7 +164,6 @@ def search(args: argparse.Namespace, tmp: Path) -> dict:
     out.update(
         rc=None if "timed_out" in out else 0, jobs=done[0].user_attrs.get("jobs"),
         states=dict(Counter(t.state.name for t in trials)),
-        trials_wall_s=out["optimize_timing"].get("trials_wall_s"),
         # as pruning.py --live counts them: the epochs each trial ran, against all of them running the budget
         epochs_fraction=round(sum(t.user_attrs["epochs_run"] for t in done) / (done[0].user_attrs["epochs"] * len(done)), 3),
         distinct=len({tuple(sorted(t.params.items())) for t in done}),

@@ -25,21 +25,24 @@ def handlers():
         signal.signal(s, h)
 
 
-def _interrupt_mid_transaction(engine, monkeypatch, sig=signal.SIGINT):
-    """Send `sig` to this process just after the first statement that follows BEGIN IMMEDIATE
-    (which took SQLite's lock): the handler runs inside SQLAlchemy's execute, where a raised
-    KeyboardInterrupt once left the transaction open and the database locked."""
+def _signal_after(engine, monkeypatch, prefix: str | None = None, sig=signal.SIGINT) -> list:
+    """Send `sig` to this process just after the first statement that starts with `prefix`
+    (case aside), or by default the first that follows BEGIN IMMEDIATE (which took SQLite's
+    lock): the handler runs inside SQLAlchemy's execute, where a raised KeyboardInterrupt once
+    left the transaction open and the database locked. Returns the statements it followed;
+    monkeypatch.undo() stops it."""
     real, sent = engine.dialect.do_execute, []
 
     def execute_then_signal(cursor, statement, *args, **kwargs):
         result = real(cursor, statement, *args, **kwargs)
-        if not statement.startswith("BEGIN") and not sent:
-            sent.append(sig)
+        hit = statement.lstrip().upper().startswith(prefix) if prefix else not statement.startswith("BEGIN")
+        if hit and not sent:
+            sent.append(statement)
             os.kill(os.getpid(), sig)
         return result
 
     monkeypatch.setattr(engine.dialect, "do_execute", execute_then_signal)
-    return lambda: monkeypatch.setattr(engine.dialect, "do_execute", real)
+    return sent
 
 
 def _unlocked(path) -> bool:
@@ -59,10 +62,10 @@ def test_an_interrupt_in_a_storage_call_is_raised_after_it(tmp_path, handlers, m
     storage = open_storage(f"sqlite:///{path}")
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
-    stop = _interrupt_mid_transaction(rdb_of(storage).engine, monkeypatch)
+    _signal_after(rdb_of(storage).engine, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         trial.set_user_attr("history", [1.0, 2.0])
-    stop()
+    monkeypatch.undo()
     assert _unlocked(path)  # the transaction ended: another worker can write at once
     assert study.trials[0].user_attrs["history"] == [1.0, 2.0]  # and the call was not cut in two
     study.tell(trial, state=optuna.trial.TrialState.FAIL)  # the interrupted trial's FAIL goes through
@@ -78,9 +81,9 @@ def test_a_second_signal_does_not_interrupt_the_clean_up(tmp_path, handlers, mon
         os.kill(os.getpid(), signal.SIGINT)
         for _ in range(10**8):  # the handler runs between bytecodes: soon
             pass
-    stop = _interrupt_mid_transaction(rdb_of(storage).engine, monkeypatch, signal.SIGTERM)
+    _signal_after(rdb_of(storage).engine, monkeypatch, sig=signal.SIGTERM)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)  # what trial_loop.execute does next
-    stop()
+    monkeypatch.undo()
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
 
 
@@ -115,21 +118,6 @@ def test_an_interrupt_in_a_journal_append_is_raised_after_it(tmp_path, handlers,
     monkeypatch.undo()
     assert not list(tmp_path.glob("j.log.lock*"))  # no lock left behind
     assert len(study.trials) == 1  # the append went through whole
-
-
-def _signal_after(engine, monkeypatch, prefix: str) -> list:
-    """Send SIGINT to this process just after the first statement starting with `prefix`."""
-    real, sent = engine.dialect.do_execute, []
-
-    def execute_then_signal(cursor, statement, *args, **kwargs):
-        result = real(cursor, statement, *args, **kwargs)
-        if statement.lstrip().upper().startswith(prefix) and not sent:
-            sent.append(statement)
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(engine.dialect, "do_execute", execute_then_signal)
-    return sent
 
 
 SPACE = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
