@@ -52,6 +52,14 @@ def test_best_of_a_search_speaks_to_the_question(storage, cli):
     assert "vs the B.1 grid's best here (config 3 of study 'b1', 1845.73 +- 0.42 (n = 2)): neg_elbo -1.16%" in text
 
 
+def test_the_settling_command_quotes_the_study_name_for_a_shell(storage, cli):
+    optuna.copy_study(from_study_name="search", from_storage=storage, to_storage=storage,
+                      to_study_name="my search; rm -rf ~")
+    rc, out, err = cli("best", "--study-name", "my search; rm -rf ~", "--storage", storage)
+    assert rc == 0, err
+    assert "`vae-search confirm --study-name 'my search; rm -rf ~' --trial 0 --trial 1 --seeds 3`" in " ".join(out.split())
+
+
 def test_a_clear_winner_with_single_runs_is_beyond_the_measured_noise(storage, cli):
     search = optuna.load_study(study_name="search", storage=storage)
     search.add_trial(_trial({"latent_dim": 8, "base_channels": 16, "beta": 1.0, "lr": 1e-3}, 1900.0, 100_000, 300.0))

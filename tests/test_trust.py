@@ -248,6 +248,62 @@ def test_file_names_from_names():
     assert file_name("a/b") != file_name("a_b")  # two names never share a file
 
 
+# ---------------------------------------------------------------- names in a terminal and a shell
+
+# what a hostile worker can name a study: a window title, red text, a second line, a rich tag
+EVIL = "x\x1b]0;PWNED\x07\x1b[31mred\nline2 [/b]"
+
+
+def test_names_and_reasons_from_a_study_are_shown_not_obeyed(escaped, tmp_path, cli):
+    tmp, storage = escaped
+    theirs = f"sqlite:///{tmp_path}/theirs.db"
+    optuna.copy_study(from_study_name="../escaped", from_storage=storage, to_storage=theirs, to_study_name=EVIL)
+    study = optuna.load_study(study_name=EVIL, storage=theirs)
+    params = study.trials[0].params
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=study.trials[0].distributions,
+                                              state=optuna.trial.TrialState.FAIL,
+                                              user_attrs={"fail_reason": "oom\x1b[2J\r[/x]"}))
+    rc, out, err = cli("best", "--study-name", EVIL, "--storage", theirs)
+    assert rc == 0, err
+    rc, _, err2 = cli("best", "--study-name", "nope", "--storage", theirs)
+    assert rc == 2 and one_line_error(err2).endswith(f"studies in this storage: {EVIL!r}")
+    rc, _, err3 = cli("report", "--study-name", EVIL, "--storage", theirs, "--out", tmp_path / "out",
+                      "--artifact-dir", tmp / "art")
+    assert rc == 0, err3
+    for text in (out, err, err2, err3):
+        assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    from vae_search.ui import trial_line
+
+    line = trial_line(study.trials[-1])
+    assert line.endswith("FAIL (oom\\x1b[2J\\r[/x])") and line.isprintable()
+
+
+def test_a_new_study_needs_a_name_one_can_type(tmp_path, cli, batches_dir):
+    db = tmp_path / "s.db"
+    for name, said in [("", "not empty"), ("  ", "not empty"), ("a\x1bb", "cannot hold control characters"),
+                       ("x" * 513, "at most 512")]:
+        rc, _, err = cli("optimize", "--trials", 1, "--study-name", name, "--data-dir", batches_dir, *TINY,
+                         "--storage", f"sqlite:///{db}")
+        assert rc == 2 and said in one_line_error(err) and "\x1b" not in err
+        assert not db.exists()  # refused before the storage was made
+
+
+def test_a_name_with_brackets_is_a_name_not_markup(tmp_path, cli, batches_dir):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    rc, _, err = cli("optimize", "--trials", 1, "--epochs", 1, "--study-name", "a[/b]", "--data-dir", batches_dir, *TINY,
+                     "--storage", storage, "--artifact-dir", tmp_path / "art")
+    assert rc == 0, err
+    assert "study 'a[/b]'" in err
+
+
+def test_printable_and_shell_word():
+    from vae_search.names import printable, shell_word
+
+    assert printable("b1 é 東") == "b1 é 東"
+    assert printable("a\x1b[31mb\tc\u202ed") == "a\\x1b[31mb\\tc\\u202ed"
+    assert shell_word("search") == "search" and shell_word("my search; rm -rf ~") == "'my search; rm -rf ~'"
+
+
 # ---------------------------------------------------------------- read-only commands write nothing
 
 

@@ -22,6 +22,7 @@ from vae_search import interrupts
 from vae_search import options as o
 from vae_search import study as st_defaults
 from vae_search.errors import RunError, UsageError, system_reason
+from vae_search.names import printable
 
 app = typer.Typer(
     add_completion=False,
@@ -407,8 +408,9 @@ _notes: list[str] = []  # printed on stderr after a command succeeds
 
 def _error(message: str, rc: int) -> None:
     """One line, whatever the message quotes: a library's own message may span several
-    (tarfile lists every compression it tried), and a script reads the first line only."""
-    print("vae-search: error: " + " ".join(message.split()), file=sys.stderr)
+    (tarfile lists every compression it tried), and a script reads the first line only; what
+    it quotes from a study or a file is shown, never obeyed by the terminal."""
+    print("vae-search: error: " + printable(" ".join(message.split())), file=sys.stderr)
     sys.exit(rc)
 
 
@@ -437,7 +439,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         rc = 130
     if rc in (0, None):
         for note in _notes:
-            print(note, file=sys.stderr)
+            print(printable(note), file=sys.stderr)
     if rc == 130:  # a training command says what became of its trials; a server only stopped
         trains = bool(args) and args[0] in ("grid", "optimize", "confirm")
         print("vae-search: interrupted; finished trials are saved and running ones are marked FAIL (interrupted). "

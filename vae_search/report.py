@@ -69,7 +69,7 @@ def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage, given: str | 
     else:
         preset = grid_preset(grid.user_attrs, given)
     df = grid_table(grid, preset)
-    s = Section(f"B.1 {preset.title.split(':', 1)[-1].strip().capitalize()} (study '{grid.study_name}')")
+    s = Section(f"B.1 {preset.title.split(':', 1)[-1].strip().capitalize()} (study {grid.study_name!r})")
     budget = recorded(grid, "budget") or {}
     s.text.append(f"{preset.epochs if not budget else budget.get('epochs')} epochs, batch {budget.get('batch_size', preset.batch_size)}, "
                   f"precision {budget.get('precision', 'fp32')}; values are mean +- sd over the seeds (n), beside the "
@@ -167,7 +167,7 @@ def _search(study: optuna.Study) -> Section | None:
 
     if study.user_attrs.get("kind") == "grid":
         return None
-    s = Section(f"The search (study '{study.study_name}')")
+    s = Section(f"The search (study {study.study_name!r})")
     states = trials_frame(study)["state"].value_counts().to_dict() if study.trials else {}
     budget = recorded(study, "budget") or {}
     s.text.append(
@@ -193,7 +193,7 @@ def write_report(study: optuna.Study, storage: optuna.storages.BaseStorage, arti
     if chosen is not None:
         b3.images += _trial_images(study, chosen, artifact_dir)
     sections = [s for s in (_b1(study, storage, preset), b2, b3, _search(study)) if s]
-    title = f"vae-search report: study '{study.study_name}'"
+    title = f"vae-search report: study {study.study_name!r}"
 
     df = trials_frame(study)
     written = [write_csv(df, out_dir / "trials.csv"),

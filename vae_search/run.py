@@ -28,6 +28,7 @@ from vae_search import definitions, samplers, storages
 from vae_search import study as st
 from vae_search import trial_loop as loop
 from vae_search.errors import RunError, UsageError, system_reason
+from vae_search.names import check_new_study_name
 from vae_search.ui import err
 
 if TYPE_CHECKING:  # torch and the objective load when a command trains: `best` and `show` start in a second or two
@@ -166,6 +167,8 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     if not later:
         storage = storage or storages.open_storage(opts.storage, heartbeat=opts.heartbeat)
         existing, beat = _against(storage, name, kind, distributions, opts.heartbeat)
+    if existing is None:
+        check_new_study_name(name)
     recorded = (st.recorded(existing, "budget") or {}).get("precision") if existing is not None else None
     if precision == "auto" and recorded in ("fp32", "bf16"):
         # a study does not mix precisions: auto keeps the study's, so that a search started on

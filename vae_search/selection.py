@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from vae_search.artifacts import WEIGHTS_ATTR, trials_with_weights
 from vae_search.definitions import GridPoint, Preset, load_preset, packaged_dir
 from vae_search.errors import UsageError
+from vae_search.names import shell_word
 from vae_search.notes import update_note
 from vae_search.storages import storage_of, trial_handle, trial_id_of
 from vae_search.study import CONFIRM_SUFFIX, confirm_study_name, recorded
@@ -163,7 +164,7 @@ def _seeds_to_settle(a: Candidate, b: Candidate) -> int:
 def confirm_command(study: optuna.Study, a: Candidate, b: Candidate) -> str:
     """The `confirm` that runs exactly these two search candidates again."""
     pair = " ".join(f"--trial {c.trial.number}" for c in (a, b))
-    return f"`vae-search confirm --study-name {study.study_name} {pair} --seeds {_seeds_to_settle(a, b)}`"
+    return f"`vae-search confirm --study-name {shell_word(study.study_name)} {pair} --seeds {_seeds_to_settle(a, b)}`"
 
 
 def grid_seeds_command(study: optuna.Study, preset: Preset, a: Candidate, b: Candidate) -> str:
@@ -171,8 +172,8 @@ def grid_seeds_command(study: optuna.Study, preset: Preset, a: Candidate, b: Can
     between two of its points (`confirm` reads searches only). A preset of the user's own
     is named by its file, as it was given."""
     packaged = preset.path is None or preset.path.parent == packaged_dir()
-    name = preset.name if packaged else str(preset.path)
-    study_opt = "" if study.study_name == preset.name else f" --study-name {study.study_name}"
+    name = preset.name if packaged else shell_word(str(preset.path))
+    study_opt = "" if study.study_name == preset.name else f" --study-name {shell_word(study.study_name)}"
     return f"`vae-search grid --preset {name}{study_opt} --seeds {_seeds_to_settle(a, b)}`"
 
 

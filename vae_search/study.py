@@ -44,7 +44,7 @@ def load_study(storage: BaseStorage, name: str | None) -> optuna.Study:
     if name is None:
         name = most_recent_study(storage, [n for n in names if not n.endswith(CONFIRM_SUFFIX)] or names)
     elif name not in names:
-        raise UsageError(f"no study named {name!r}; studies in this storage: {', '.join(sorted(names))}")
+        raise UsageError(f"no study named {name!r}; studies in this storage: {', '.join(map(repr, sorted(names)))}")
     return optuna.load_study(study_name=name, storage=storage)
 
 

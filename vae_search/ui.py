@@ -11,6 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vae_search.names import printable
+
 if TYPE_CHECKING:  # torch only where a command trains: reading commands start without it
     import torch
 
@@ -18,10 +20,11 @@ if TYPE_CHECKING:  # torch only where a command trains: reading commands start w
     from vae_search.train import TrainConfig
 
 # Off a terminal (a log file, a pipe) a line stays one line: wrapped at 80 columns, paths
-# and messages would be cut where a reader or a grep looks for them.
-err = Console(stderr=True)
+# and messages would be cut where a reader or a grep looks for them. No console reads rich
+# markup: the lines quote study names and reasons, and "a[/b]" is a name, not a tag.
+err = Console(stderr=True, markup=False)
 if not err.is_terminal:
-    err = Console(stderr=True, soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 class TrainingProgress:
@@ -74,6 +77,8 @@ class TrainingProgress:
 
 
 def trial_line(t: FrozenTrial) -> str:
+    """A finished trial in one line; what it quotes from the study (another worker's reason
+    for a failure, a categorical value) is shown, never obeyed by the terminal."""
     p = t.params
     cfg = f"L={p.get('latent_dim')} b={p.get('base_channels')} beta={p.get('beta', 0):.3g} lr={p.get('lr', 0):.3g}"
     extra = {k: p[k] for k in ("batch_size", "lr_schedule") if k in p}
@@ -82,13 +87,15 @@ def trial_line(t: FrozenTrial) -> str:
     if "seed" in a:
         cfg += f" seed={a['seed']}"
     if t.state == TrialState.COMPLETE:
-        return f"trial {t.number} {cfg}: neg_elbo {a['neg_elbo']:.2f} recon {a['recon_loss']:.2f} ({a['time_s']:.0f} s)"
-    if t.state == TrialState.PRUNED:
-        return f"trial {t.number} {cfg}: pruned after epoch {a.get('pruned_at_epoch', '?')}"
-    return f"trial {t.number} {cfg}: {t.state.name} ({a.get('fail_reason', 'no reason recorded')})"
+        line = f"trial {t.number} {cfg}: neg_elbo {a['neg_elbo']:.2f} recon {a['recon_loss']:.2f} ({a['time_s']:.0f} s)"
+    elif t.state == TrialState.PRUNED:
+        line = f"trial {t.number} {cfg}: pruned after epoch {a.get('pruned_at_epoch', '?')}"
+    else:
+        line = f"trial {t.number} {cfg}: {t.state.name} ({a.get('fail_reason', 'no reason recorded')})"
+    return printable(line)
 
 
 def table_console() -> Console:
     """A console for tables on stdout: a file or pipe gets 200 columns, not rich's default 80."""
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    console = Console(markup=False)
+    return console if console.is_terminal else Console(width=200, markup=False)
