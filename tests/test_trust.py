@@ -4,6 +4,7 @@ definitions ship in the package, and bad input from a study or a space file is o
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -262,7 +263,8 @@ def test_names_and_reasons_from_a_study_are_shown_not_obeyed(escaped, tmp_path, 
     params = study.trials[0].params
     study.add_trial(optuna.trial.create_trial(params=params, distributions=study.trials[0].distributions,
                                               state=optuna.trial.TrialState.FAIL,
-                                              user_attrs={"fail_reason": "oom\x1b[2J\r[/x]"}))
+                                              user_attrs={"fail_reason": "oom\x1b[2J\r[/x]",
+                                                          "@sum": "=HYPERLINK(\"http://x\")"}))
     rc, out, err = cli("best", "--study-name", EVIL, "--storage", theirs)
     assert rc == 0, err
     rc, _, err2 = cli("best", "--study-name", "nope", "--storage", theirs)
@@ -272,6 +274,11 @@ def test_names_and_reasons_from_a_study_are_shown_not_obeyed(escaped, tmp_path, 
     assert rc == 0, err3
     for text in (out, err, err2, err3):
         assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    # a spreadsheet opening trials.csv runs no formula from the study (CSV injection)
+    (csv_path,) = (tmp_path / "out").glob("*/trials.csv")
+    rows = list(csv.reader(csv_path.open(newline="")))
+    assert "'@sum" in rows[0] and "'=HYPERLINK(\"http://x\")" in rows[-1]
+    assert not [c for row in rows for c in row if c[:1] in ("=", "+", "@")]
     from vae_search.ui import trial_line
 
     line = trial_line(study.trials[-1])

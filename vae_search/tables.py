@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from vae_search.atomic import atomic_write
 from vae_search.definitions import Preset
+from vae_search.names import printable
 from vae_search.trial_attrs import readable
 
 
@@ -103,8 +104,24 @@ def grid_markdown(df: pd.DataFrame) -> str:
     return tabulate(rows, headers=GRID_HEADERS, tablefmt="pipe", disable_numparse=True)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...),
+# =cmd|...): the CSV injection OWASP describes, and a study's text (another worker's failure
+# reason, an attribute's name) can start so. Such a cell is written with a ' in front.
+_FORMULA_START = ("=", "+", "-", "@")
+
+
+def _inert(value: object) -> object:
+    """Text as one printable line (an unquoted carriage return would split the row), never a formula."""
+    if not isinstance(value, str):
+        return value
+    value = printable(value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
-    return atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
+    """`df` as CSV: numbers stay numbers; text from a study is made inert for a spreadsheet."""
+    safe = df.rename(columns=_inert).map(_inert)
+    return atomic_write(Path(path), lambda f: f.write(safe.to_csv(index=False).encode()))
 
 
 # ---------------------------------------------------------------- `vae-search report`
