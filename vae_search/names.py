@@ -49,7 +49,7 @@ def check_new_study_name(name: str) -> None:
     and added to whatever their name; another tool may have made them.)"""
     if not name.strip():
         raise UsageError("--study-name: a study needs a name that is not empty")
-    if printable(name) != name:
+    if not name.isprintable():
         raise UsageError(f"--study-name {name!r}: a study name cannot hold control characters")
     if len(name) > MAX_STUDY_NAME:
         raise UsageError(f"--study-name: {len(name)} characters; a study name has at most {MAX_STUDY_NAME}")
