@@ -46,6 +46,8 @@ def _time(code: str, args: list[str], cwd: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per command and variant (default 5)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed rounds first, to warm the OS file cache (default 1; 0 for a smoke run)")
     args = parser.parse_args()
 
     import optuna
@@ -62,9 +64,10 @@ def main() -> None:
         variants = {"now": ENTRY, "python_exit": RUN.format(pre=""),
                     "with_torch": RUN.format(pre="import torch, torchvision\n")}
         times: dict[str, dict[str, list[float]]] = {c: {v: [] for v in variants} for c in COMMANDS}
-        for cmd in COMMANDS.values():  # one untimed round: the file cache, as on a machine that ran the tool
-            for code in variants.values():
-                _time(code, [*cmd, "--storage", storage], cwd)
+        for _ in range(args.warmup):  # untimed: the file cache, as on a machine that ran the tool
+            for cmd in COMMANDS.values():
+                for code in variants.values():
+                    _time(code, [*cmd, "--storage", storage], cwd)
         for _ in range(args.rounds):
             for name, cmd in COMMANDS.items():
                 for variant, code in variants.items():

@@ -16,6 +16,12 @@ from PIL import Image
 # Tests call the CLI in-process (and patch it) and start their own workers: one process per
 # command unless a test passes --jobs. Set at import, so module-scoped fixtures see it too.
 os.environ["VAE_SEARCH_JOBS"] = "1"
+# pytest-xdist runs the tests in one process per core (pyproject's `-n auto`): each process,
+# and every command a test starts, takes its share of the cores, since more OpenMP threads than
+# cores make every test slower. A command's --jobs workers still get the threads it plans.
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -38,7 +44,7 @@ def _isolated(tmp_path_factory, monkeypatch):
     process unless it asks for --jobs (the tests call the CLI in-process and patch it)."""
     monkeypatch.setenv("VAE_SEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(min(2, THREADS))
 
 
 def _images(n: int, seed: int) -> np.ndarray:

@@ -27,7 +27,7 @@ def test_profile_step_splits_the_step_into_parts():
 
 @pytest.mark.slow
 def test_startup_times_both_variants():
-    result = _last_json("benchmarks/startup.py", "--rounds", "1")
+    result = _last_json("benchmarks/startup.py", "--rounds", "1", "--warmup", "0")
     timed = [f"{c}{v}_s" for c in ("best", "show") for v in ("", "_python_exit", "_with_torch")]
     assert all(result[k] > 0 for k in timed)
 
