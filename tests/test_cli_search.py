@@ -290,7 +290,7 @@ class TestInterpolate:
     def test_unknown_trial_lists_those_with_weights(self, searched, cli):
         _, common = searched
         rc, _, err = cli("interpolate", "--trial", "99", *common)
-        assert rc == 2 and "no trial 99" in one_line_error(err) and "trials with weights: 0, 1, 2, 3" in err
+        assert rc == 2 and "no trial 99" in one_line_error(err) and "trials 0, 1, 2, 3 have weights" in err
 
     def test_unknown_study(self, searched, cli):
         _, common = searched

@@ -115,3 +115,21 @@ def test_the_confirm_command_named_for_a_tie_runs_exactly_that_pair(storage, cli
     # trial 0's mean (1824.31) is the lower; trial 1 (1824.56) is the smaller and faster, so named first
     assert "trial 1 and trial 0 are tied within seed noise" in text and "trial 1 is smaller and faster" in text
     assert "more seeds (`vae-search confirm --study-name search --trial 0 --trial 1 --seeds 5`)" in text
+
+
+@pytest.mark.parametrize("with_weights, said", [([], "no trial has weights"), ([0], "trial 0 has weights"),
+                                                ([0, 2], "trials 0, 2 have weights")])
+def test_a_trial_without_weights_names_those_with_them_in_words(tmp_path, with_weights, said):
+    """Read as a sentence: "trials with weights: 0" was taken for a count."""
+    from vae_search.artifacts import WEIGHTS_ATTR
+    from vae_search.errors import UsageError
+    from vae_search.selection import choose_trial
+
+    study = optuna.create_study(study_name="search", storage=f"sqlite:///{tmp_path}/s.db")
+    for number in range(3):
+        extra = {WEIGHTS_ATTR: f"id-{number}"} if number in with_weights else {}
+        study.add_trial(_trial({"latent_dim": 8 + number, "base_channels": 32, "beta": 1.0, "lr": 3e-3},
+                               1850.0 - number, 300_000, 60.0, **extra))
+    with pytest.raises(UsageError) as e:
+        choose_trial(study, "7")
+    assert str(e.value) == f"study 'search' has no trial 7; {said}"

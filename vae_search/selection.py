@@ -504,7 +504,9 @@ def choose_trial(study: optuna.Study, which: str) -> FrozenTrial:
     # A copy of a study may leave some weights out (benchmarks/keep.py records which): say so.
     dropped = set(recorded(study, "weights_not_kept") or [])
     have = [t for t in readable(trials_with_weights(study)) if t.number not in dropped]
-    listing = ", ".join(str(t.number) for t in have) or "none"
+    numbers = [str(t.number) for t in have]  # said as a sentence: "trials with weights: 0" read as a count
+    listing = ("no trial has weights" if not numbers else f"trial {numbers[0]} has weights" if len(numbers) == 1
+               else f"trials {', '.join(numbers)} have weights")
     if which == "best":
         if not have:
             raise UsageError(f"study {study.study_name!r} has no trial with weights" + (" kept" if dropped else " yet"))
@@ -513,18 +515,18 @@ def choose_trial(study: optuna.Study, which: str) -> FrozenTrial:
         ranked = [c.trial for c in candidates(study) if WEIGHTS_ATTR in c.trial.user_attrs]
         if ranked and ranked[0].number in dropped:
             raise UsageError(f"the weights of trial {ranked[0].number}, the best of study {study.study_name!r}, were "
-                             f"not kept in this copy of the study; trials with weights: {listing}")
+                             f"not kept in this copy of the study; {listing}")
         return ranked[0] if ranked else min(have, key=lambda t: t.user_attrs["neg_elbo"])
     try:
         number = int(which)
     except ValueError:
-        raise UsageError(f"--trial {which!r}: give 'best' or a trial number; trials with weights: {listing}") from None
+        raise UsageError(f"--trial {which!r}: give 'best' or a trial number; {listing}") from None
     found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
     if not found:
-        raise UsageError(f"study {study.study_name!r} has no trial {number}; trials with weights: {listing}")
+        raise UsageError(f"study {study.study_name!r} has no trial {number}; {listing}")
     if number in dropped:
         raise UsageError(f"the weights of trial {number} were not kept in this copy of the study (its images are in "
-                         f"the dashboard); trials with weights: {listing}")
+                         f"the dashboard); {listing}")
     if found[0].state != TrialState.COMPLETE or WEIGHTS_ATTR not in found[0].user_attrs:
-        raise UsageError(f"trial {number} has no weights (it is {found[0].state.name}); trials with weights: {listing}")
+        raise UsageError(f"trial {number} has no weights (it is {found[0].state.name}); {listing}")
     return found[0]
