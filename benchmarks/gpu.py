@@ -67,7 +67,9 @@ def say(message: str) -> None:
 def cuda_tests(timeout: float) -> dict:
     start = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+        # In one process, whatever pyproject's addopts say: the tests share the one GPU, and a
+        # bare GPU machine may have pytest without pytest-xdist (addopts' `-n auto`).
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-m", "cuda", "-q", "-p", "no:cacheprovider",
                                "tests/test_cuda.py"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         return {"rc": None, "timed_out": True, "seconds": round(time.monotonic() - start, 1),
