@@ -303,6 +303,21 @@ def test_a_name_with_brackets_is_a_name_not_markup(tmp_path, cli, batches_dir):
     assert "study 'a[/b]'" in err
 
 
+def test_the_live_bar_on_a_terminal_shows_a_name_with_brackets():
+    """The bars draw only on a terminal, where the test above has none."""
+    import io
+
+    from rich.console import Console
+
+    from vae_search.ui import progress_bar
+
+    screen = io.StringIO()
+    bar = progress_bar("{task.fields[info]}", Console(file=screen, force_terminal=True, width=120, markup=False))
+    bar.add_task("study 'a[/b]': finished trials", total=3, completed=1, info="[worker 1]")
+    bar.console.print(bar.make_tasks_table(bar.tasks))
+    assert "study 'a[/b]': finished trials" in screen.getvalue() and "[worker 1]" in screen.getvalue()
+
+
 def test_printable_and_shell_word():
     from vae_search.names import printable, shell_word
 

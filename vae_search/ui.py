@@ -27,19 +27,19 @@ if not err.is_terminal:
     err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
+def progress_bar(field: str, console: Console = err) -> Progress:
+    """A live bar (a terminal only): what it does, the bar, done of total, `field`, the time.
+    Its text is shown as it is, like the consoles': a description quotes a study's name, and
+    "a[/b]" there ended the run in rich's MarkupError."""
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TextColumn(field, markup=False), TimeElapsedColumn(), console=console, transient=True)
+
+
 class TrainingProgress:
     """`with TrainingProgress() as p: settings.on_batch_factory = p.factory`."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        )
+        self.progress = progress_bar("loss {task.fields[loss]}")
         self.task: int | None = None
 
     def __enter__(self) -> TrainingProgress:

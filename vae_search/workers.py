@@ -271,13 +271,13 @@ def run_workers(
     `on_death(trial_id, reason, retry)` fails a dead worker's trial (and re-queues it if
     `retry`) and returns what became of it, for the message; `on_end(number)` hears of every
     trial a worker trained."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from vae_search.names import printable
+    from vae_search.ui import progress_bar
 
     threads = threads_per_worker(jobs)
     gpus = _visible_gpus() if device.type == "cuda" else []
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=True)
-    overall = progress.add_task(f"{title}", total=total, completed=done, info="")
+    progress = progress_bar("{task.fields[info]}", console)
+    overall = progress.add_task(printable(title), total=total, completed=done, info="")
     workers: list[Worker] = []
     stopping = threading.Event()
     lock = threading.Lock()
