@@ -233,7 +233,7 @@ def _print_verdicts(out, verdicts: list[str]) -> None:
     if verdicts:
         out.print("B.2, computed (Welch's t-test at 5% over seeds):")
         for line in verdicts:
-            out.print(f"  - {line}", markup=False, highlight=False)
+            out.print(f"  - {line}", highlight=False)
 
 
 def _print_best(choice, as_json: bool = False) -> None:
@@ -249,13 +249,13 @@ def _print_best(choice, as_json: bool = False) -> None:
                   f"{len(choice.front)} trials:")
         out.print(markdown(choice.front))
         return
-    out.print(sel.headline, markup=False, highlight=False)
+    out.print(sel.headline, highlight=False)
     for reason in sel.reasons:
-        out.print(f"  - {reason}", markup=False, highlight=False)
+        out.print(f"  - {reason}", highlight=False)
     _print_verdicts(out, choice.verdicts)
     if sel.others is not None:
         out.print("other top configurations:")
-        out.print(markdown(sel.others), markup=False, highlight=False)
+        out.print(markdown(sel.others), highlight=False)
 
 
 @app.command()

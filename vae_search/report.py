@@ -223,7 +223,7 @@ def _write_pngs(sections: list[Section], out_dir: Path) -> list[Path]:
         except Exception as e:  # kaleido needs Chrome/Chromium
             err.print(f"note: figures not written as PNG ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                       "they need Chrome or Chromium for kaleido (`plotly_get_chrome`, or apt-get install chromium); "
-                      "report.html has them all", markup=False, highlight=False)
+                      "report.html has them all", highlight=False)
     return written
 
 

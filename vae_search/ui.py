@@ -57,7 +57,7 @@ class TrainingProgress:
 
         def on_batch(epoch: int, batch: int, n_batches: int, loss: torch.Tensor) -> None:
             if not err.is_terminal and batch == 1:  # no live bar in a log file: one line per epoch
-                err.print(f"{label} epoch {epoch}/{config.epochs}", markup=False, highlight=False)
+                err.print(f"{label} epoch {epoch}/{config.epochs}", highlight=False)
             self.progress.update(
                 self.task,
                 description=f"{label} epoch {epoch}/{config.epochs}",

@@ -308,7 +308,7 @@ def run_workers(
             progress.update(w.task, description=f"worker {w.index}: {ev['label']}", completed=0, total=None, info="")
         elif kind == "batch":
             if not console.is_terminal and ev["label"] != w.label:  # a log file gets one line per epoch
-                console.print(f"[worker {w.index}] {ev['label']}", markup=False, highlight=False)
+                console.print(f"[worker {w.index}] {ev['label']}", highlight=False)
             w.label = ev["label"]
             progress.update(w.task, description=f"worker {w.index}: {ev['label']}", completed=ev["batch"],
                             total=ev["n"], info=f"loss {ev['loss']}")
@@ -317,7 +317,7 @@ def run_workers(
                 on_end(ev["trial"])
             if w.trial and w.trial[0] == ev["trial"]:
                 w.trial = None
-            console.print(f"[worker {w.index}] {ev['line']}", markup=False, highlight=False)
+            console.print(f"[worker {w.index}] {ev['line']}", highlight=False)
             if counts(ev["state"]):
                 progress.advance(overall)
             progress.update(w.task, description=f"worker {w.index}: between trials", completed=0, total=None, info="")
@@ -331,7 +331,7 @@ def run_workers(
         for line in w.proc.stderr:
             line = line.rstrip()
             if line:
-                console.print(f"[worker {w.index}] {line}", markup=False, highlight=False)
+                console.print(f"[worker {w.index}] {line}", highlight=False)
 
     old = {s: signal.signal(s, stop_all) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -385,7 +385,7 @@ def _supervise(workers: list[Worker], stopping: threading.Event, console: Any,
                 if trial is not None:
                     fate = on_death(trial[1], said, True)
                     said += f" while running trial {trial[0]}" + (f"; {fate}" if fate else "")
-                console.print(f"vae-search: {said}; the other workers go on", markup=False, highlight=False)
+                console.print(f"vae-search: {said}; the other workers go on", highlight=False)
         if stopping.is_set():
             stop_deadline = stop_deadline or time.monotonic() + STOP_GRACE_S
             if time.monotonic() > stop_deadline:
