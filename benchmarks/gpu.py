@@ -142,10 +142,14 @@ def search(args: argparse.Namespace, tmp: Path) -> dict:
             _, stderr = proc.communicate(timeout=args.search_timeout)
         except subprocess.TimeoutExpired:
             # SIGTERM, as a user's Ctrl-C: vae-search ends its running trials as FAIL "interrupted" and keeps the
-            # rest (a SIGKILL would leave them RUNNING); then what the study holds is still measured
+            # rest (a SIGKILL would leave them RUNNING); then what the study holds is still measured. It gets
+            # longer than its own grace for a worker that does not stop (after which it kills it and fails
+            # its trial itself): killed at the same moment, it could not.
+            from vae_search.workers import STOP_GRACE_S
+
             proc.terminate()
             try:
-                proc.communicate(timeout=60)
+                proc.communicate(timeout=STOP_GRACE_S + 30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()

@@ -82,7 +82,7 @@ def test_a_second_signal_does_not_interrupt_the_clean_up(tmp_path, handlers, mon
         for _ in range(10**8):  # the handler runs between bytecodes: soon
             pass
     _signal_after(rdb_of(storage).engine, monkeypatch, sig=signal.SIGTERM)
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # what trial_loop.execute does next
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # what trial_loop.take_and_train does next
     monkeypatch.undo()
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
 
@@ -172,3 +172,120 @@ def test_an_interrupt_while_a_queued_point_is_taken_fails_that_trial(tmp_path, h
     assert sent and not trained
     [t] = study.trials
     assert (t.state, t.user_attrs["fail_reason"]) == (optuna.trial.TrialState.FAIL, "interrupted")
+
+
+def test_an_interrupt_while_the_cached_storage_reads_trials_leaves_sqlite_unlocked(tmp_path, handlers, monkeypatch):
+    """Optuna's cached storage reads trials through the RDB storage's private _get_trials: a
+    SIGTERM there once left SQLite locked, and the trial's FAIL "interrupted" waited on the lock
+    (seen in CI as a search that would not stop and a trial left RUNNING)."""
+    path = tmp_path / "s.db"
+    storage = open_storage(f"sqlite:///{path}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    sent = _signal_after(rdb_of(storage).engine, monkeypatch, "SELECT", sig=signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        study.get_trials(deepcopy=False)
+    monkeypatch.undo()
+    assert sent and _unlocked(path)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_every_session_of_the_cached_storage_is_covered():
+    """Every private method of the RDB storage that Optuna's cached storage calls itself opens a
+    session of its own: each must be retried and hold interrupts like the public ones (an Optuna
+    upgrade that adds one shows up here)."""
+    import inspect
+    import re
+
+    from optuna.storages import RDBStorage, _cached_storage
+
+    from vae_search.storages import ResilientRDBStorage
+
+    called = set(re.findall(r"self\._backend\.(_\w+)\(", inspect.getsource(_cached_storage)))
+    assert "_get_trials" in called
+    assert all(getattr(ResilientRDBStorage, name) is not getattr(RDBStorage, name) for name in called), called
+
+
+@pytest.fixture
+def interrupt_as_training_ends(monkeypatch):
+    """SIGINT as the trial's heartbeat stops, after the objective has returned and before the
+    trial is told: a window that once let the interrupt out with the trial RUNNING and its
+    outcome lost."""
+    import contextlib
+
+    from vae_search import trial_loop
+
+    @contextlib.contextmanager
+    def heartbeat_then_signal(storage, trial_id):
+        yield
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10**6):  # the handler runs between bytecodes: soon
+            pass
+
+    monkeypatch.setattr(trial_loop, "_heartbeat", heartbeat_then_signal)
+
+
+def test_an_interrupt_as_a_trained_trial_ends_keeps_its_value(tmp_path, handlers, interrupt_as_training_ends):
+    from vae_search import trial_loop
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="s")
+    with pytest.raises(KeyboardInterrupt):
+        trial_loop.run_optimize(study, lambda t: 0.25, n_trials=3, space=SPACE)
+    [t] = study.trials
+    assert (t.state, t.value) == (optuna.trial.TrialState.COMPLETE, 0.25)
+
+
+def test_an_interrupt_as_a_pruned_trial_ends_keeps_it_pruned(tmp_path, handlers, interrupt_as_training_ends):
+    from vae_search import trial_loop
+
+    def pruned(trial):
+        raise optuna.TrialPruned
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="s")
+    points = [trial_loop.Point({"x": 0.5}, seed=0)]
+    with pytest.raises(KeyboardInterrupt):
+        trial_loop.run_points(study, points, pruned)
+    [t] = study.trials
+    assert t.state == optuna.trial.TrialState.PRUNED and "fail_reason" not in t.user_attrs
+
+
+def test_an_interrupt_before_training_ends_fails_the_trial(tmp_path, handlers):
+    from vae_search import trial_loop
+
+    def interrupted(trial):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10**6):
+            pass
+        return 0.25
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="s")
+    with pytest.raises(KeyboardInterrupt):
+        trial_loop.run_optimize(study, interrupted, n_trials=3, space=SPACE)
+    [t] = study.trials
+    assert (t.state, t.user_attrs["fail_reason"]) == (optuna.trial.TrialState.FAIL, "interrupted")
+
+
+def test_an_interrupt_while_a_journal_is_replayed_drops_no_log(tmp_path, handlers, monkeypatch):
+    """Optuna counts a journal log as read before it replays it: an interrupt between the two
+    dropped the log (here, a trial's creation) from the reading process's view for good."""
+    from optuna.storages.journal._storage import JournalStorageReplayResult
+
+    path = tmp_path / "j.log"
+    writer = optuna.create_study(storage=open_storage(f"journal:///{path}"), study_name="s")
+    reader = open_storage(f"journal:///{path}")  # another worker's view, up to date so far
+    study_id = reader.get_study_id_from_name("s")
+    writer.ask()
+    real = JournalStorageReplayResult._apply_create_trial
+
+    def signal_then_apply(self, log):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10**6):  # the handler runs between bytecodes: here, unless held
+            pass
+        return real(self, log)
+
+    monkeypatch.setattr(JournalStorageReplayResult, "_apply_create_trial", signal_then_apply)
+    with pytest.raises(KeyboardInterrupt):
+        reader.get_all_trials(study_id)
+    monkeypatch.undo()
+    assert len(reader.get_all_trials(study_id)) == 1

@@ -160,9 +160,16 @@ class ResilientRDBStorage(RDBStorage):
 
 
 # Every public call opens its own session, so it can be retried whole; the private helpers
-# work inside their caller's session and are retried with it.
+# work inside their caller's session and are retried with it. Some private methods open
+# their own session too, and Optuna calls them directly: its cached storage (the wrapper
+# every study gets) reads trials with _get_trials and creates them with _create_new_trial.
+# They get the same retries and the same deferred interrupt: a Ctrl-C inside _get_trials
+# once left SQLite locked, and the trial's FAIL "interrupted" after it waited SQLITE_TIMEOUT
+# (benchmarks/gpu.py's SIGTERM of a timed-out search, in CI). tests/test_interrupts.py
+# checks this list against what the cached storage calls.
+SESSION_PRIVATE = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids")
 for _name, _member in list(vars(RDBStorage).items()):
-    if callable(_member) and (not _name.startswith("_") or _name == "_get_stale_trial_ids"):
+    if callable(_member) and (not _name.startswith("_") or _name in SESSION_PRIVATE):
         setattr(ResilientRDBStorage, _name, _retrying(_member))
 
 
@@ -200,7 +207,7 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
         if not must_exist:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return JournalStorage(_JournalFile(str(path)))  # replays the whole journal
+            return _Journal(_JournalFile(str(path)))  # replays the whole journal
         except ValueError as e:  # json's JSONDecodeError, Optuna's "Invalid log format"
             raise UsageError(f"journal {path} is damaged: a line before its last is no journal record ({e}); nothing "
                              "was written to it") from None
@@ -359,6 +366,14 @@ class _JournalFile(JournalFileBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         with interrupts.deferred():  # a Ctrl-C must not leave the journal's lock file behind (interrupts.py)
             super().append_logs(logs)
+
+
+class _Journal(JournalStorage):
+    def _sync_with_backend(self) -> None:
+        # Optuna counts each log as read before it replays it: a Ctrl-C between the two would
+        # drop that log from this process's view, and with it, say, the trial it must fail
+        with interrupts.deferred():
+            super()._sync_with_backend()
 
 
 def _grpc_proxy(url: str) -> BaseStorage:

@@ -87,36 +87,81 @@ def _heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
-def execute(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
-    """Run the objective on a RUNNING trial and record how it ended. A pruned trial is
-    PRUNED; an exception makes it FAIL with the reason in user attribute `fail_reason` (and
-    the loop goes on); Ctrl-C or SIGTERM makes it FAIL with reason "interrupted" and is
-    re-raised, so the command stops with every finished trial intact; so is a RunError (a
-    full artifact disk): the trial FAILs with its message and the worker stops. A database
-    that stays down (StorageUnavailable) stops the worker without a word to the database:
-    the trial stays RUNNING until the heartbeat check fails and re-queues it."""
-    storage = trial.storage
-    values: float | Sequence[float] | None = None
-    with _heartbeat(storage, trial_id_of(trial)):
-        try:
-            values = objective(trial)
-            state = TrialState.COMPLETE
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except StorageUnavailable:
-            raise
-        except KeyboardInterrupt:
-            _finish(study, trial, TrialState.FAIL, reason="interrupted")
-            raise
-        except RunError as e:
-            _finish(study, trial, TrialState.FAIL, reason=str(e))
-            raise
-        except Exception as e:
-            state = TrialState.FAIL
-            with contextlib.suppress(UpdateFinishedTrialError):  # failed as stale meanwhile: _finish sees it
-                if "fail_reason" not in storage.get_trial(trial_id_of(trial)).user_attrs:
-                    trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
-    return _finish(study, trial, state, values=values)
+@dataclass(frozen=True)
+class Taken:
+    """What became of one turn of a worker's loop (`take_and_train`)."""
+
+    trial: optuna.Trial | None  # None: there was nothing to take
+    stood_down: str | None = None  # why it was failed without training
+    frozen: FrozenTrial | None = None  # how it ended, when it trained
+
+
+def take_and_train(
+    study: optuna.Study,
+    take: Callable[[], optuna.Trial | None],
+    stand_down: Callable[[optuna.Trial], str | None],
+    objective: Objective,
+) -> Taken:
+    """Take a trial into this worker (`take`: ask, or pop a queued one), decide whether it
+    trains (`stand_down`: the reason it may not; it is then failed with that reason), train
+    it and record how it ended. A pruned trial is PRUNED; an exception makes it FAIL with the
+    reason in user attribute `fail_reason` (and the loop goes on); so does a RunError (a full
+    artifact disk), which then stops the worker. A database that stays down
+    (StorageUnavailable) stops the worker without a word to the database: the trial stays
+    RUNNING until the heartbeat check fails and re-queues it.
+
+    Once taken, a trial is ended by this worker whenever Ctrl-C or SIGTERM comes, and the
+    interrupt is then re-raised, so the command stops with every finished trial intact: one
+    that comes while the trial is being taken waits until it is in hand (the storage call
+    that created it would raise it before `take` returned); one before its training has
+    ended fails it as "interrupted"; one after keeps what the training reached, and the
+    telling of that outcome is never cut in two. A gap anywhere here once left a trial
+    RUNNING with nobody to end it (until a heartbeat check, or `fail-stale` where there is
+    none)."""
+    trial: optuna.Trial | None = None
+    ended: tuple[TrialState, float | Sequence[float] | None] | None = None
+    try:
+        with interrupts.deferred():
+            trial = take()
+        if trial is None:
+            return Taken(None)
+        reason = stand_down(trial)
+        if reason is not None:
+            with interrupts.deferred():
+                _finish(study, trial, TrialState.FAIL, reason=reason)
+            return Taken(trial, stood_down=reason)
+        with _heartbeat(trial.storage, trial_id_of(trial)):
+            ended = _train(study, trial, objective)
+        with interrupts.deferred():
+            return Taken(trial, frozen=_finish(study, trial, *ended))
+    except KeyboardInterrupt:
+        # Only the first signal interrupts (interrupts.py), so this clean-up runs whole. A
+        # trial already told is left as it is (tell skips a finished trial).
+        if trial is not None:
+            if ended is not None:
+                _finish(study, trial, *ended)
+            else:
+                _finish(study, trial, TrialState.FAIL, reason="interrupted")
+        raise
+
+
+def _train(study: optuna.Study, trial: optuna.Trial,
+           objective: Objective) -> tuple[TrialState, float | Sequence[float] | None]:
+    """Run the objective: how the trial ended and its values (None unless COMPLETE)."""
+    try:
+        return TrialState.COMPLETE, objective(trial)
+    except optuna.TrialPruned:
+        return TrialState.PRUNED, None
+    except StorageUnavailable:
+        raise
+    except RunError as e:
+        _finish(study, trial, TrialState.FAIL, reason=str(e))
+        raise
+    except Exception as e:
+        with contextlib.suppress(UpdateFinishedTrialError):  # failed as stale meanwhile: _finish sees it
+            if "fail_reason" not in trial.storage.get_trial(trial_id_of(trial)).user_attrs:
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+        return TrialState.FAIL, None
 
 
 def _finish(
@@ -133,35 +178,6 @@ def _finish(
         return study.tell(trial, values, state=state if values is None else None, skip_if_finished=True)
     except UpdateFinishedTrialError:  # another worker failed it as stale meanwhile
         return trial.storage.get_trial(trial_id_of(trial))
-
-
-def _claim(
-    study: optuna.Study,
-    take: Callable[[], optuna.Trial | None],
-    stand_down: Callable[[optuna.Trial], str | None],
-) -> tuple[optuna.Trial | None, str | None]:
-    """Take a trial into this worker (`take`: ask, or pop a queued one) and decide whether
-    it trains (`stand_down`: the reason it may not, else None; it is then failed with that
-    reason). Returns the trial (None when there was none to take) and that reason (None:
-    it trains).
-
-    Ctrl-C or SIGTERM must not leave the trial RUNNING with nobody to end it (until a
-    heartbeat check, or `fail-stale` where there is none): one that comes while the trial is
-    being taken waits until it is in hand (the storage call that created it would raise it
-    before `take` returned), and one in the checks fails it as "interrupted", as execute
-    does once training starts."""
-    trial = None
-    try:
-        with interrupts.deferred():
-            trial = take()
-        reason = stand_down(trial) if trial is not None else None
-        if reason is not None:
-            _finish(study, trial, TrialState.FAIL, reason=reason)
-        return trial, reason
-    except KeyboardInterrupt:
-        if trial is not None:
-            _finish(study, trial, TrialState.FAIL, reason="interrupted")
-        raise
 
 
 # ---------------------------------------------------------------- points: (parameters, seed), each run once
@@ -311,17 +327,17 @@ def run_points(
     ran = 0
     while True:
         fail_stale_trials(study)
-        trial, stood_down = _claim(study, lambda: _pop_waiting(study), lambda t: _duplicate_of(study, t, default_seed))
-        if trial is None:
+        taken = take_and_train(study, lambda: _pop_waiting(study), lambda t: _duplicate_of(study, t, default_seed),
+                               objective)
+        if taken.trial is None:
             if _wait_for_others(study, on_wait):
                 continue
             return ran
-        if stood_down:
+        if taken.frozen is None:  # stood down: a duplicate of a point already complete
             continue
-        frozen = execute(study, trial, objective)
         ran += 1
         if on_trial_end:
-            on_trial_end(frozen)
+            on_trial_end(taken.frozen)
 
 
 # ---------------------------------------------------------------- optimize
@@ -396,13 +412,13 @@ def run_optimize(
         if repeats >= MAX_REPEATS:
             raise RunError(f"the sampler proposed {repeats} configurations in a row that were trained already: the "
                            "space looks exhausted; widen it (--space) or ask for fewer --trials")
-        trial, stood_down = _claim(study, lambda: _ask(study, space), lambda t: _untrained(study, t, n_trials, space))
-        assert trial is not None  # ask always makes one
-        if stood_down:
-            repeats += stood_down.startswith(REPEATS)
+        taken = take_and_train(study, lambda: _ask(study, space), lambda t: _untrained(study, t, n_trials, space),
+                               objective)
+        if taken.stood_down is not None:
+            repeats += taken.stood_down.startswith(REPEATS)
             continue
-        repeats = 0
-        frozen = execute(study, trial, objective)
+        assert taken.frozen is not None  # ask always makes a trial, and it trained
+        frozen, repeats = taken.frozen, 0
         ran += 1
         if frozen.state == TrialState.FAIL:
             failures, last_reason = failures + 1, frozen.user_attrs.get("fail_reason", "no reason recorded")
