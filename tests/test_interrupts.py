@@ -45,6 +45,14 @@ def _signal_after(engine, monkeypatch, prefix: str | None = None, sig=signal.SIG
     return sent
 
 
+def _interrupt_here() -> None:
+    """SIGINT to this process, then a moment of bytecodes for its handler to run in (where an
+    interrupt is not held, it is raised here)."""
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(10**6):
+        pass
+
+
 def _unlocked(path) -> bool:
     c = sqlite3.connect(path, timeout=0.5)
     try:
@@ -219,9 +227,7 @@ def interrupt_as_training_ends(monkeypatch):
     @contextlib.contextmanager
     def heartbeat_then_signal(storage, trial_id):
         yield
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(10**6):  # the handler runs between bytecodes: soon
-            pass
+        _interrupt_here()
 
     monkeypatch.setattr(trial_loop, "_heartbeat", heartbeat_then_signal)
 
@@ -254,9 +260,7 @@ def test_an_interrupt_before_training_ends_fails_the_trial(tmp_path, handlers):
     from vae_search import trial_loop
 
     def interrupted(trial):
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(10**6):
-            pass
+        _interrupt_here()
         return 0.25
 
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="s")
@@ -279,9 +283,7 @@ def test_an_interrupt_while_a_journal_is_replayed_drops_no_log(tmp_path, handler
     real = JournalStorageReplayResult._apply_create_trial
 
     def signal_then_apply(self, log):
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(10**6):  # the handler runs between bytecodes: here, unless held
-            pass
+        _interrupt_here()
         return real(self, log)
 
     monkeypatch.setattr(JournalStorageReplayResult, "_apply_create_trial", signal_then_apply)
