@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 # Tests call the CLI in-process (and patch it) and start their own workers: one process per
@@ -43,8 +42,22 @@ def _isolated(tmp_path_factory, monkeypatch):
     and a study database out of the environment for the whole session), and trains in one
     process unless it asks for --jobs (the tests call the CLI in-process and patch it)."""
     monkeypatch.setenv("VAE_SEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    import torch  # here, not at the top: a process a test spawns (multiprocessing imports the test
+    # module and so this file) then starts without torch, which it may not need
 
     torch.set_num_threads(min(2, THREADS))
+
+
+@pytest.fixture(autouse=True)
+def _chromium_only_in_its_tier(request, monkeypatch):
+    """kaleido starts a headless Chromium for the report's PNG figures, seconds per report:
+    outside the `chromium` tier, `report` takes the path of a machine without a browser (a
+    note; report.html still has every figure), and a test that needs the PNGs is marked."""
+    if request.node.get_closest_marker("chromium") is None:
+        def no_browser(*args, **kwargs):
+            raise RuntimeError("no Chromium outside the tests' chromium tier")
+
+        monkeypatch.setattr("plotly.io.write_images", no_browser)
 
 
 def _images(n: int, seed: int) -> np.ndarray:

@@ -336,6 +336,22 @@ def test_report_writes_one_document(searched, cli, tmp_path, batches_dir):
     assert {"latent_dim", "base_channels", "beta", "lr", "neg_elbo", "recon_loss", "params"} <= set(df.columns)
 
 
+def test_report_without_a_browser_says_so_and_keeps_the_figures_in_the_html(searched, cli, tmp_path):
+    """No Chrome or Chromium for kaleido (conftest gives this tier none): the report is still
+    written, with a note; report.md points to report.html for each figure and links no PNG
+    that is not there."""
+    tmp, common = searched
+    rc, _, err = cli("report", "--study-name", "search", "--out", tmp_path, *common)
+    assert rc == 0, err
+    assert "figures not written as PNG" in err and "apt-get install chromium" in err
+    folder = tmp_path / "search"
+    md = (folder / "report.md").read_text()
+    assert "(in report.html)" in md
+    linked = re.findall(r"\]\(([^)]+\.png)\)", md)
+    assert linked and all((folder / name).exists() for name in linked)  # the trials' pictures, not kaleido's
+    assert not (folder / "history.png").exists() and "history" in (folder / "report.html").read_text()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

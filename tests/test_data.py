@@ -137,13 +137,14 @@ class TestErrors:
     def test_an_image_is_measured_before_it_is_decoded(self, tmp_path, monkeypatch, size, words):
         """A 12 KB PNG can declare 10,000 x 10,000 pixels (300 MB decoded; 50,000 square would
         be 7.5 GB): the header is read first, and such a file is never decoded."""
+        import torchvision.io
         from PIL import Image
 
         root = make_image_folder(tmp_path / "imgs", n_train=4, n_test=4)
         big = sorted((root / "train").rglob("*.png"))[-1]
         Image.new("1", size).save(big)
-        decode, declared = data_module.decode_image, big.read_bytes()
-        monkeypatch.setattr(data_module, "decode_image",
+        decode, declared = torchvision.io.decode_image, big.read_bytes()
+        monkeypatch.setattr(torchvision.io, "decode_image",  # what _read_image_folder imports when it runs
                             lambda raw, **k: pytest.fail(f"{big} decoded") if raw.numpy().tobytes() == declared
                             else decode(raw, **k))
         with pytest.raises(UsageError, match=words):
@@ -167,7 +168,9 @@ class TestErrors:
         def offline(*args, **kwargs):
             raise URLError("no route to host")
 
-        monkeypatch.setattr(data_module.datasets.CIFAR10, "download", offline)
+        from torchvision.datasets import utils
+
+        monkeypatch.setattr(utils, "download_and_extract_archive", offline)  # what _download calls
         with pytest.raises(UsageError, match="could not download CIFAR-10.*--data-dir"):
             load_cifar10(None, cache_dir=tmp_path / "cache")
 

@@ -234,9 +234,12 @@ def test_two_workers_through_the_grpc_proxy(fresh_pg_db, tmp_path, batches_dir, 
         proxy.wait(timeout=30)
 
 
-def test_grpc_url_without_a_proxy_is_one_line(cli):
+def test_grpc_url_without_a_proxy_is_one_line(cli, monkeypatch):
+    from vae_search import storages
+
+    monkeypatch.setattr(storages, "PROXY_WAIT_S", 1.5)  # a user waits 10 s; the answer is the same
     rc, _, err = cli("best", "--storage", f"grpc://127.0.0.1:{free_port()}")
-    assert rc == 2 and "no storage proxy answers there" in one_line_error(err)
+    assert rc == 2 and "no storage proxy answers there within 1.5 s" in one_line_error(err)
 
 
 @pytest.mark.parametrize("backend", ["grpc://127.0.0.1:13000", "journal:///{tmp}/s.log"])

@@ -301,7 +301,7 @@ def test_chaos_check_reads_a_trial_in_its_own_precision(tmp_path, batches_dir, c
 
     storage = f"sqlite:///{tmp_path}/s.db"
     assert cli("optimize", "--trials", 1, "--epochs", 1, "--precision", "bf16", "--pruner", "none",
-               "--data-dir", batches_dir, "--batch-size", "64", "--compile", "off", "--storage", storage,
+               "--data-dir", batches_dir, "--limit-train", "64", "--batch-size", "64", "--compile", "off", "--storage", storage,
                "--artifact-dir", tmp_path / "art")[0] == 0
     trial = _search(storage).trials[0]
     assert trial.user_attrs["precision"] == "bf16"

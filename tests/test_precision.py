@@ -4,6 +4,7 @@ import optuna
 import pytest
 import torch
 
+from tests.conftest import SMALL as SMALL_PRESET
 from tests.conftest import TINY, one_line_error
 from vae_search import train as train_module
 from vae_search.data import load_cifar10
@@ -71,10 +72,11 @@ def test_auto_follows_torchs_own_check(monkeypatch):
 
 def test_precision_is_recorded_and_a_study_does_not_mix_them(tmp_path, batches_dir, cli):
     storage = f"sqlite:///{tmp_path}/s.db"
-    common = ("--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "a")
+    common = ("--epochs", 1, *SMALL_PRESET, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir",
+              tmp_path / "a")
     rc, _, err = cli("grid", "--precision", "bf16", *common)
     assert rc == 0, err
-    study = optuna.load_study(study_name="b1", storage=storage)
+    study = optuna.load_study(study_name="small", storage=storage)
     assert study.user_attrs["budget"]["precision"] == "bf16"
     assert {t.user_attrs["precision"] for t in study.trials} == {"bf16"}
     rc, _, err = cli("grid", "--precision", "fp32", *common)
@@ -95,11 +97,11 @@ def test_grid_defaults_to_auto(tmp_path, batches_dir, cli, monkeypatch):
 
     monkeypatch.setattr(train, "native_bf16", lambda device: True)
     storage = f"sqlite:///{tmp_path}/s.db"
-    assert cli("grid", "--epochs", 1, "--data-dir", batches_dir, "--limit-train", 64, "--limit-val", 16, "--batch-size",
-               64, "--compile", "off", "--storage", storage, "--artifact-dir", tmp_path / "art")[0] == 0
+    assert cli("grid", "--epochs", 1, *SMALL_PRESET, "--data-dir", batches_dir, "--limit-train", 64, "--limit-val", 16,
+               "--batch-size", 64, "--compile", "off", "--storage", storage, "--artifact-dir", tmp_path / "art")[0] == 0
     import optuna
 
-    trials = optuna.load_study(study_name="b1", storage=storage).trials
+    trials = optuna.load_study(study_name="small", storage=storage).trials
     assert {t.user_attrs["precision"] for t in trials} == {"bf16"}
 
 
@@ -109,14 +111,15 @@ def test_auto_keeps_the_studys_precision_on_another_machine(tmp_path, batches_di
     from vae_search import train
 
     storage = f"sqlite:///{tmp_path}/s.db"
-    common = ("--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "a")
+    common = ("--epochs", 1, *SMALL_PRESET, "--data-dir", batches_dir, *TINY, "--storage", storage, "--artifact-dir",
+              tmp_path / "a")
     monkeypatch.setattr(train, "native_bf16", lambda device: False)
     assert cli("grid", *common)[0] == 0  # auto on "AVX2": fp32
     monkeypatch.setattr(train, "native_bf16", lambda device: True)
     rc, _, err = cli("grid", "--seeds", 2, *common)  # auto on "AVX512_BF16" would be bf16
     assert rc == 0, err
     assert "runs in fp32 (its budget); --precision auto keeps it (this machine alone would use bf16)" in err
-    trials = optuna.load_study(study_name="b1", storage=storage).trials
+    trials = optuna.load_study(study_name="small", storage=storage).trials
     assert len(trials) == 8 and {t.user_attrs["precision"] for t in trials} == {"fp32"}
     rc, _, err = cli("grid", "--seeds", 2, "--precision", "bf16", *common)  # asked for explicitly: still refused
     assert rc == 2 and "precision is fp32 there, bf16 here" in one_line_error(err)

@@ -158,12 +158,12 @@ def test_same_seed_same_val_loss_through_the_cli(tmp_path, batches_dir, cli):
     losses = []
     for run in ("a", "b"):
         storage = f"sqlite:///{tmp_path}/{run}.db"
-        rc, _, err = cli("grid", "--epochs", 2, "--seed", 7, "--data-dir", batches_dir, *TINY, "--storage", storage,
+        rc, _, err = cli("grid", *SMALL, "--epochs", 2, "--seed", 7, "--data-dir", batches_dir, *TINY, "--storage", storage,
                          "--artifact-dir", tmp_path / run)
         assert rc == 0, err
-        losses.append({_point(t): t.user_attrs["val_loss"] for t in _trials(storage)})
+        losses.append({_point(t): t.user_attrs["val_loss"] for t in _trials(storage, "small")})
     assert losses[0] == losses[1]  # to the last digit
-    t = _trials(f"sqlite:///{tmp_path}/a.db")[0]
+    t = _trials(f"sqlite:///{tmp_path}/a.db", "small")[0]
     assert {"torch", "optuna", "device", "data_fingerprint", "seed"} <= set(t.user_attrs)
 
 

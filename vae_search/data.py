@@ -34,8 +34,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision import datasets
-from torchvision.io import ImageReadMode, decode_image
 
 from vae_search.atomic import atomic_write
 from vae_search.errors import UsageError
@@ -149,6 +147,7 @@ def check_data_dir(data_dir: Path) -> None:
 def _download(cache_dir: Path) -> Cifar10:
     """torchvision's download of the official archive (its MD5 checked), read by our own
     restricted reader rather than torchvision's plain pickle.load."""
+    from torchvision import datasets
     from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
     root = cache_dir / "torchvision"
@@ -330,6 +329,12 @@ def _check_declared_size(file: str, raw: bytes) -> None:
 
 
 def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    # Imported here, not at the top: torchvision's package import pulls in its models and
+    # torch._dynamo (about 2.5 s on the project's CPUs), which a run from the cache (every
+    # run after the first) and a `--jobs` parent, which never trains, do not need.
+    from torchvision import datasets
+    from torchvision.io import ImageReadMode, decode_image
+
     out = []
     for split in ("train", "test"):
         try:

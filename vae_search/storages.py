@@ -376,6 +376,9 @@ class _Journal(JournalStorage):
             super()._sync_with_backend()
 
 
+PROXY_WAIT_S = 10  # how long a client waits for `vae-search storage-proxy` to answer
+
+
 def _grpc_proxy(url: str) -> BaseStorage:
     """A client of `vae-search storage-proxy` (Optuna's gRPC storage proxy)."""
     from optuna.storages import GrpcStorageProxy
@@ -386,9 +389,9 @@ def _grpc_proxy(url: str) -> BaseStorage:
         raise UsageError(f"storage URL {url!r}: use grpc://HOST:PORT (the address of `vae-search storage-proxy`)")
     proxy = GrpcStorageProxy(host=host, port=int(port))
     try:
-        proxy.wait_server_ready(timeout=10)
+        proxy.wait_server_ready(timeout=PROXY_WAIT_S)
     except ConnectionError:
-        raise UsageError(f"cannot open storage {url}: no storage proxy answers there within 10 s") from None
+        raise UsageError(f"cannot open storage {url}: no storage proxy answers there within {PROXY_WAIT_S:g} s") from None
     return proxy
 
 
