@@ -6,10 +6,17 @@ with torch and torchvision imported first, as every command did before the readi
 commands stopped importing them:
 
     python benchmarks/startup.py            # 5 rounds; the last line is one JSON object
+    python benchmarks/startup.py --jobs-parent   # a --jobs 2 search's time to its first trial
 
 Each round starts a fresh interpreter per command (what a user's shell does); the figures
 are the medians. The OS file cache is warm after the first round, as on a machine that ran
 the tool before; a cold first start is slower for all three.
+
+--jobs-parent times a training command instead: `optimize --trials 2 --jobs 2 --epochs 1`
+on tiny generated data (its cache decoded before the first round), from the command's start
+to the first `[worker N] trial` line (the parent's imports, data, study and the workers'
+start-up), against the same parent with torchvision imported first, as it was before data.py
+imported torchvision only where images are decoded; the workers are the same in both.
 """
 
 from __future__ import annotations
@@ -43,12 +50,64 @@ def _time(code: str, args: list[str], cwd: Path) -> float:
     return elapsed
 
 
+def _first_trial(code: str, args: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Seconds from the command's start to its first trial's first line."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first, tail = None, []
+    for line in proc.stderr:
+        if first is None and line.startswith("[worker") and " trial " in line:
+            first = time.perf_counter() - start
+        tail = [*tail[-4:], line.rstrip()]
+    if proc.wait() != 0 or first is None:
+        sys.exit(f"startup: {' '.join(args)} failed (exit {proc.returncode}): {tail}")
+    return first
+
+
+def jobs_parent(rounds: int, warmup: int) -> dict:
+    import os
+    import shutil
+
+    from tests.conftest import make_batches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        make_batches(cwd)
+        env = {**os.environ, "VAE_SEARCH_CACHE": str(cwd / "cache"), "VAE_SEARCH_JOBS": ""}
+        args = ["optimize", "--trials", "2", "--jobs", "2", "--epochs", "1", "--data-dir", str(cwd), "--limit-train", "128",
+                "--limit-val", "32", "--batch-size", "64", "--compile", "off", "--storage", f"sqlite:///{cwd}/s.db",
+                "--artifact-dir", str(cwd / "art")]
+        variants = {"now": ENTRY, "with_torchvision": "import torchvision\n" + ENTRY}
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for i in range(warmup + rounds):
+            for variant, code in variants.items():
+                (cwd / "s.db").unlink(missing_ok=True)  # a new search each time, its data cache kept
+                shutil.rmtree(cwd / "art", ignore_errors=True)
+                took = _first_trial(code, args, cwd, env)
+                if i >= warmup:
+                    times[variant].append(took)
+    now, before = (statistics.median(times[v]) for v in variants)
+    print(f"optimize --jobs 2, to the first trial: {now:.2f} s (median of {rounds}); with torchvision imported by the "
+          f"parent {before:.2f} s ({before / now:.2f}x)", flush=True)
+    return {"jobs_parent_first_trial_s": round(now, 3), "jobs_parent_with_torchvision_s": round(before, 3),
+            "jobs_parent_speedup": round(before / now, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per command and variant (default 5)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed rounds first, to warm the OS file cache (default 1; 0 for a smoke run)")
+    parser.add_argument("--jobs-parent", action="store_true",
+                        help="time a --jobs 2 search's start to its first trial instead of the reading commands")
     args = parser.parse_args()
+    if args.jobs_parent:
+        import torch
+
+        print(json.dumps({"cpu": torch.backends.cpu.get_cpu_capability(), "rounds": args.rounds,
+                          **jobs_parent(args.rounds, args.warmup)}))
+        return
 
     import optuna
     import torch

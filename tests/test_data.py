@@ -249,3 +249,18 @@ class TestArchives:
         bogus.write_bytes(b"not gzip at all")
         with pytest.raises(UsageError, match="cannot be unpacked"):
             load_cifar10(bogus, cache_dir=tmp_path / "cache")
+
+
+def test_the_pickles_and_the_cache_are_read_without_torchvision(tmp_path):
+    """torchvision's import (its models, torch._dynamo: seconds) is paid where images are
+    decoded, not by a `--jobs` parent or a run that reads the pickles or the cache."""
+    import subprocess
+    import sys
+
+    folder = make_batches(tmp_path, n_train=20, n_test=10).parent
+    probe = ("import sys\nfrom pathlib import Path\nfrom vae_search.data import load_cifar10\n"
+             f"for _ in range(2): load_cifar10(Path({str(folder)!r}), cache_dir=Path({str(tmp_path / 'cache')!r}))\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
