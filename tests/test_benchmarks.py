@@ -33,12 +33,6 @@ def test_startup_times_both_variants():
 
 
 @pytest.mark.slow
-def test_startup_times_a_jobs_parent_both_ways():
-    result = _last_json("benchmarks/startup.py", "--jobs-parent", "--rounds", "1", "--warmup", "0")
-    assert result["jobs_parent_first_trial_s"] > 0 and result["jobs_parent_with_torchvision_s"] > 0
-
-
-@pytest.mark.slow
 def test_gpu_benchmark_dry_run_on_cpu():
     """benchmarks/gpu.py's own code, on the CPU and tiny data: every part runs and reports."""
     result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick", "--search", "4")
