@@ -42,8 +42,9 @@ def _isolated(tmp_path_factory, monkeypatch):
     and a study database out of the environment for the whole session), and trains in one
     process unless it asks for --jobs (the tests call the CLI in-process and patch it)."""
     monkeypatch.setenv("VAE_SEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    import torch  # here, not at the top: a process a test spawns (multiprocessing imports the test
-    # module and so this file) then starts without torch, which it may not need
+    # torch is imported here, not at the top: a process a test spawns (multiprocessing imports
+    # the test module, and so this file) then starts without it
+    import torch
 
     torch.set_num_threads(min(2, THREADS))
 

@@ -330,8 +330,8 @@ def _check_declared_size(file: str, raw: bytes) -> None:
 
 def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     # Imported here, not at the top: torchvision's package import pulls in its models and
-    # torch._dynamo (about 2.5 s on the project's CPUs), which a run from the cache (every
-    # run after the first) and a `--jobs` parent, which never trains, do not need.
+    # torch._dynamo (about 2.5 s on the project's CPUs), which reading the pickles or the
+    # decoded cache does not need; a `--jobs` parent, which never trains, then never pays it.
     from torchvision import datasets
     from torchvision.io import ImageReadMode, decode_image
 
