@@ -70,10 +70,12 @@ def jobs_parent(rounds: int, warmup: int) -> dict:
     import shutil
 
     from tests.conftest import make_batches
+    from vae_search.data import load_cifar10
 
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         make_batches(cwd)
+        load_cifar10(cwd, cache_dir=cwd / "cache")  # decoded once, before any round
         env = {**os.environ, "VAE_SEARCH_CACHE": str(cwd / "cache"), "VAE_SEARCH_JOBS": ""}
         args = ["optimize", "--trials", "2", "--jobs", "2", "--epochs", "1", "--data-dir", str(cwd), "--limit-train", "128",
                 "--limit-val", "32", "--batch-size", "64", "--compile", "off", "--storage", f"sqlite:///{cwd}/s.db",

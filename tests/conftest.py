@@ -61,6 +61,20 @@ def _chromium_only_in_its_tier(request, monkeypatch):
         monkeypatch.setattr("plotly.io.write_images", no_browser)
 
 
+@pytest.fixture
+def offline(monkeypatch):
+    """No internet, anywhere the tests run: the download data._download calls (torchvision's,
+    imported there at call time) fails as it would offline."""
+    from urllib.error import URLError
+
+    from torchvision.datasets import utils
+
+    def no_route(*args, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(utils, "download_and_extract_archive", no_route)
+
+
 def _images(n: int, seed: int) -> np.ndarray:
     """(n, 32, 32, 3) uint8 with some structure (smooth gradients + noise), so a VAE has
     something to learn and reconstructions differ from noise."""
