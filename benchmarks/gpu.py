@@ -3,7 +3,7 @@ training throughput with 1, 2 and 4 workers sharing the GPU and, with --search, 
 search itself.
 
     python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz     # on a GPU machine: 4.5 minutes on an H200
-    python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz --search 50    # + about 5 minutes on an H100
+    python benchmarks/gpu.py --data-dir data/cifar10-jpeg.tar.gz --search 50    # 5 minutes in all on an H100
     python benchmarks/gpu.py --device cpu --quick                    # the same code on tiny data, 1 and 2 workers (the test suite)
 
 On a bare GPU machine (the `device` tool sends the checkout, not ../shared), from the

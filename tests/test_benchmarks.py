@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,6 +39,7 @@ def test_gpu_benchmark_dry_run_on_cpu():
     """benchmarks/gpu.py's own code, on the CPU and tiny data: every part runs and reports."""
     result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick", "--search", "4")
     assert result["cuda_tests"]["rc"] in (0, 5) and result["cuda_tests"].get("failed", 0) == 0
+    assert not result["cuda_tests"].get("error") and not result["cuda_tests"].get("errors")
     grid = result["grid"]
     assert grid["rc"] == 0 and sorted(grid["configs"]) == ["1", "2", "3", "4"]
     assert all(c["cpu_fp32"]["val_loss"] > 1800 and c["time_s"] > 0 for c in grid["configs"].values())
@@ -51,6 +54,34 @@ def test_gpu_benchmark_dry_run_on_cpu():
         timing = search[f"{part}_timing"]
         assert timing["trials"] >= 2 and min(timing["startup_s"], timing["trials_wall_s"], timing["finish_s"]) >= 0
         assert timing["startup_s"] + timing["trials_wall_s"] + timing["finish_s"] <= search[f"{part}_wall_s"] + 0.5
+
+
+# What a bare GPU machine lacks: benchmarks/gpu.py's recipe carries the packages that training and
+# a study need, not the report's (plotly, kaleido) nor PostgreSQL's driver.
+NOT_ON_THE_GPU_MACHINE = ("plotly", "kaleido", "psycopg")
+
+
+def test_the_cuda_tests_set_up_without_the_report_packages(tmp_path):
+    """The CUDA tests' fixtures (tests/conftest.py) and the training commands they call work in a
+    process where the report's packages cannot be imported, as on the GPU machine: a conftest
+    that patched plotly for every test once turned all five CUDA tests into setup errors there.
+    A probe asking for the OOM test's fixtures runs a tiny optimize on the CPU in such a process."""
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "import optuna\n\n"
+        "def test_probe(tmp_path, batches_dir, cli):\n"
+        "    storage = f'sqlite:///{tmp_path}/s.db'\n"
+        "    rc, _, err = cli('optimize', '--trials', 1, '--device', 'cpu', '--epochs', 1, '--data-dir', batches_dir,\n"
+        f"                     *{TINY!r}, '--storage', storage, '--artifact-dir', tmp_path / 'art')\n"
+        "    assert rc == 0, err\n"
+        "    assert len(optuna.load_study(study_name='search', storage=storage).trials) == 1\n")
+    code = ("import sys\n"
+            f"for name in {NOT_ON_THE_GPU_MACHINE!r}: sys.modules[name] = None  # import fails, as if not installed\n"
+            "import pytest\n"
+            "sys.exit(pytest.main(['-o', 'addopts=', '-q', '-p', 'no:cacheprovider', '-p', 'tests.conftest', sys.argv[1]]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(probe)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+    assert "1 passed" in proc.stdout
 
 
 @pytest.mark.slow
