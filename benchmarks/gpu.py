@@ -19,7 +19,8 @@ run there: the device README's `pip download` recipe), installed there with `pip
 /tmp/site .whl/*.whl` and PYTHONPATH=/tmp/site; that is how benchmarks/results/gpu/ was
 measured.
 
-Prints progress on stderr and, as its last line on stdout, one JSON object:
+Prints progress on stderr and, as its last line on stdout, one JSON object (exit status 1,
+with what failed on stderr and in its `problems`, when a part did not pass):
   - cuda_tests: what `pytest -m cuda` said (passed, failed, skipped), and its exit code;
   - grid: per B.1 config, the trial's time_s, val and recon loss in bf16 on the device,
     beside the CPU fp32 figures of benchmarks/results/b1-cpu-fp32.json (measured from a fresh
@@ -341,7 +342,32 @@ def main() -> None:
         if args.search:
             say(f"the search, {args.search} trials ...")
             keep("search", search(args, Path(tmp)))
+    result["problems"] = problems(result)
     print(json.dumps(result))
+    if result["problems"]:
+        say("the check did not pass: " + "; ".join(result["problems"]))
+        sys.exit(1)
+
+
+def problems(result: dict) -> list[str]:
+    """What keeps the check from passing, one line per part: a CUDA test that failed or could
+    not set up, a grid or search that ended in an error or ran out of its time. The JSON line
+    comes all the same (what did run was measured); the exit status says whether to trust it."""
+    found = []
+    tests = result.get("cuda_tests")
+    if tests and (tests["rc"] not in (0, 5) or tests.get("failed") or tests.get("error") or tests.get("errors")):
+        found.append(f"cuda_tests: {tests.get('summary') or 'timed out'}")
+    grid = result.get("grid")
+    if grid and grid["rc"] != 0:
+        found.append(f"grid: rc {grid['rc']}: {' '.join(grid['error'])}")
+    elif grid and (grid["timed_out"] or len(grid["configs"]) != 4):
+        found.append(f"grid: {len(grid['configs'])} of 4 configs" + (" (timed out)" if grid["timed_out"] else ""))
+    search = result.get("search")
+    if search and "timed_out" in search:
+        found.append(f"search: {search['timed_out']} timed out")
+    elif search and search.get("rc") != 0:
+        found.append(f"search: {' '.join(search.get('error', ['no finished trial']))}")
+    return found
 
 
 if __name__ == "__main__":

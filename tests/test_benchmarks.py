@@ -13,9 +13,9 @@ from tests.conftest import TINY
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _last_json(*args: str) -> dict:
+def _last_json(*args: str, rc: int = 0) -> dict:
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == rc, proc.stdout + proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -39,7 +39,7 @@ def test_gpu_benchmark_dry_run_on_cpu():
     """benchmarks/gpu.py's own code, on the CPU and tiny data: every part runs and reports."""
     result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick", "--search", "4")
     assert result["cuda_tests"]["rc"] in (0, 5) and result["cuda_tests"].get("failed", 0) == 0
-    assert not result["cuda_tests"].get("error") and not result["cuda_tests"].get("errors")
+    assert not result["cuda_tests"].get("error") and not result["cuda_tests"].get("errors") and result["problems"] == []
     grid = result["grid"]
     assert grid["rc"] == 0 and sorted(grid["configs"]) == ["1", "2", "3", "4"]
     assert all(c["cpu_fp32"]["val_loss"] > 1800 and c["time_s"] > 0 for c in grid["configs"].values())
@@ -54,6 +54,21 @@ def test_gpu_benchmark_dry_run_on_cpu():
         timing = search[f"{part}_timing"]
         assert timing["trials"] >= 2 and min(timing["startup_s"], timing["trials_wall_s"], timing["finish_s"]) >= 0
         assert timing["startup_s"] + timing["trials_wall_s"] + timing["finish_s"] <= search[f"{part}_wall_s"] + 0.5
+
+
+def test_gpu_check_fails_on_what_kept_a_part_from_passing():
+    """gpu.py's verdict on JSON it printed on GPU machines: the CUDA tests' setup errors of the
+    third H100 check, its rerun after the fix, and the second check's search cut short."""
+    from benchmarks.gpu import problems
+
+    runs = ROOT / "benchmarks" / "results" / "gpu"
+    errored = json.loads((runs / "h100-search-3" / "gpu.json").read_text())
+    assert problems(errored) == ["cuda_tests: 1 skipped, 5 errors in 3.62s"]  # grid, throughput, search all fine
+    assert problems(json.loads((runs / "h100-search-3" / "gpu-tests.json").read_text())) == []
+    assert problems(json.loads((runs / "h100-search-2" / "gpu.json").read_text())) == ["search: optimize timed out"]
+    errored["grid"] = {"rc": 2, "error": ["error: no CIFAR-10 at data/x"], "wall_s": 3.0}
+    errored["search"] = {"trials": 50, "rc": 1, "failed": "confirm", "error": ["error: study 'search' not found"]}
+    assert problems(errored)[1:] == ["grid: rc 2: error: no CIFAR-10 at data/x", "search: error: study 'search' not found"]
 
 
 # What a bare GPU machine lacks: benchmarks/gpu.py's recipe carries the packages that training and
@@ -89,7 +104,8 @@ def test_gpu_benchmark_reports_a_search_cut_short():
     """--search-timeout strikes mid-search: the part is stopped as a Ctrl-C would stop it (its
     running trial FAIL "interrupted", none left RUNNING) and what the study holds is reported."""
     result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick", "--skip-tests", "--skip-grid", "--workers", "1",
-                        "--search", "300", "--search-timeout", "40")
+                        "--search", "300", "--search-timeout", "40", rc=1)  # a part cut short: the check did not pass
+    assert result["problems"] == ["search: optimize timed out"]
     search = result["search"]
     assert search["timed_out"] == "optimize" and search["rc"] is None and "confirm_wall_s" not in search, search
     assert "RUNNING" not in search["states"] and 0 < search["distinct"] < 300, search
