@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,25 +74,17 @@ def test_gpu_check_fails_on_what_kept_a_part_from_passing():
 NOT_ON_THE_GPU_MACHINE = ("plotly", "kaleido", "psycopg")
 
 
-def test_the_cuda_tests_set_up_without_the_report_packages(tmp_path):
+def test_the_cuda_tests_set_up_without_the_report_packages():
     """The CUDA tests' fixtures (tests/conftest.py) and the training commands they call work in a
     process where the report's packages cannot be imported, as on the GPU machine: a conftest
     that patched plotly for every test once turned all five CUDA tests into setup errors there.
-    A probe asking for the OOM test's fixtures runs a tiny optimize on the CPU in such a process."""
-    probe = tmp_path / "test_probe.py"
-    probe.write_text(
-        "import optuna\n\n"
-        "def test_probe(tmp_path, batches_dir, cli):\n"
-        "    storage = f'sqlite:///{tmp_path}/s.db'\n"
-        "    rc, _, err = cli('optimize', '--trials', 1, '--device', 'cpu', '--epochs', 1, '--data-dir', batches_dir,\n"
-        f"                     *{TINY!r}, '--storage', storage, '--artifact-dir', tmp_path / 'art')\n"
-        "    assert rc == 0, err\n"
-        "    assert len(optuna.load_study(study_name='search', storage=storage).trials) == 1\n")
+    The probe asks for the OOM test's fixtures and runs a tiny optimize on the CPU."""
     code = ("import sys\n"
             f"for name in {NOT_ON_THE_GPU_MACHINE!r}: sys.modules[name] = None  # import fails, as if not installed\n"
             "import pytest\n"
-            "sys.exit(pytest.main(['-o', 'addopts=', '-q', '-p', 'no:cacheprovider', '-p', 'tests.conftest', sys.argv[1]]))")
-    proc = subprocess.run([sys.executable, "-c", code, str(probe)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+            "sys.exit(pytest.main(['-o', 'addopts=', '-q', '-p', 'no:cacheprovider', sys.argv[1]]))")
+    proc = subprocess.run([sys.executable, "-c", code, "tests/probe_without_report_packages.py"], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
     assert "1 passed" in proc.stdout
 
