@@ -1,5 +1,6 @@
 """The benchmarks' smoke modes run and end with their JSON line (the figures themselves belong
-in the README, measured on full data, never asserted here)."""
+in the README, measured on full data, never asserted here); the GPU check's verdict on the JSON
+it printed on GPU machines, and its CUDA tests' set-up where the report's packages are missing."""
 
 import json
 import subprocess
