@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,9 +68,6 @@ def _first_trial(code: str, args: list[str], cwd: Path, env: dict[str, str]) -> 
 
 
 def jobs_parent(rounds: int, warmup: int) -> dict:
-    import os
-    import shutil
-
     from tests.conftest import make_batches
     from vae_search.data import load_cifar10
 
