@@ -335,7 +335,10 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
         reasons.append(f"time: {best.mean('time_s'):.1f} s to train and validate")
     reasons.append(f"KL: {best.mean('kl'):.2f} nats per image (0 would mean posterior collapse)")
     gap = best.mean("val_loss") - best.mean("train_loss")
-    reasons.append(f"over-fitting: train loss {best.mean('train_loss'):.2f}, val loss {best.mean('val_loss'):.2f}, gap {gap:+.2f} "
+    # On the loss it trains (recon + beta x KL), not neg_elbo: with beta != 1 the two differ, and the
+    # line would otherwise seem to contradict the quality line above it.
+    reasons.append(f"over-fitting: train loss {best.mean('train_loss'):.2f}, val loss {best.mean('val_loss'):.2f} "
+                   f"(recon + beta x KL, the loss it trains), gap {gap:+.2f} "
                    f"({pct(best.mean('val_loss'), best.mean('train_loss')):+.2f}%)")
     reasons.append(f"compression: {IMAGE_VALUES} values -> {p['latent_dim']} latents, {IMAGE_VALUES / p['latent_dim']:.0f}x")
     rows = [
