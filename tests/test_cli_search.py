@@ -189,6 +189,16 @@ def test_two_objectives_give_a_pareto_front(tmp_path, batches_dir, cli):
     assert "Pareto front" in out
     front = {t.number for t in study.best_trials}
     assert all(f"| {n} " in out or f"|{n} " in out or f" {n} |" in out for n in front)
+    # "best" of two objectives is the front's lowest neg_elbo, for interpolate and the report's B.3 alike
+    lowest = min(study.best_trials, key=lambda t: t.values[0]).number
+    rc, out, err = cli("interpolate", "--study-name", "pareto", "--out", tmp_path / "fig", *common)
+    assert rc == 0, err
+    assert f"trial {lowest} (the lowest neg_elbo of the Pareto front) of study 'pareto'" in " ".join(err.split())
+    rc, _, err = cli("report", "--study-name", "pareto", "--out", tmp_path / "rep", *common)
+    assert rc == 0, err
+    md = (tmp_path / "rep" / "pareto" / "report.md").read_text()
+    assert "B.3 draws its lowest neg_elbo" in md and f"Trial {lowest} (latent" in md
+    assert (tmp_path / "rep" / "pareto" / "interpolation-random.png").read_bytes()[:4] == b"\x89PNG"
 
 
 class TestInterpolate:

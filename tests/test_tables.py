@@ -54,3 +54,35 @@ def test_time_to_quality_is_empty_without_a_complete_trial():
     study = optuna.create_study()
     study.add_trial(_trial(0, TrialState.PRUNED, 0, 1, None))
     assert not time_to_quality(study).data
+
+
+def test_the_importances_are_the_dashboards_with_one_objective_or_two():
+    """The report's importance figure is PED-ANOVA, as optuna-dashboard's, whatever Optuna's
+    default evaluator; a two-objective study's (neg_elbo first) prints no warning to the user."""
+    import warnings
+
+    from optuna.distributions import IntDistribution
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    from vae_search.tables import figures
+
+    space = {"latent_dim": IntDistribution(2, 128), "beta": FloatDistribution(0.1, 2.0), "lr": FloatDistribution(1e-4, 1e-2)}
+    for directions in (["minimize"], ["minimize", "minimize"]):
+        study = optuna.create_study(directions=directions, sampler=optuna.samplers.RandomSampler(seed=0))
+        for _ in range(30):
+            trial = study.ask(space)
+            neg_elbo = 1800 + 40 * trial.params["beta"] + 0.01 * trial.params["latent_dim"]  # beta matters most
+            params = 1000 * trial.params["latent_dim"]
+            trial.set_user_attr("neg_elbo", neg_elbo)
+            trial.set_user_attr("params", params)
+            study.tell(trial, neg_elbo if len(directions) == 1 else [neg_elbo, params])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bar = figures(study)["importances"].data[0]
+        assert not [w for w in caught if "PedAnova" in str(w.message)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the same warning, for the same minimised target
+            expected = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target=lambda t: t.values[0])
+        shown = dict(zip(bar.y, bar.x, strict=True))
+        assert set(shown) == set(expected) and max(shown, key=shown.get) == "beta"
+        assert all(abs(shown[k] - expected[k]) < 1e-9 for k in expected)

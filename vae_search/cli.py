@@ -315,7 +315,8 @@ def interpolate(
     study, chosen, png = run.interpolate(storage, study_name, _notes, trial=trial, artifact_dir=artifact_dir,
                                          out_dir=out or Path("studies/interpolations"), rows=rows, steps=steps,
                                          mode=mode.value, seed=seed, data_dir=data_dir)
-    err.print(f"trial {chosen.number} of study {study.study_name!r} (the interactive figure is on the study's dashboard page):")
+    which = " (the lowest neg_elbo of the Pareto front)" if trial == "best" and len(study.directions) > 1 else ""
+    err.print(f"trial {chosen.number}{which} of study {study.study_name!r} (the interactive figure is on the study's dashboard page):")
     print(png)
 
 

@@ -32,7 +32,7 @@ from vae_search.ui import err
 
 FIGURE_TEXT = {
     "history": "Optimisation history: each trial's validation neg_elbo and the best so far.",
-    "importances": "Parameter importances (fANOVA over the complete trials).",
+    "importances": "Parameter importances (PED-ANOVA over the complete trials: what matters to reach the best tenth, as optuna-dashboard computes them).",
     "pareto_front": "Pareto front: validation neg_elbo against parameter count.",
     "neg_elbo_vs_params": "Validation neg_elbo against parameter count, pruned trials at the epoch they stopped.",
     "parallel_coordinates": "Parallel coordinates of the parameters, coloured by neg_elbo.",
@@ -85,14 +85,18 @@ def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage, given: str | 
 def _b2(study: optuna.Study, storage: optuna.storages.BaseStorage,
         given: str | None) -> tuple[Section, optuna.trial.FrozenTrial | None]:
     from vae_search.definitions import grid_preset
-    from vae_search.selection import pareto_front, select_best
+    from vae_search.selection import choose_trial, pareto_front, select_best
 
     s = Section("B.2 Final architecture selection")
     if len(study.directions) > 1:
         front = pareto_front(study)
-        s.text.append(f"Two objectives: the Pareto front of neg_elbo against parameters, {len(front)} trials.")
+        s.text.append(f"Two objectives: the Pareto front of neg_elbo against parameters, {len(front)} trials; "
+                      "B.3 draws its lowest neg_elbo, the trial `interpolate --trial best` draws.")
         s.table_md = markdown(front)
-        return s, None
+        try:
+            return s, choose_trial(study, "best")
+        except UsageError:  # no weights: B.3 says there is no trial to draw
+            return s, None
     preset = grid_preset(study.user_attrs, given) if study.user_attrs.get("kind") == "grid" else None
     try:
         sel = select_best(study, storage, preset=preset)
@@ -115,7 +119,7 @@ def _b3(study: optuna.Study, trial, artifact_dir: Path, images: torch.Tensor | N
 
     s = Section("B.3 Latent space interpolation")
     if trial is None:
-        s.text.append("No chosen trial (no complete trial yet, or two objectives).")
+        s.text.append("No chosen trial (no complete trial with weights yet).")
         return s
     try:
         model = load_model(artifact_store(artifact_dir, create=False), trial)

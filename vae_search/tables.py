@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -161,6 +162,7 @@ def figures(study: optuna.Study, reference: tuple[str, float] | None = None) -> 
     are left out; `reference` (label, neg_elbo) is drawn on the time-to-quality figure. Axes say neg_elbo (the study's metric name), never "Objective Value"."""
     import plotly.express as px
     from optuna import visualization as vis
+    from optuna.importance import PedAnovaImportanceEvaluator
 
     multi = len(study.directions) > 1
     target = {"target": (lambda t: t.values[0]), "target_name": "neg_elbo"} if multi else {"target_name": "neg_elbo"}
@@ -171,7 +173,12 @@ def figures(study: optuna.Study, reference: tuple[str, float] | None = None) -> 
         out["history"].update_layout(title="optimisation history: validation neg_elbo and best so far")
     if len(complete) >= 2:
         try:
-            out["importances"] = vis.plot_param_importances(study, **target)
+            # PED-ANOVA, named rather than left to Optuna's default, so that the figure is the
+            # dashboard's (optuna_dashboard/_importance.py). Like the dashboard, quiet its warning that a
+            # `target` is minimised: ours is neg_elbo, which is.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes the importances")
+                out["importances"] = vis.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), **target)
         except (RuntimeError, ValueError, ZeroDivisionError):
             pass  # e.g. every trial had the same parameters (a grid with one varying axis)
     if multi and complete:
