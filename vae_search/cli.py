@@ -289,7 +289,8 @@ class Mode(StrEnum):
 
 @app.command()
 def interpolate(
-    trial: Annotated[str, typer.Option(help="'best' or a trial number.")] = "best",
+    trial: Annotated[str, typer.Option(help="'best' (what `vae-search best` chooses; with two objectives the lowest "
+                                       "neg_elbo of the Pareto front) or a trial number.")] = "best",
     study_name: o.StudyName = None,
     # bounded: one figure of rows x steps images (--steps 100000 ran out of memory)
     steps: Annotated[int, typer.Option(min=2, max=64, help="Images per interpolation line (2 to 64).")] = 10,
