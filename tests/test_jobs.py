@@ -239,6 +239,8 @@ def test_ctrl_c_stops_every_worker_and_leaves_no_running_trial(tmp_path, batches
     table = [(t.number, t.state.name, t.params, t.system_attrs, t.user_attrs.get("fail_reason")) for t in trials]
     assert not [t for t in trials if t.state == TrialState.RUNNING], table
     assert [t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL] == ["interrupted"] * 2, (table, err)
+    # what became of the trials is said once, by the parent, not again by each worker
+    assert err.count("finished trials are saved") == 1 and err.rstrip().endswith("Run the same command again to resume."), err
 
 
 @pytest.mark.multiprocess

@@ -21,7 +21,7 @@ import typer
 from vae_search import interrupts
 from vae_search import options as o
 from vae_search import study as st_defaults
-from vae_search.errors import RunError, UsageError, system_reason
+from vae_search.errors import INTERRUPTED, RunError, UsageError, system_reason
 from vae_search.names import printable
 
 app = typer.Typer(
@@ -444,7 +444,6 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(printable(note), file=sys.stderr)
     if rc == 130:  # a training command says what became of its trials; a server only stopped
         trains = bool(args) and args[0] in ("grid", "optimize", "confirm")
-        print("vae-search: interrupted; finished trials are saved and running ones are marked FAIL (interrupted). "
-              "Run the same command again to resume." if trains else "vae-search: stopped", file=sys.stderr)
+        print(INTERRUPTED if trains else "vae-search: stopped", file=sys.stderr)
     sys.exit(rc if isinstance(rc, int) else 0)
 

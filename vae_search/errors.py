@@ -1,5 +1,10 @@
 """The exceptions the CLI turns into a single line on stderr and a non-zero exit code."""
 
+# The last line of a training command that Ctrl-C or SIGTERM stopped (exit 130). A `--jobs`
+# parent says it once for all its workers and leaves theirs out (workers.py).
+INTERRUPTED = ("vae-search: interrupted; finished trials are saved and running ones are marked FAIL (interrupted). "
+               "Run the same command again to resume.")
+
 
 class UsageError(Exception):
     """Bad input from the user: a path, a name, a number. The message is the whole story (exit 2)."""

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from vae_search.errors import INTERRUPTED
+
 WORKER_ENV = "VAE_SEARCH_WORKER"  # "i/N" in a worker process
 PROGRESS_FD_ENV = "VAE_SEARCH_PROGRESS_FD"  # where a worker writes its progress events
 THREADS_ENV = "VAE_SEARCH_THREADS"  # torch threads of a worker
@@ -330,7 +332,7 @@ def run_workers(
         assert w.proc.stderr is not None
         for line in w.proc.stderr:
             line = line.rstrip()
-            if line:
+            if line and not (stopping.is_set() and line == INTERRUPTED):  # said once, by this parent
                 console.print(f"[worker {w.index}] {line}", highlight=False)
 
     old = {s: signal.signal(s, stop_all) for s in (signal.SIGINT, signal.SIGTERM)}
