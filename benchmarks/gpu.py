@@ -21,7 +21,7 @@ measured.
 
 Prints progress on stderr and, as its last line on stdout, one JSON object (exit status 1,
 with what failed on stderr and in its `problems`, when a part did not pass):
-  - cuda_tests: what `pytest -m cuda` said (passed, failed, skipped), and its exit code;
+  - cuda_tests: what `pytest -m cuda` said (passed, failed, skipped, which warnings), and its exit code;
   - grid: per B.1 config, the trial's time_s, val and recon loss in bf16 on the device,
     beside the CPU fp32 figures of benchmarks/results/b1-cpu-fp32.json (measured from a fresh
     clone on 2 AVX2 cores) and the difference in percent; the grid's wall time and --jobs;
@@ -80,7 +80,25 @@ def cuda_tests(timeout: float) -> dict:
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", summary)}
     failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     return {"rc": proc.returncode, "summary": summary, **counts, "failures": failed[:10],
-            "seconds": round(time.monotonic() - start, 1)}
+            "warnings": pytest_warnings(proc.stdout), "seconds": round(time.monotonic() - start, 1)}
+
+
+def pytest_warnings(stdout: str) -> list[str]:
+    """"test: Category: message" for each warning in pytest's warnings summary: a GPU check is
+    a rare event, and a bare "1 warning" in its summary told nobody which."""
+    lines = stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if "warnings summary" in line and line.startswith("=")), None)
+    if start is None:
+        return []
+    found, test = [], ""
+    for line in lines[start + 1:]:
+        if line.startswith(("-- Docs:", "=")):
+            break
+        if line and not line.startswith(" "):
+            test = line  # the test (or tests) that warned
+        elif m := re.match(r"\s+\S+:\d+: (\w+): (.*)", line):
+            found.append(f"{test}: {m[1]}: {m[2]}")
+    return found[:10]
 
 
 def grid(args: argparse.Namespace, tmp: Path) -> dict:

@@ -70,6 +70,24 @@ def test_gpu_check_fails_on_what_kept_a_part_from_passing():
     assert problems(errored)[1:] == ["grid: rc 2: error: no CIFAR-10 at data/x", "search: error: study 'search' not found"]
 
 
+def test_gpu_check_names_the_warnings_of_the_cuda_tests(tmp_path):
+    """gpu.py keeps which warnings pytest reported (a GPU check once said "1 warning" and no more),
+    read from a real pytest run's summary."""
+    from benchmarks.gpu import pytest_warnings
+
+    (tmp_path / "test_warns.py").write_text(
+        "import warnings\n"
+        "def test_a():\n    warnings.warn('TF32 tensor cores available but not enabled', UserWarning)\n"
+        "def test_b():\n    warnings.warn('two\\nlines', DeprecationWarning)\n"
+        "def test_c():\n    pass\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "test_warns.py"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout
+    assert pytest_warnings(run.stdout) == ["test_warns.py::test_a: UserWarning: TF32 tensor cores available but not enabled",
+                                           "test_warns.py::test_b: DeprecationWarning: two"]
+    assert pytest_warnings("1 passed in 0.01s") == []
+
+
 # What a bare GPU machine lacks: benchmarks/gpu.py's recipe carries the packages that training and
 # a study need, not the report's (plotly, kaleido) nor PostgreSQL's driver.
 NOT_ON_THE_GPU_MACHINE = ("plotly", "kaleido", "psycopg")
