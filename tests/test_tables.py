@@ -1,9 +1,10 @@
-"""Figures of a search that ran over several sessions: the clock counts only the hours with
-trials running, and the time-to-quality line runs to the last trial."""
+"""Figures of a search: over several sessions the clock counts only the hours with trials
+running and the time-to-quality line runs to the last trial; the importances are the dashboard's."""
 
 from __future__ import annotations
 
 import datetime
+import warnings
 
 import optuna
 from optuna.distributions import FloatDistribution
@@ -59,8 +60,6 @@ def test_time_to_quality_is_empty_without_a_complete_trial():
 def test_the_importances_are_the_dashboards_with_one_objective_or_two():
     """The report's importance figure is PED-ANOVA, as optuna-dashboard's, whatever Optuna's
     default evaluator; a two-objective study's (neg_elbo first) prints no warning to the user."""
-    import warnings
-
     from optuna.distributions import IntDistribution
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
