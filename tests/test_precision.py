@@ -125,22 +125,25 @@ def test_auto_keeps_the_studys_precision_on_another_machine(tmp_path, batches_di
     assert rc == 2 and "precision is fp32 there, bf16 here" in one_line_error(err)
 
 
-def test_version_says_what_auto_means_on_this_machine(cli, monkeypatch):
+@pytest.mark.parametrize("bf16", [True, False], ids=["native-bf16", "no-bf16"])
+def test_version_says_what_auto_means_on_this_machine(cli, monkeypatch, bf16):
     """`--version`: the versions a bug report needs, and auto's choices by the commands' own rules."""
     from importlib.metadata import version
 
-    from vae_search import workers
+    from vae_search import train, workers
     from vae_search.train import pick_device
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(train, "native_bf16", lambda device: bf16)
     monkeypatch.setattr(workers, "cores", lambda: 7)
     rc, out, err = cli("--version")
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0] == f"vae-search {version('vae-search')}"
     assert f"optuna {version('optuna')}" in lines[1] and f"torch {version('torch')}" in lines[1]
-    assert lines[2].startswith("CPU: 7 cores, AVX512, native bf16 ")
+    assert lines[2].startswith(f"CPU: 7 cores, AVX512, native bf16 {'yes' if bf16 else 'no'}")
     dev = pick_device("auto")
-    assert f"--device {dev.type}, --precision {resolve_precision('auto', dev)}" in lines[3]
+    assert f"--device {dev.type}, --precision {'bf16' if bf16 else 'fp32'}" in lines[3]
     assert f"--jobs {workers.default_jobs(dev)}" in lines[3]
-    assert ("--compile on" in lines[3]) == (dev.type in ("cpu", "cuda"))  # AVX-512 (patched above) or CUDA pay
+    # compiling pays on CUDA, and on AVX-512 CPUs (patched above) in fp32 only
+    assert ("--compile on" in lines[3]) == (dev.type == "cuda" or (dev.type == "cpu" and not bf16))

@@ -89,6 +89,53 @@ def test_compiled_step_gives_the_eager_loss(tiny):
     assert compiled.metrics["val_loss"] == pytest.approx(eager.metrics["val_loss"], rel=1e-3)
 
 
+
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2"])
+def test_compile_auto_follows_the_measurements(monkeypatch, capability):
+    """`--compile auto` compiles where it was measured to pay (docs/performance.md): CUDA, and
+    fp32 on AVX-512 CPUs; bf16 steps there gained 4%, less than compiling costs a worker."""
+    from vae_search.train import COMPILE_MIN_IMAGES, should_compile
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cpu, cuda, full = torch.device("cpu"), torch.device("cuda"), 500_000
+    assert should_compile("auto", cpu, full, "fp32") == (capability == "AVX512")
+    assert not should_compile("auto", cpu, full, "bf16")
+    assert should_compile("auto", cuda, full, "bf16") and should_compile("auto", cuda, full, "fp32")
+    assert not should_compile("auto", cuda, COMPILE_MIN_IMAGES - 1, "bf16")  # too short to pay on any device
+    assert should_compile(True, cpu, 1, "bf16") and not should_compile(False, cuda, full, "fp32")  # on/off as asked
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch warns only where there is no GPU")
+def test_compiling_on_a_cpu_with_a_cuda_toolkit_prints_no_cuda_warning(tmp_path, monkeypatch):
+    """Inductor looks for CUDA while it builds the CPU step; where a CUDA toolkit is installed
+    without a GPU, torch logs "No CUDA runtime is found" once per process, and every `--jobs`
+    worker printed it in front of a training that never uses CUDA."""
+    import logging
+
+    from torch.utils import cpp_extension
+
+    from vae_search import train as train_module
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.NOTSET)  # as a fresh process has it (setLevel also clears the logger's cache)
+    monkeypatch.setattr(train_module, "_compiled_step", None)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))  # a toolkit here (the machines of this project have nvcc)
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    log.addHandler(handler)
+    try:
+        cpp_extension._find_cuda_home()  # the lookup inductor makes (private torch API; the test's only use)
+        assert any("No CUDA runtime" in m for m in said), said  # the set-up reproduces the warning
+        said.clear()
+        train_module._get_step(True)
+        cpp_extension._find_cuda_home()
+        assert said == []
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def test_device_choice(monkeypatch):
     assert pick_device("cpu").type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -21,6 +21,7 @@ bf16 is emulated and many times slower than fp32.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 import warnings
@@ -153,23 +154,30 @@ def _get_step(use_compile: bool) -> Callable:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "inductor"))
 
         torch._dynamo.config.cache_size_limit = 64  # one entry per architecture seen
+        # Inductor's C++ toolchain looks for CUDA too; where a CUDA toolkit is installed without
+        # a GPU, torch logs "No CUDA runtime is found" once per process (every --jobs worker
+        # printed it). It only fires without a GPU, so it never concerns this step.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         _compiled_step = torch.compile(_step_loss)
     return _compiled_step
 
 
-def compile_pays(device: torch.device) -> bool:
-    """Where compiling the step was measured to pay for itself (README, Performance): CPUs
-    with AVX-512 (+18% for base 32) and CUDA (not measured here; compiling fuses the loss and
-    the elementwise work there as well). On an AVX2-only CPU the compiled step measured 2-3%
-    slower than eager, so compiling only costs its ~20 s per architecture."""
+def compile_pays(device: torch.device, precision: str) -> bool:
+    """Where compiling the step (in `precision`, fp32 or bf16) was measured to pay for itself
+    (docs/performance.md): CUDA (compiling fuses the loss and the elementwise work there), and
+    CPUs with AVX-512 in fp32 (+12% per step). In bf16 on AVX512_BF16 cores the compiled step
+    is only 4% faster, less than compiling costs a worker (about 30 s for its first
+    architecture): the bf16 B.1 grid's trials took 976 s compiled from a cold cache, 903 s with
+    a warm one and 914 s eager. On an AVX2-only CPU the compiled step was 2-3% slower."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return device.type == "cpu" and precision == "fp32" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def should_compile(compile: bool | str, device: torch.device, images: int) -> bool:
+def should_compile(compile: bool | str, device: torch.device, images: int, precision: str) -> bool:
+    """Whether a run of `images` training images (epochs x images) in `precision` compiles."""
     if compile == "auto":
-        return compile_pays(device) and images >= COMPILE_MIN_IMAGES
+        return compile_pays(device, precision) and images >= COMPILE_MIN_IMAGES
     return bool(compile) and device.type != "mps"
 
 
@@ -238,7 +246,8 @@ def train(
     """
     start = time.perf_counter()
     device = torch.device(device) if isinstance(device, str) else device
-    bf16 = resolve_precision(precision, device) == "bf16"
+    resolved = resolve_precision(precision, device)
+    bf16 = resolved == "bf16"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
@@ -253,7 +262,7 @@ def train(
     gen = torch.Generator(device=device).manual_seed(config.seed)
     perm_gen = torch.Generator().manual_seed(config.seed)  # batch order, identical on any device
     beta = torch.tensor(config.beta, device=device)
-    use_compile = should_compile(compile, device, n * config.epochs)
+    use_compile = should_compile(compile, device, n * config.epochs, resolved)
     step = _get_step(use_compile)
 
     history: list[dict[str, float]] = []
