@@ -6,8 +6,9 @@ the metrics, the per-epoch history and the weights.
 
 Speed (see benchmarks/throughput.py for the measurements): the whole dataset sits in one
 uint8 tensor on the device and batches are slices of a seeded permutation; the model runs
-channels_last; the step (uint8 -> float, forward, loss) is compiled with `torch.compile`
-once per architecture and process (inductor caches the code on disk for the next process);
+channels_last; where that pays (`compile_pays`), the step (uint8 -> float, forward, loss) is
+compiled with `torch.compile` once per architecture and process (inductor caches the code on
+disk for the next process);
 Adam is fused; there is no host synchronisation in the loop (the running loss stays a
 tensor); validation runs in large chunks under `torch.inference_mode()`.
 
@@ -165,8 +166,8 @@ def _get_step(use_compile: bool) -> Callable:
 def compile_pays(device: torch.device, precision: str) -> bool:
     """Where compiling the step (in `precision`, fp32 or bf16) was measured to pay for itself
     (docs/performance.md): CUDA (compiling fuses the loss and the elementwise work there), and
-    CPUs with AVX-512 in fp32 (+12% per step). In bf16 on AVX512_BF16 cores the compiled step
-    is only 4% faster, less than compiling costs a worker (about 30 s for its first
+    CPUs with AVX-512 in fp32 (+4% to +12% per step). In bf16 on AVX512_BF16 cores the compiled
+    step is 0 to 4% faster, less than compiling costs a worker (about 30 s for its first
     architecture): the bf16 B.1 grid's trials took 976 s compiled from a cold cache, 903 s with
     a warm one and 914 s eager. On an AVX2-only CPU the compiled step was 2-3% slower."""
     if device.type == "cuda":
