@@ -54,7 +54,7 @@ def main() -> None:
     cfg = ModelConfig(latent_dim=args.latent, base_channels=args.base)
     model = VAE(cfg).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, **_adam_kwargs(device))
-    compiled = should_compile("auto", device, 500_000, "fp32")
+    compiled = should_compile("auto", device, 500_000)
     step = _get_step(compiled)
     x = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8)
     beta = torch.tensor(1.0)

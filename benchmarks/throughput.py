@@ -11,10 +11,9 @@ In one run, on the same images and the same architecture:
       loss.item() every step; one process with all cores (the baseline);
   (b) vae_search.train.train() in one process with all cores, exactly as a trial runs it,
       in fp32 and in the default precision (`--precision auto`: bf16 where the CPU has
-      AVX512_BF16 or AMX, else fp32, when the two are the same it is measured once), compiled
-      where `--compile auto` compiles a full-data trial in that precision; on a CPU where it
-      compiles in either precision (AVX-512), every precision is measured both compiled and
-      eager, so the run says what compiling pays in each;
+      AVX512_BF16 or AMX, else fp32, when the two are the same it is measured once), each
+      both as `--compile auto` runs a full-data trial here and the other way (compiled or
+      eager), so the run says what compiling pays in each precision;
   (c) the study: the default number of local workers (`--jobs`, one process per core with one
       torch thread each), each running train() for a fixed number of steps after its
       warm-up; every worker's images over the wall time from the common start to the last
@@ -51,10 +50,8 @@ from vae_search.train import TrainConfig, evaluate, resolve_precision, should_co
 from vae_search.workers import default_jobs, threads_per_worker  # noqa: E402
 
 BATCH = 128
-# What `--compile auto` does for a full-data trial (10 epochs of 50,000 images) on this machine,
-# in each precision; where it compiles in either, both ways are measured.
-COMPILES = {p: should_compile("auto", torch.device("cpu"), 500_000, p) for p in ("fp32", "bf16")}
-COMPARE_COMPILE = any(COMPILES.values())
+# What `--compile auto` does for a full-data trial (10 epochs of 50,000 images) on this machine.
+FULL_TRIAL_COMPILES = should_compile("auto", torch.device("cpu"), 500_000)
 
 
 # ---------------------------------------------------------------- (a) the textbook loop
@@ -132,7 +129,7 @@ def _timed_train(model_config: ModelConfig, data: Cifar10, warmup: int, batches:
     every = train_module.PROGRESS_EVERY
     train_module.PROGRESS_EVERY = 1
     try:
-        train(model_config, TrainConfig(epochs=1), subset, compile=COMPILES[precision] if compile is None else compile,
+        train(model_config, TrainConfig(epochs=1), subset, compile=FULL_TRIAL_COMPILES if compile is None else compile,
               precision=precision, on_batch=on_batch)
     finally:
         train_module.PROGRESS_EVERY = every
@@ -175,7 +172,7 @@ def _one_trial_epoch(model_config: ModelConfig, data_dir: str | None, quick_n: i
     """One epoch of train() in a fresh process: its loss and the process's peak memory."""
     data = _data(data_dir, quick_n)
     start = time.perf_counter()
-    result = train(model_config, TrainConfig(epochs=1, seed=seed), data, compile=COMPILES[precision], precision=precision)
+    result = train(model_config, TrainConfig(epochs=1, seed=seed), data, compile=FULL_TRIAL_COMPILES, precision=precision)
     queue.put({
         "neg_elbo": result.metrics["neg_elbo"],
         "time_s": time.perf_counter() - start,
@@ -250,14 +247,14 @@ def main() -> None:
     cpu = torch.device("cpu")
     default = resolve_precision("auto", cpu)
     precisions = ["fp32"] if default == "fp32" else ["fp32", default]
-    # (precision, compiled) of each (b) variant: what a trial does first, then the other way
-    # where compiling is an option here, so that one run measures what it pays
-    variants = [(p, c) for p in precisions for c in ([COMPILES[p], not COMPILES[p]] if COMPARE_COMPILE else [COMPILES[p]])]
+    # (precision, compiled) of each (b) variant: what a trial does, then the other way, so that
+    # one run measures what compiling pays here
+    variants = [(p, c) for p in precisions for c in (FULL_TRIAL_COMPILES, not FULL_TRIAL_COMPILES)]
     jobs = args.jobs or default_jobs(cpu)
     print(f"data: {len(data.train)} train / {len(data.test)} val images ({data.source}); model latent "
           f"{model_config.latent_dim} base {model_config.base_channels}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; default "
-          f"precision {default}; default jobs {jobs}; compiled {COMPILES[default]}", flush=True)
+          f"precision {default}; default jobs {jobs}; compiled {FULL_TRIAL_COMPILES}", flush=True)
 
     # (a)'s model and loader persist across repetitions, like one long training run
     torch.manual_seed(0)
@@ -271,17 +268,17 @@ def main() -> None:
         for p, compiled in variants:
             vs_rates[p, compiled].append(vae_search_images_per_s(model_config, data, warmup, batches, p, compiled))
         print(f"repetition {rep + 1}: textbook {tb_rates[-1]:.0f} img/s, vae-search "
-              + ", ".join(f"{p}{(' compiled' if c else ' eager') if COMPARE_COMPILE else ''} {vs_rates[p, c][-1]:.0f}"
+              + ", ".join(f"{p}{' compiled' if c else ' eager'} {vs_rates[p, c][-1]:.0f}"
                           for p, c in variants) + " img/s", flush=True)
     del loader
     baseline = statistics.median(tb_rates)
-    ours = {p: statistics.median(vs_rates[p, COMPILES[p]]) for p in precisions}
+    ours = {p: statistics.median(vs_rates[p, FULL_TRIAL_COMPILES]) for p in precisions}
     compile_speedup = {}
-    for p in precisions if COMPARE_COMPILE else []:
+    for p in precisions:
         compiled, eager = statistics.median(vs_rates[p, True]), statistics.median(vs_rates[p, False])
         compile_speedup[p] = round(compiled / eager, 3)
         print(f"compiled against eager, {p}: {compiled / eager:.2f}x ({compiled:.0f} against {eager:.0f} img/s; "
-              f"a trial here runs {'compiled' if COMPILES[p] else 'eager'})", flush=True)
+              f"a trial here runs {'compiled' if FULL_TRIAL_COMPILES else 'eager'})", flush=True)
 
     print(f"study: {jobs} worker process(es), {threads_per_worker(jobs)} thread(s) each, {batches} timed batches each, "
           f"{default} ...", flush=True)
@@ -323,8 +320,8 @@ def main() -> None:
         "study_speedup": round(study_rate / baseline, 3),
         "loss_fp32": round(epochs["fp32"]["neg_elbo"], 3),
         "loss_bf16": round(epochs["bf16"]["neg_elbo"], 3),
-        "compiled": COMPILES[default],
-        "compile_speedup": compile_speedup or None,
+        "compiled": FULL_TRIAL_COMPILES,
+        "compile_speedup": compile_speedup,
     }))
 
 

@@ -145,5 +145,4 @@ def test_version_says_what_auto_means_on_this_machine(cli, monkeypatch, bf16):
     dev = pick_device("auto")
     assert f"--device {dev.type}, --precision {'bf16' if bf16 else 'fp32'}" in lines[3]
     assert f"--jobs {workers.default_jobs(dev)}" in lines[3]
-    # compiling pays on CUDA, and on AVX-512 CPUs (patched above) in fp32 only
-    assert ("--compile on" in lines[3]) == (dev.type == "cuda" or (dev.type == "cpu" and not bf16))
+    assert ("--compile on" in lines[3]) == (dev.type == "cuda")  # measured to pay there only, AVX-512 (patched above) or not

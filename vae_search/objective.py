@@ -105,8 +105,7 @@ def make_objective(
         # known before training, so pruned and failed trials carry them too (a trial's time_s
         # is read with "compiled"; training records the truth if compiling fails and falls back)
         trial.set_user_attr("params", count_parameters(VAE(model_config)))
-        trial.set_user_attr("compiled", should_compile(settings.compile, settings.device,
-                                                       len(settings.data.train) * train_config.epochs, settings.precision))
+        trial.set_user_attr("compiled", should_compile(settings.compile, settings.device, len(settings.data.train) * train_config.epochs))
         history: list[dict[str, float]] = []
 
         def on_epoch(metrics: dict[str, float]) -> None:

@@ -59,8 +59,8 @@ StudyName = Annotated[Optional[str], typer.Option(help="Study name (default: the
 ArtifactDir = Annotated[Path, typer.Option(envvar="VAE_SEARCH_ARTIFACTS", help="Folder of the artifact store (weights, images).")]
 CompileOpt = Annotated[
     Compile,
-    typer.Option(case_sensitive=False, help="torch.compile the training step; auto = on where it was measured to pay "
-                 "(CUDA; fp32 on AVX-512 CPUs) and the run is long enough (vae-search --version says what auto is here)."),
+    typer.Option(case_sensitive=False, help="torch.compile the training step; auto = on with CUDA for a run long enough to pay "
+                 "for it, off on CPUs (measured not to pay there; on compiles on a CPU too)."),
 ]
 PrecisionOpt = Annotated[
     Precision,

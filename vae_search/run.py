@@ -597,7 +597,7 @@ def about() -> list[str]:
         f"CPU: {cores()} cores, {cpu}, native bf16 {'yes' if native_bf16(torch.device('cpu')) else 'no'}; "
         f"CUDA GPUs: {torch.cuda.device_count() if torch.cuda.is_available() else 'none'}",
         f"auto here: --device {dev.type}, --precision {prec}, --compile "
-        f"{'on (runs long enough to pay for it)' if compile_pays(dev, prec) else 'off'}, --jobs {default_jobs(dev)}",
+        f"{'on (runs long enough to pay for it)' if compile_pays(dev) else 'off'}, --jobs {default_jobs(dev)}",
     ]
 
 

@@ -6,7 +6,7 @@ the metrics, the per-epoch history and the weights.
 
 Speed (see benchmarks/throughput.py for the measurements): the whole dataset sits in one
 uint8 tensor on the device and batches are slices of a seeded permutation; the model runs
-channels_last; where that pays (`compile_pays`), the step (uint8 -> float, forward, loss) is
+channels_last; where that pays (`compile_pays`: CUDA), the step (uint8 -> float, forward, loss) is
 compiled with `torch.compile` once per architecture and process (inductor caches the code on
 disk for the next process);
 Adam is fused; there is no host synchronisation in the loop (the running loss stays a
@@ -163,22 +163,20 @@ def _get_step(use_compile: bool) -> Callable:
     return _compiled_step
 
 
-def compile_pays(device: torch.device, precision: str) -> bool:
-    """Where compiling the step (in `precision`, fp32 or bf16) was measured to pay for itself
-    (docs/performance.md): CUDA (compiling fuses the loss and the elementwise work there), and
-    CPUs with AVX-512 in fp32 (+4% to +12% per step). In bf16 on AVX512_BF16 cores the compiled
-    step is 0 to 4% faster, less than compiling costs a worker (about 30 s for its first
-    architecture): the bf16 B.1 grid's trials took 976 s compiled from a cold cache, 903 s with
-    a warm one and 914 s eager. On an AVX2-only CPU the compiled step was 2-3% slower."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and precision == "fp32" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+def compile_pays(device: torch.device) -> bool:
+    """Where compiling the step pays for itself: CUDA, where it fuses the loss and the
+    elementwise work. On CPUs it was measured not to (docs/performance.md): 2-3% slower per
+    step on AVX2 cores; on AVX-512 cores 4-12% faster per step in fp32 and 0-4% in bf16, but
+    end to end the B.1 grid's trials (two one-thread workers, a worker's first compile about
+    30 s) took 1,293 s compiled against 1,273 s eager in fp32, 976 s against 914 s in bf16 (903 s
+    with warm compile caches). Eager fp32 there also gives the AVX2 cores' losses to the digit."""
+    return device.type == "cuda"
 
 
-def should_compile(compile: bool | str, device: torch.device, images: int, precision: str) -> bool:
-    """Whether a run of `images` training images (epochs x images) in `precision` compiles."""
+def should_compile(compile: bool | str, device: torch.device, images: int) -> bool:
+    """Whether a run of `images` training images (epochs x images) compiles."""
     if compile == "auto":
-        return compile_pays(device, precision) and images >= COMPILE_MIN_IMAGES
+        return compile_pays(device) and images >= COMPILE_MIN_IMAGES
     return bool(compile) and device.type != "mps"
 
 
@@ -247,8 +245,7 @@ def train(
     """
     start = time.perf_counter()
     device = torch.device(device) if isinstance(device, str) else device
-    resolved = resolve_precision(precision, device)
-    bf16 = resolved == "bf16"
+    bf16 = resolve_precision(precision, device) == "bf16"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
@@ -263,7 +260,7 @@ def train(
     gen = torch.Generator(device=device).manual_seed(config.seed)
     perm_gen = torch.Generator().manual_seed(config.seed)  # batch order, identical on any device
     beta = torch.tensor(config.beta, device=device)
-    use_compile = should_compile(compile, device, n * config.epochs, resolved)
+    use_compile = should_compile(compile, device, n * config.epochs)
     step = _get_step(use_compile)
 
     history: list[dict[str, float]] = []
