@@ -89,7 +89,6 @@ def test_compiled_step_gives_the_eager_loss(tiny):
     assert compiled.metrics["val_loss"] == pytest.approx(eager.metrics["val_loss"], rel=1e-3)
 
 
-
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2"])
 def test_compile_auto_follows_the_measurements(monkeypatch, capability):
     """`--compile auto` compiles where it was measured to pay (docs/performance.md): CUDA, for
@@ -102,6 +101,7 @@ def test_compile_auto_follows_the_measurements(monkeypatch, capability):
     assert not should_compile("auto", cuda, COMPILE_MIN_IMAGES - 1)  # too short to pay
     assert should_compile(True, cpu, 1) and not should_compile(False, cuda, full)  # on/off as asked
     assert not should_compile(True, mps, full)
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="torch warns only where there is no GPU")
 def test_compiling_on_a_cpu_with_a_cuda_toolkit_prints_no_cuda_warning(tmp_path, monkeypatch):
