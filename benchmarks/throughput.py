@@ -110,7 +110,7 @@ def textbook_epoch(model_config: ModelConfig, data: Cifar10, seed: int) -> float
 
 
 def _timed_train(model_config: ModelConfig, data: Cifar10, warmup: int, batches: int, precision: str,
-                 start_barrier=None, compile: bool | None = None) -> tuple[float, float, float]:
+                 start_barrier=None, compile: bool = FULL_TRIAL_COMPILES) -> tuple[float, float, float]:
     """train() itself for warmup + batches steps, stamped by its progress callback (made
     every batch here); returns (images/s, start, end) of the timed batches. With a barrier,
     every worker starts its timed batches at the same moment."""
@@ -129,8 +129,7 @@ def _timed_train(model_config: ModelConfig, data: Cifar10, warmup: int, batches:
     every = train_module.PROGRESS_EVERY
     train_module.PROGRESS_EVERY = 1
     try:
-        train(model_config, TrainConfig(epochs=1), subset, compile=FULL_TRIAL_COMPILES if compile is None else compile,
-              precision=precision, on_batch=on_batch)
+        train(model_config, TrainConfig(epochs=1), subset, compile=compile, precision=precision, on_batch=on_batch)
     finally:
         train_module.PROGRESS_EVERY = every
     first, last = warmup + 1, warmup + batches + 1
@@ -138,7 +137,7 @@ def _timed_train(model_config: ModelConfig, data: Cifar10, warmup: int, batches:
 
 
 def vae_search_images_per_s(model_config: ModelConfig, data: Cifar10, warmup: int, batches: int,
-                            precision: str = "fp32", compile: bool | None = None) -> float:
+                            precision: str = "fp32", compile: bool = FULL_TRIAL_COMPILES) -> float:
     """Times the batches of train() itself; validation and compilation fall outside."""
     return _timed_train(model_config, data, warmup, batches, precision, compile=compile)[0]
 
