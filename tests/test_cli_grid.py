@@ -150,6 +150,17 @@ class TestBadInput:
         rc, _, err = cli("show", "--study-name", "nope", "--storage", storage)
         assert rc == 2 and "no study named 'nope'" in one_line_error(err)
 
+    def test_show_of_a_preset_reads_the_study_that_preset_made(self, cli, tmp_path, batches_dir):
+        from tests.conftest import SMALL, TINY
+
+        storage = f"sqlite:///{tmp_path}/s.db"
+        rc, _, err = cli("grid", *SMALL, "--epochs", "1", *TINY, "--jobs", "1", "--data-dir", batches_dir,
+                         "--storage", storage, "--artifact-dir", tmp_path / "a")
+        assert rc == 0, err
+        rc, out, err = cli("show", *SMALL, "--storage", storage)  # no --study-name: 'small', not 'b1'
+        assert rc == 0, err
+        assert "study 'small'" in out and "23,347" in out
+
     def test_show_without_database(self, cli, tmp_path):
         rc, _, err = cli("show", "--storage", f"sqlite:///{tmp_path}/none.db")
         assert rc == 2 and "no study database" in one_line_error(err)

@@ -59,3 +59,24 @@ class TestLoss:
         recon, _ = vae_loss(logits, x, mu, logvar)
         expected = nn.functional.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").sum((1, 2, 3))
         torch.testing.assert_close(recon, expected, rtol=1e-4, atol=1e-2)
+
+    @pytest.mark.parametrize("scale", [1.0, 30.0])  # 30: logits where sigmoid saturates in fp32
+    @pytest.mark.parametrize("channels_last", [False, True])
+    def test_same_values_and_gradient_as_torchs_bce(self, scale, channels_last):
+        # vae_loss's own BCE (a faster forward on CPUs) must train exactly as torch's did: the
+        # gradient equal to the bit, the values to fp32 rounding.
+        torch.manual_seed(0)
+        logits0 = torch.randn(8, 3, 32, 32) * scale
+        if channels_last:
+            logits0 = logits0.contiguous(memory_format=torch.channels_last)
+        x, weights = torch.rand(8, 3, 32, 32), torch.randn(8)
+        mu, logvar = torch.zeros(8, 4), torch.zeros(8, 4)
+        ours = logits0.clone().requires_grad_()
+        theirs = logits0.clone().requires_grad_()
+        recon, _ = vae_loss(ours, x, mu, logvar)
+        expected = nn.functional.binary_cross_entropy_with_logits(theirs, x, reduction="none").flatten(1).sum(1)
+        (recon * weights).sum().backward()
+        (expected * weights).sum().backward()
+        assert torch.equal(ours.grad, theirs.grad)
+        torch.testing.assert_close(recon, expected.detach(), rtol=1e-6, atol=0)
+        assert torch.isfinite(recon).all()

@@ -182,7 +182,8 @@ class TestConfirm:
         assert rc == 2 and "give --top or --trial, not both" in one_line_error(err)
         other = [a if a != "128" else "100" for a in common]  # another --limit-train: other data
         rc, _, err = cli("confirm", "--study-name", "search", "--top", 1, *other)
-        assert rc == 2 and "these data differ" in one_line_error(err)
+        line = one_line_error(err)  # and it says what the search had, so the user can pass it
+        assert rc == 2 and "these data differ" in line and "128 training and 32 validation images, here 100 and 32" in line
 
 
 # ---------------------------------------------------------------- searched batch size and schedule

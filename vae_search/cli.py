@@ -102,7 +102,7 @@ def grid(
 
 @app.command()
 def show(
-    study_name: Annotated[str, typer.Option(help="A grid study.")] = "b1",
+    study_name: Annotated[Optional[str], typer.Option(help="A grid study (default: the --preset's study, else b1).")] = None,
     preset: o.GridPreset = None,
     storage: o.StorageOpt = o.DEFAULT_STORAGE,
     artifact_dir: o.ArtifactDir = o.DEFAULT_ARTIFACTS,

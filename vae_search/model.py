@@ -21,7 +21,6 @@ import json
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -91,6 +90,25 @@ class VAE(nn.Module):
         return self.decode_logits(z), mu, logvar
 
 
+class _BCEWithLogits(torch.autograd.Function):
+    """F.binary_cross_entropy_with_logits(reduction="none") with the same gradient to the bit,
+    sigmoid(logits) - x, and a forward that costs a seventh: on CPUs torch computes it through
+    log_sigmoid, whose log1p is not vectorised (4.4 of a 43 ms bf16 step at latent 16 / base 32,
+    batch 128, one thread; docs/performance.md). Here the same quantity,
+    max(l, 0) - l*x + log1p(exp(-|l|)) with log1p(exp(-|l|)) = -log(sigmoid(|l|)), comes from
+    vectorised kernels; the values agree with torch's to 2e-7 per image (fp32 rounding)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits, x)
+        return logits.clamp_min(0).sub_(logits * x).sub_(torch.sigmoid(logits.abs()).log_())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, x = ctx.saved_tensors
+        return (logits.sigmoid() - x).mul_(grad), None  # what torch's own backward computes
+
+
 def vae_loss(
     logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +117,7 @@ def vae_loss(
     recon = BCE(sigmoid(logits), x) summed over the 3x32x32 values (computed from the
     logits, which is stable); kl = KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dims.
     """
-    recon = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
+    recon = _BCEWithLogits.apply(logits.float(), x.float())
     recon = recon.flatten(1).sum(1)
     mu, logvar = mu.float(), logvar.float()
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)

@@ -410,9 +410,12 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
 
     def same_data(settings: RunSettings) -> None:
         if budget.get("data_fingerprint") and budget["data_fingerprint"] != settings.data.fingerprint:
-            raise UsageError(f"these data differ from study {search.study_name!r}'s (fingerprint "
-                             f"{settings.data.fingerprint}, the search had {budget['data_fingerprint']}); pass the "
-                             "search's --data-dir and --limit-*")
+            had = best[0].user_attrs
+            raise UsageError(f"these data differ from those study {search.study_name!r} trained on (fingerprint "
+                             f"{settings.data.fingerprint}, the search had {budget['data_fingerprint']}: "
+                             f"{had.get('n_train', '?')} training and {had.get('n_val', '?')} validation images, "
+                             f"here {len(settings.data.train)} and {len(settings.data.test)}); pass the search's "
+                             "--data-dir and --limit-train/--limit-val")
 
     p = prepare(opts, name, epochs=int(budget.get("epochs") or best[0].user_attrs["epochs"]),
                 batch_size=int(budget.get("batch_size") or best[0].user_attrs["batch_size"]), precision=precision,
@@ -505,9 +508,10 @@ def grid_summary(study: optuna.Study, preset: definitions.Preset) -> GridSummary
     return GridSummary(study, preset, grid_table(study, preset), grid_verdicts(study, preset))
 
 
-def show(storage_url: str, study_name: str, preset: str | None, notes: list[str]) -> GridSummary:
+def show(storage_url: str, study_name: str | None, preset: str | None, notes: list[str]) -> GridSummary:
+    """A grid study's table and verdicts; without a name, the study `grid --preset` made."""
     storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
-    study = st.load_study(storage, study_name)
+    study = st.load_study(storage, study_name or (definitions.load_preset(preset).name if preset else "b1"))
     st.require_kind(study, "grid")
     _say_unreadable(study, notes)
     return grid_summary(study, definitions.grid_preset(study.user_attrs, preset))
