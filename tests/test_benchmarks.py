@@ -26,6 +26,14 @@ def test_profile_step_splits_the_step_into_parts():
     assert result["step_ms"] > 0
 
 
+def test_loss_kernel_times_both_losses_for_every_architecture():
+    result = _last_json("benchmarks/loss_kernel.py", "--steps", "1", "--repeats", "1", "--batch", "8")
+    rows = result["rows"]
+    assert {(r["latent"], r["base"]) for r in rows} == {(4, 32), (8, 32), (16, 32), (8, 64), (16, 16)}
+    assert "fp32" in {r["precision"] for r in rows} and len(rows) in (5, 10)  # 10 where bf16 is native
+    assert all(r["torch_ms"] > 0 and r["ours_ms"] > 0 for r in rows)
+
+
 @pytest.mark.slow
 def test_startup_times_both_variants():
     result = _last_json("benchmarks/startup.py", "--rounds", "1", "--warmup", "0")
