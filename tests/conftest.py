@@ -180,8 +180,9 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
-def synthetic_grid(storage: str, values: dict[int, list[float]]):
-    """A b1 grid study whose runs have the given val losses per config (one run per value)."""
+def synthetic_grid(storage: str, values: dict[int, list[float]], gaps: dict[int, list[float]] | None = None):
+    """A b1 grid study whose runs have the given val losses per config (one run per value),
+    and where `gaps` gives them, a final model's loss on training images that much lower."""
     import optuna
 
     from vae_search.definitions import load_preset
@@ -196,6 +197,8 @@ def synthetic_grid(storage: str, values: dict[int, list[float]]):
             attrs = {"val_loss": v, "neg_elbo": v, "recon_loss": v - 20, "kl": 20.0, "train_loss": v - 1, "time_s": 10.0 + seed,
                      "params": params_count[point.config], "epochs": 10, "batch_size": 128, "seed": seed,
                      "config": point.config}
+            if gaps is not None:
+                attrs["train_eval_loss"] = v - gaps[point.config][seed]
             study.add_trial(optuna.trial.create_trial(params=point.params, distributions=preset.distributions(), value=v,
                                                       user_attrs=attrs))
     return study

@@ -163,7 +163,8 @@ def test_best_prints_the_selection(searched, cli):
     # the over-fitting line is on the loss trained, which is not the neg_elbo above it unless beta = 1
     a = best.user_attrs
     assert a["val_loss"] == pytest.approx(a["recon_loss"] + best.params["beta"] * a["kl"], rel=1e-9)
-    assert f"val loss {a['val_loss']:.2f} (recon + beta x KL, the loss it trains)" in " ".join(out.split())
+    assert (f"the final model's loss on {a['n_val']} training images {a['train_eval_loss']:.2f}, on the validation images "
+            f"{a['val_loss']:.2f} (recon + beta x KL, the loss it trains)") in " ".join(out.split())
     for word in ("vs B.1 baseline", "parameters", "KL", "over-fitting", "compression", "other top configurations"):
         assert word in out
     assert "most recently written" in err  # no --study-name: said which study

@@ -133,3 +133,37 @@ def test_a_trial_without_weights_names_those_with_them_in_words(tmp_path, with_w
     with pytest.raises(UsageError) as e:
         choose_trial(study, "7")
     assert str(e.value) == f"study 'search' has no trial 7; {said}"
+
+
+@pytest.mark.parametrize(("gaps4", "verdict"), [
+    ([7.8, 8.4, 8.1], "holds beyond seed noise"),  # config 4 fits its training images clearly better
+    ([3.1, 4.2, 3.4], "does not hold beyond seed noise"),
+    (None, "untested (these runs predate"),
+])
+def test_the_reports_overfitting_claim_is_tested_on_the_gaps(tmp_path, cli, gaps4, verdict):
+    url = f"sqlite:///{tmp_path}/s.db"
+    values = {p.config: [p.report["val_loss"] + d for d in (2.2, 2.8, 2.5)] for p in load_preset("b1").points}
+    gaps = None if gaps4 is None else {1: [3.0, 3.3, 3.6], 2: [3.2, 3.9, 3.5], 3: [3.0, 3.4, 3.1], 4: gaps4}
+    synthetic_grid(url, values, gaps)
+    rc, out, err = cli("show", "--storage", url)
+    assert rc == 0, err
+    line = next(x for x in " ".join(out.split()).split(" - ") if x.startswith("'mild overfitting'"))
+    assert line.startswith(f"'mild overfitting' (config 4 against config 2): {verdict}")
+    if gaps4 is not None:
+        assert f"train-val gap {sum(gaps4) / 3:+.2f} against +3.53 nats" in line
+
+
+def test_best_measures_over_fitting_on_the_final_model_where_it_can(tmp_path, cli):
+    url = f"sqlite:///{tmp_path}/s.db"
+    search = optuna.create_study(study_name="search", storage=url)
+    search.set_user_attr("kind", "search")
+    search.add_trial(_trial({"latent_dim": 8, "base_channels": 16, "beta": 1.0, "lr": 1e-3}, 1900.0, 100_000, 30.0,
+                            train_eval_loss=1890.5))
+    rc, out, err = cli("best", "--storage", url)
+    assert rc == 0, err
+    text = " ".join(out.split())
+    assert ("over-fitting: the final model's loss on 10,000 training images 1890.50, on the validation images 1900.00 "
+            "(recon + beta x KL, the loss it trains), gap +9.50 (+0.50%)") in text
+    search.add_trial(_trial({"latent_dim": 9, "base_channels": 16, "beta": 1.0, "lr": 1e-3}, 1800.0, 100_000, 30.0))
+    rc, out, err = cli("best", "--storage", url)  # the new best predates the measurement: the running mean, said so
+    assert rc == 0 and "train loss 1795.00 (the last epoch's running mean, which lags the final model)" in " ".join(out.split())

@@ -41,6 +41,16 @@ def test_metrics_and_history(tiny):
     assert r.params == sum(v.numel() for k, v in r.state_dict.items())
 
 
+def test_the_final_model_is_measured_on_as_many_training_images_as_it_validates_on(tiny):
+    r = run(tiny, epochs=2, beta=2.0)
+    model = VAE(SMALL).to(memory_format=torch.channels_last)
+    model.load_state_dict(r.state_dict)
+    fit = evaluate(model, tiny.train[: len(tiny.test)], 2.0, seed=1, device=torch.device("cpu"))  # seed + 1, as validation
+    assert r.metrics["train_eval_loss"] == pytest.approx(fit["val_loss"], rel=1e-6)
+    assert r.metrics["train_eval_loss"] != r.metrics["val_loss"]
+    assert all("train_eval_loss" not in h for h in r.history)  # the final model only, not every epoch
+
+
 def test_training_lowers_the_loss(tiny):
     one, five = run(tiny, epochs=1), run(tiny, epochs=5)
     assert five.metrics["val_loss"] < one.metrics["val_loss"]

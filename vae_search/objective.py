@@ -150,6 +150,7 @@ def make_objective(
                 gc.collect()
                 torch.cuda.empty_cache()
         _set_metrics(trial, result.metrics)
+        trial.set_user_attr("train_eval_loss", float(result.metrics["train_eval_loss"]))  # complete trials only
         trial.set_user_attr("compiled", result.compiled)
         save_trial_artifacts(trial, settings.store, model_config, train_config, result, settings.data.showcase())
         values = {"neg_elbo": result.metrics["neg_elbo"], "params": float(result.params)}

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from optuna.trial import FrozenTrial
 
 REQUIRED = ("neg_elbo", "recon_loss", "kl", "val_loss", "train_loss", "time_s", "params", "epochs", "batch_size")
-NUMBERS = ("neg_elbo", "recon_loss", "kl", "val_loss", "train_loss", "time_s")  # finite reals
+NUMBERS = ("neg_elbo", "recon_loss", "kl", "val_loss", "train_loss", "time_s", "train_eval_loss")  # finite reals
 COUNTS = ("params", "epochs", "batch_size", "seed", "source_trial", "epochs_run", "n_train", "n_val", "jobs",
           "threads", "config")  # non-negative integers
 NAMES = ("weights_artifact_id", "reconstructions_artifact_id", "samples_artifact_id", "interpolation_artifact_id",
