@@ -482,3 +482,13 @@ def test_every_sampler_runs(tmp_path, batches_dir, sampler):
     trials = optuna.load_study(study_name="search", storage=storage).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert trials[0].params != trials[1].params
+
+
+@pytest.mark.parametrize("command", ["report", "interpolate"])
+def test_out_naming_a_file_is_one_line_and_leaves_the_file(searched, cli, tmp_path, command):
+    _, common = searched
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    rc, _, err = cli(command, "--study-name", "search", "--out", target, *common)
+    assert rc == 2 and f"{target} is a file, not a folder" in one_line_error(err)
+    assert target.read_text() == "mine"

@@ -73,10 +73,10 @@ class Cifar10:
         return self.test[torch.linspace(0, len(self.test) - 1, n).long()]
 
     def limit(self, train: int | None, val: int | None) -> Cifar10:
-        return Cifar10(_subset(self.train, train), _subset(self.test, val), self.source)
+        return Cifar10(fixed_subset(self.train, train), fixed_subset(self.test, val), self.source)
 
 
-def _subset(images: torch.Tensor, n: int | None) -> torch.Tensor:
+def fixed_subset(images: torch.Tensor, n: int | None) -> torch.Tensor:
     """A fixed subset of n images: the first n of a permutation seeded with 0, independent of
     the trial's seed, so every run with the same limit sees the same images (and ImageFolder's
     class-sorted order does not give n airplanes)."""

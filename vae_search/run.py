@@ -609,6 +609,8 @@ def writable_folder(folder: Path) -> None:
     """`folder` exists and can be written, or one line says why."""
     import os
 
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file, not a folder; give a folder to write into")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:

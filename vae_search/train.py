@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vae_search.data import Cifar10
+from vae_search.data import Cifar10, fixed_subset
 from vae_search.errors import UsageError
 from vae_search.model import VAE, ModelConfig, count_parameters, vae_loss
 
@@ -303,9 +303,11 @@ def train(
 
     # The over-fitting gap needs the final model on training images, evaluated as the validation
     # is: `train_loss` is an epoch's running mean over weights that kept changing, which lags the
-    # final model and understates the gap. As many images as it validates on (one more
-    # validation's time, after the last epoch only), the first ones, which every epoch trained on.
-    fit = evaluate(model, train_images[: len(val_images)], config.beta, config.seed + 1, device, "bf16" if bf16 else "fp32")
+    # final model. As many images as it validates on (one more validation's time, after the last
+    # epoch only), the same fixed subset for every trial; not the first ones: ImageFolder's order
+    # is sorted by class, and airplanes and automobiles reconstruct some 40 nats better.
+    fit_images = fixed_subset(train_images, len(val_images))
+    fit = evaluate(model, fit_images, config.beta, config.seed + 1, device, "bf16" if bf16 else "fp32")
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return TrainResult(
         metrics={**history[-1], "train_eval_loss": fit["val_loss"]},
