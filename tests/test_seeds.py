@@ -168,6 +168,18 @@ class TestConfirm:
         assert [(t.user_attrs["source_trial"], t.user_attrs["seed"], t.state) for t in added] == [
             (worst.number, 1, TrialState.COMPLETE)]
 
+    def test_without_limits_takes_the_searchs_subset(self, confirmed, cli, tmp_path):
+        tmp, common = confirmed
+        shutil.copy(tmp / "s.db", tmp_path / "s.db")
+        storage = f"sqlite:///{tmp_path}/s.db"
+        search = _trials(tmp_path, "search")
+        worst = max((t for t in search if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        rc, _, err = cli("confirm", "--study-name", "search", "--trial", worst.number, "--seeds", 2, "--compile", "off",
+                         "--data-dir", common[1], "--storage", storage, "--artifact-dir", tmp_path / "art")
+        assert rc == 0, err  # no --limit-train/--limit-val: the search's 128 and 32 images
+        added = [t for t in _trials(tmp_path, "search-confirm") if t.user_attrs["source_trial"] == worst.number]
+        assert [(t.user_attrs["n_train"], t.user_attrs["n_val"]) for t in added] == [(128, 32)]
+
     def test_bad_input(self, confirmed, cli, tmp_path):
         tmp, common = confirmed
         rc, _, err = cli("confirm", "--study-name", "nope", "--storage", f"sqlite:///{tmp}/s.db")

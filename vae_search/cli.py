@@ -216,7 +216,7 @@ def confirm(
     The runs live in the companion study NAME-confirm (same budget: epochs, batch size,
     data, precision): the search's sampler never sees them and they never count towards
     its --trials. Each (trial, seed) runs once; a rerun resumes, and several workers may
-    run it at once. Give the same --data-dir and --limit-* as the search.
+    run it at once. Give the same --data-dir as the search; --limit-* default to its.
     """
     from vae_search import run
 

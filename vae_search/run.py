@@ -400,6 +400,12 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
     if study_name is None:
         opts.notes.append(f"(study {search.study_name!r}: the most recently written; pass --study-name for another)")
     best = plan_confirm(search, top, trials)
+    # A search on a subset (--limit-*) is confirmed on the same subset unless told otherwise: the
+    # counts its trials record (read checked, trial_attrs.py; a count at least the data's size
+    # takes all of it), and the data's fingerprint below still checks that they are its images.
+    for option, key in (("limit_train", "n_train"), ("limit_val", "n_val")):
+        if getattr(opts, option) is None and best[0].user_attrs.get(key):
+            setattr(opts, option, int(best[0].user_attrs[key]))
     opts.argv = _pinned_for_workers(opts.argv, search.study_name, [t.number for t in best])
     budget = st.recorded(search, "budget") or {}
     precision = opts.precision or budget.get("precision") or best[0].user_attrs.get("precision") or "fp32"
@@ -415,7 +421,7 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
                              f"{settings.data.fingerprint}, the search had {budget['data_fingerprint']}: "
                              f"{had.get('n_train', '?')} training and {had.get('n_val', '?')} validation images, "
                              f"here {len(settings.data.train)} and {len(settings.data.test)}); pass the search's "
-                             "--data-dir and --limit-train/--limit-val")
+                             "--data-dir (and its --limit-train/--limit-val, or none to take the search's)")
 
     p = prepare(opts, name, epochs=int(budget.get("epochs") or best[0].user_attrs["epochs"]),
                 batch_size=int(budget.get("batch_size") or best[0].user_attrs["batch_size"]), precision=precision,
