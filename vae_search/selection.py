@@ -209,10 +209,20 @@ def train_val_gaps(c: Candidate) -> list[float] | None:
 
 def beyond_noise(a: Candidate, b: Candidate, key: str) -> str:
     """"beyond seed noise, p = 0.01" / "within seed noise, p = 0.4" / "one seed: noise unknown"."""
-    p = welch_p(a, b, key)
+    return _noise_words(welch_p(a, b, key))
+
+
+def _noise_words(p: float | None) -> str:
     if p is None:
         return "one seed: noise unknown"
     return f"{'beyond' if p < ALPHA else 'within'} seed noise, p = {p:.2g}"
+
+
+def _claim_verdict(p: float | None, difference: float) -> str:
+    """Whether a statement that one side is higher (`difference` > 0) holds beyond seed noise."""
+    if p is None:
+        return "untested (one seed)"
+    return "holds beyond seed noise" if p < ALPHA and difference > 0 else "does not hold beyond seed noise"
 
 
 @dataclass
@@ -469,12 +479,10 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
         biggest = max(by_config.values(), key=lambda c: c.trial.user_attrs["params"])
         if biggest is not base:
             d, p = pct(biggest.mean(key), base.mean(key)), welch_p(biggest, base, key)
-            holds = (p is not None and p < ALPHA and d > 0)
             ratio = biggest.trial.user_attrs["params"] / base.trial.user_attrs["params"]
             lines.append(
                 f"'more parameters gave a higher loss' ({biggest.label}, {ratio:.1f}x the parameters of {base.label}): "
-                + ("holds beyond seed noise" if holds else "does not hold beyond seed noise" if p is not None else "untested (one seed)")
-                + f" (val loss {d:+.2f}%, {beyond_noise(biggest, base, key)})"
+                f"{_claim_verdict(p, d)} (val loss {d:+.2f}%, {_noise_words(p)})"
             )
             lines.append(_overfitting_verdict(biggest, base))
         if best is not base:
@@ -497,13 +505,9 @@ def _overfitting_verdict(biggest: Candidate, base: Candidate) -> str:
     if gb is None or gs is None:
         return (f"{claim}: untested (these runs predate the final model's loss on training images; a grid run "
                 "with this version measures it)")
-    p = welch_p_of(gb, gs)
-    d = mean(gb) - mean(gs)
-    verdict = ("untested (one seed)" if p is None else "holds beyond seed noise" if p < ALPHA and d > 0
-               else "does not hold beyond seed noise")
-    noise = "one seed: noise unknown" if p is None else f"{'beyond' if p < ALPHA else 'within'} seed noise, p = {p:.2g}"
-    return (f"{claim}: {verdict} (train-val gap {mean(gb):+.2f} against {mean(gs):+.2f} nats, {d:+.2f}, {noise}; "
-            "the final models' loss on training against validation images)")
+    p, d = welch_p_of(gb, gs), mean(gb) - mean(gs)
+    return (f"{claim}: {_claim_verdict(p, d)} (train-val gap {mean(gb):+.2f} against {mean(gs):+.2f} nats, {d:+.2f}, "
+            f"{_noise_words(p)}; the final models' loss on training against validation images)")
 
 
 # ---------------------------------------------------------------- the note on the dashboard
