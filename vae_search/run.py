@@ -588,7 +588,7 @@ def about() -> list[str]:
 
     import torch
 
-    from vae_search import __version__
+    from vae_search import __version__, allocator
     from vae_search.train import compile_pays, native_bf16
     from vae_search.workers import cores, default_jobs
 
@@ -608,6 +608,7 @@ def about() -> list[str]:
         f"CUDA GPUs: {torch.cuda.device_count() if torch.cuda.is_available() else 'none'}",
         f"auto here: --device {dev.type}, --precision {prec}, --compile "
         f"{'on (runs long enough to pay for it)' if compile_pays(dev) else 'off'}, --jobs {default_jobs(dev)}",
+        f"memory: {allocator.state()}",
     ]
 
 
