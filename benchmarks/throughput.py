@@ -19,13 +19,17 @@ In one run, on the same images and the same architecture:
       warm-up; every worker's images over the wall time from the common start to the last
       worker's end.
 (a) and (b) alternate over repetitions; throughput is measured after a warm-up (compilation
-for (b) and (c), DataLoader start-up for (a)). Then one full epoch of (a) and of (b) in each
+for (b) and (c), DataLoader start-up for (a)). Every process of the benchmark gets the memory
+settings of a vae-search process (vae_search/allocator.py; `VAE_SEARCH_ALLOCATOR=system` for
+none), the textbook loop's included, so the ratios are not the allocator's (benchmarks/allocator.py
+measures that). Then one full epoch of (a) and of (b) in each
 precision from the same seed, evaluated with the same function (the losses must agree within
 noise), and the peak memory of a full-data trial process. The last line is one JSON object.
 """
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the allocator is set before torch is imported)
 import argparse
 import json
 import multiprocessing as mp
@@ -35,6 +39,14 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vae_search import allocator
+
+# As the console script does, before torch loads (spawned workers run this again on import).
+# The whole process has it, the textbook loop too: the baseline gets the same memory.
+ALLOCATOR = allocator.tune()
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -42,12 +54,10 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from vae_search.data import Cifar10, load_cifar10  # noqa: E402
-from vae_search.model import VAE, ModelConfig  # noqa: E402
-from vae_search.train import TrainConfig, evaluate, resolve_precision, should_compile, train  # noqa: E402
-from vae_search.workers import default_jobs, threads_per_worker  # noqa: E402
+from vae_search.data import Cifar10, load_cifar10
+from vae_search.model import VAE, ModelConfig
+from vae_search.train import TrainConfig, evaluate, resolve_precision, should_compile, train
+from vae_search.workers import default_jobs, threads_per_worker
 
 BATCH = 128
 # What `--compile auto` does for a full-data trial (10 epochs of 50,000 images) on this machine.
@@ -253,7 +263,7 @@ def main() -> None:
     print(f"data: {len(data.train)} train / {len(data.test)} val images ({data.source}); model latent "
           f"{model_config.latent_dim} base {model_config.base_channels}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; default "
-          f"precision {default}; default jobs {jobs}; compiled {FULL_TRIAL_COMPILES}", flush=True)
+          f"precision {default}; default jobs {jobs}; compiled {FULL_TRIAL_COMPILES}; memory: {ALLOCATOR}", flush=True)
 
     # (a)'s model and loader persist across repetitions, like one long training run
     torch.manual_seed(0)
@@ -321,6 +331,7 @@ def main() -> None:
         "loss_bf16": round(epochs["bf16"]["neg_elbo"], 3),
         "compiled": FULL_TRIAL_COMPILES,
         "compile_speedup": compile_speedup,
+        "allocator": ALLOCATOR,
     }))
 
 

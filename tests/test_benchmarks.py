@@ -38,9 +38,9 @@ def test_loss_kernel_times_both_losses_for_every_architecture():
 def test_allocator_benchmark_times_both_allocators_in_fresh_processes():
     result = _last_json("benchmarks/allocator.py", "--quick")
     rows = result["rows"]
-    assert [(r["latent"], r["base"]) for r in rows][0] == (16, 16) and "fp32" in {r["precision"] for r in rows}
-    assert all(r[f"{side}_{k}"] > 0 for r in rows for side in ("system", "tuned") for k in ("step_ms", "val_ms"))
-    assert result["allocator"]  # what the tuned side had, in words
+    assert {(r["latent"], r["base"]) for r in rows} == {(16, 32)} and "fp32" in {r["precision"] for r in rows}
+    assert all(r[f"{side}_{k}"] > 0 for r in rows for side in ("system", "tuned") for k in ("epoch_s", "peak_rss_mb"))
+    assert result["allocator"] and result["jobs"] >= 1  # what the tuned side had, in words
 
 
 @pytest.mark.slow

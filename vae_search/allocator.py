@@ -3,13 +3,13 @@
 A training step allocates and frees the same few dozen activation and gradient buffers,
 most of them 0.1 to 8 MB, every step. glibc's malloc hands the larger ones out as fresh
 mmap()s and returns freed heap memory to the kernel, so each step faults all of them in
-again, 4 KB at a time: about 1,700 page faults per step of latent 16 / base 32 in bf16 and
-4,900 in fp32, some 5-15% of the step (benchmarks/allocator.py measures it). Two settings
-make those buffers stay:
+again, 4 KB at a time: 2,400 page faults per step of latent 16 / base 32 in bf16 and 5,300
+in fp32, 3 to 6% of an epoch of two workers on AVX512_BF16 cores (benchmarks/allocator.py
+measures it; docs/performance.md). Two settings make those buffers stay:
 
 - glibc's `mallopt`: blocks under 32 MB come from the heap (M_MMAP_THRESHOLD) and the heap
   keeps up to 1 GB of freed memory instead of trimming it (M_TRIM_THRESHOLD), so a step
-  reuses the previous step's pages; the peak memory barely moves (the same buffers, kept);
+  reuses the previous step's pages; the peak memory moves by a few percent (the same buffers, kept);
 - torch's own switch `THP_MEM_ALLOC_ENABLE=1`: buffers of 2 MB and more are advised to use
   transparent huge pages, one fault per 2 MB where the kernel allows it (`madvise` or
   `always` in /sys/kernel/mm/transparent_hugepage/enabled). libc10 reads it once, when torch

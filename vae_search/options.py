@@ -51,7 +51,8 @@ DataDir = Annotated[
 LimitTrain = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N training images (quick runs).")]
 LimitVal = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N test images for validation.")]
 StorageOpt = Annotated[str, typer.Option(envvar="VAE_SEARCH_STORAGE", help=f"Optuna storage URL: {STORAGE_HELP}.")]
-VERSION_HELP = "Print the versions and what `auto` means on this machine (device, precision, compile, jobs), and exit."
+VERSION_HELP = ("Print the versions, what `auto` means on this machine (device, precision, compile, jobs) and the memory "
+                "settings of its processes (VAE_SEARCH_ALLOCATOR=system turns them off), and exit.")
 GridPreset = Annotated[Optional[str], typer.Option(
     help="A grid study's preset, a packaged name or a .toml file: needed where the grid was run from a file of your "
     "own (a study names its preset, and only packaged ones are looked up by that name). Default: the study's.")]
