@@ -101,3 +101,11 @@ def test_elsewhere_nothing_changes(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert allocator.tune() == "the system's allocator (the settings are for Linux with glibc)"
     assert "THP_MEM_ALLOC_ENABLE" not in os.environ and allocator.state() == allocator.tune()
+
+
+def test_an_unknown_choice_is_one_line_and_exit_2():
+    proc = _run(["-m", "vae_search", "--version"], VAE_SEARCH_ALLOCATOR="tcmalloc")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "vae-search: error: VAE_SEARCH_ALLOCATOR=tcmalloc: unknown; use vae-search (the default) or system (the system's "
+        "allocator)"]

@@ -23,8 +23,13 @@ import sys
 import threading
 
 from vae_search import allocator
+from vae_search.errors import UsageError
 
-allocator.tune()  # before anything imports torch: libc10 reads its huge-page switch once, on load
+try:
+    allocator.tune()  # before anything imports torch: libc10 reads its huge-page switch once, on load
+except UsageError as e:  # a VAE_SEARCH_ALLOCATOR it does not know: one line, as the CLI says errors
+    print(f"vae-search: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 from vae_search.cli import main  # noqa: E402
 

@@ -30,7 +30,10 @@ import os
 import platform
 import sys
 
-ENV = "VAE_SEARCH_ALLOCATOR"  # "system": change nothing
+from vae_search.errors import UsageError
+
+ENV = "VAE_SEARCH_ALLOCATOR"
+CHOICES = ("vae-search", "system")  # the default; or change nothing
 # Above every buffer of a training step (the largest, base 64 in fp32: 8 MB at batch 128);
 # validation's 2,500-image chunks are larger and stay mmapped, on huge pages.
 MMAP_THRESHOLD = 32 << 20
@@ -42,10 +45,14 @@ _state = "the system's allocator (this process did not start from the console sc
 
 def tune() -> str:
     """Apply the settings above to this process (and, through the environment, to the
-    processes it starts); returns what was done, as `state()` says it."""
+    processes it starts); returns what was done, as `state()` says it. An unknown
+    VAE_SEARCH_ALLOCATOR is a UsageError."""
     global _state
+    choice = os.environ.get(ENV, "").strip().lower() or CHOICES[0]
+    if choice not in CHOICES:
+        raise UsageError(f"{ENV}={choice}: unknown; use {CHOICES[0]} (the default) or {CHOICES[1]} (the system's allocator)")
     own = [k for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ]
-    if os.environ.get(ENV, "").strip().lower() == "system":
+    if choice == "system":
         _state = f"the system's allocator ({ENV}=system)"
     elif not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         _state = "the system's allocator (the settings are for Linux with glibc)"
