@@ -19,17 +19,19 @@ In one run, on the same images and the same architecture:
       warm-up; every worker's images over the wall time from the common start to the last
       worker's end.
 (a) and (b) alternate over repetitions; throughput is measured after a warm-up (compilation
-for (b) and (c), DataLoader start-up for (a)). Every process of the benchmark gets the memory
-settings of a vae-search process (vae_search/allocator.py; `VAE_SEARCH_ALLOCATOR=system` for
-none), the textbook loop's included, so the ratios are not the allocator's (benchmarks/allocator.py
-measures that). Then one full epoch of (a) and of (b) in each
+for (b) and (c), DataLoader start-up for (a)). Then one full epoch of (a) and of (b) in each
 precision from the same seed, evaluated with the same function (the losses must agree within
 noise), and the peak memory of a full-data trial process. The last line is one JSON object.
+
+Every process of the benchmark has the memory settings of a vae-search process
+(vae_search/allocator.py; `VAE_SEARCH_ALLOCATOR=system` for none), the textbook loop's too,
+so the ratios leave the allocator out (benchmarks/allocator.py measures it). The figures in
+docs/performance.md before commit afa64ed were measured without them.
 """
 
 from __future__ import annotations
 
-# ruff: noqa: E402  (the allocator is set before torch is imported)
+# ruff: noqa: E402 -- the allocator is set before torch is imported
 import argparse
 import json
 import multiprocessing as mp
