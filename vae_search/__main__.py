@@ -9,11 +9,7 @@ storage call commits its transaction), so `entry` runs the atexit handlers (logg
 flush, multiprocessing's join of its children, temporary folders, the storages' database
 connections), flushes the standard streams and leaves with os._exit. A non-daemon thread
 still alive, which Python would wait for, makes it exit the usual way; so does an
-exception other than SystemExit (its traceback is a bug report).
-
-Before the CLI is imported, `allocator.tune()` sets how the process gets its memory (buffers
-that stay mapped between training steps; vae_search/allocator.py), for this process and the
-`--jobs` workers it starts, which run this same entry."""
+exception other than SystemExit (its traceback is a bug report)."""
 
 from __future__ import annotations
 
@@ -22,16 +18,7 @@ import os
 import sys
 import threading
 
-from vae_search import allocator
-from vae_search.errors import UsageError
-
-try:
-    allocator.tune()  # before anything imports torch: libc10 reads its huge-page switch once, on load
-except UsageError as e:  # a VAE_SEARCH_ALLOCATOR it does not know: one line, as the CLI says errors
-    print(f"vae-search: error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-from vae_search.cli import main  # noqa: E402
+from vae_search.cli import main
 
 
 def entry() -> None:

@@ -15,9 +15,10 @@ measures it; docs/performance.md). Two settings make those buffers stay:
   `always` in /sys/kernel/mm/transparent_hugepage/enabled). libc10 reads it once, when torch
   is imported, so `tune()` must run before that.
 
-The arithmetic is untouched: only where the bytes live changes. `tune()` is called by the
-console script (`vae_search/__main__.py`) before anything imports torch, so every command
-and every `--jobs` worker (started with `python -m vae_search`) runs with it. Elsewhere
+The arithmetic is untouched: only where the bytes live changes. `cli.main` calls `tune()`
+before a command imports torch (importing the CLI does not), so every command and every
+`--jobs` worker (started with `python -m vae_search`) runs with it; an unknown choice is one
+line and exit 2, as any bad input. Elsewhere
 (macOS, Windows, musl's malloc) it changes nothing. `VAE_SEARCH_ALLOCATOR=system` leaves both as
 they are, to compare or to rule them out; a user's own `MALLOC_MMAP_THRESHOLD_` or
 `MALLOC_TRIM_THRESHOLD_` leaves both to the user, and their own `THP_MEM_ALLOC_ENABLE` is kept.
@@ -40,7 +41,7 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 1 << 30
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
-_state = "the system's allocator (this process did not start from the console script)"
+_state = "the system's allocator (tune() has not run in this process)"
 
 
 def tune() -> str:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import optuna
 import typer
 
-from vae_search import interrupts
+from vae_search import allocator, interrupts
 from vae_search import options as o
 from vae_search import study as st_defaults
 from vae_search.errors import INTERRUPTED, RunError, UsageError, system_reason
@@ -426,6 +426,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     _notes.clear()
     command = typer.main.get_command(app)
     try:
+        allocator.tune()  # before a command imports torch, which reads its huge-page switch once (allocator.py)
         # standalone_mode=False hands errors to us instead of Typer's multi-line panels.
         # The arguments travel in the context: a training command's --jobs workers rerun them.
         rc = command.main(args=args or ["--help"], prog_name="vae-search", standalone_mode=False, obj={"argv": args})
