@@ -20,7 +20,8 @@ run there: the device README's `pip download` recipe), installed there with `pip
 measured.
 
 Prints progress on stderr and, as its last line on stdout, one JSON object (exit status 1,
-with what failed on stderr and in its `problems`, when a part did not pass):
+with what failed on stderr and in its `problems`, when a part did not pass or a loss is more
+than AGREE_PCT from the CPU's fp32 for the same point):
   - cuda_tests: what `pytest -m cuda` said (passed, failed, skipped, which warnings), and its exit code;
   - grid: per B.1 config, the trial's time_s, val and recon loss in bf16 on the device,
     beside the CPU fp32 figures of benchmarks/results/b1-cpu-fp32.json (measured from a fresh
@@ -352,7 +353,7 @@ def main() -> None:
         os.environ.setdefault("VAE_SEARCH_CACHE", str(Path(tmp) / "cache"))
         if not args.skip_tests:
             say("CUDA tests ...")
-            keep("cuda_tests", cuda_tests(timeout=180))
+            keep("cuda_tests", cuda_tests(timeout=300))  # 68 s on an H100 before the gradient tests came
         if not args.skip_grid:
             say("B.1 grid ...")
             keep("grid", grid(args, Path(tmp)))
@@ -368,10 +369,19 @@ def main() -> None:
         sys.exit(1)
 
 
+# How far a value on the device may be from the CPU's fp32 for the same point, seed, data and
+# budget: issue 9's rule for bf16 against fp32. Measured on GPUs: within 0.061% (grid) and 0.123%
+# (search); on commit 5c83e36 with torch 2.11 every compiled trial learned nothing (11-17% off),
+# and this check passed all the same (benchmarks/results/gpu/h100-check-4/).
+AGREE_PCT = 0.3
+
+
 def problems(result: dict) -> list[str]:
     """What keeps the check from passing, one line per part: a CUDA test that failed or could
-    not set up, a grid or search that ended in an error or ran out of its time. The JSON line
-    comes all the same (what did run was measured); the exit status says whether to trust it."""
+    not set up, a grid or search that ended in an error or ran out of its time, and losses
+    that differ from the CPU's fp32 by more than AGREE_PCT (not with --quick: tiny data has no
+    reference). The JSON line comes all the same (what did run was measured); the exit status
+    says whether to trust it."""
     found = []
     tests = result.get("cuda_tests")
     if tests and (tests["rc"] not in (0, 5) or tests.get("failed") or tests.get("error")):
@@ -381,11 +391,19 @@ def problems(result: dict) -> list[str]:
         found.append(f"grid: rc {grid['rc']}: {' '.join(grid['error'])}")
     elif grid and (grid["timed_out"] or len(grid["configs"]) != 4):
         found.append(f"grid: {len(grid['configs'])} of 4 configs" + (" (timed out)" if grid["timed_out"] else ""))
+    if grid and grid["rc"] == 0 and not result.get("quick"):
+        found += [f"grid: config {n}'s {what} loss {c[f'{what}_loss']} is {c[f'{what}_diff_pct']:+}% from the CPU's fp32 "
+                  f"{c['cpu_fp32'][f'{what}_loss']} (more than {AGREE_PCT}%)"
+                  for n, c in grid["configs"].items() for what in ("val", "recon") if abs(c[f"{what}_diff_pct"]) > AGREE_PCT]
     search = result.get("search")
     if search and "timed_out" in search:
         found.append(f"search: {search['timed_out']} timed out")
     elif search and search.get("rc") != 0:
         found.append(f"search: {' '.join(search.get('error', ['no finished trial']))}")
+    against = (search or {}).get("vs_cpu_search", {})
+    if against.get("shared") and against["max_abs_pct"] > AGREE_PCT and not result.get("quick"):
+        found.append(f"search: {against['shared']} points shared with the CPU search differ from its fp32 values by up to "
+                     f"{against['max_abs_pct']}% (more than {AGREE_PCT}%)")
     return found
 
 

@@ -89,6 +89,22 @@ def _images(n: int, seed: int) -> np.ndarray:
     return (np.clip(base * scale + noise, 0, 1) * 255).astype(np.uint8)
 
 
+def step_gradient(state: dict, config, x_u8, eps, device: str, *, compiled: bool, bf16: bool):
+    """The training step's loss and gradient (all parameters, flattened, fp32, on the CPU) for a
+    VAE holding `state`, as train() computes them: eager or compiled, fp32 or bf16."""
+    import torch
+
+    from vae_search.model import VAE
+    from vae_search.train import _get_step, _step_loss
+
+    model = VAE(config).to(device).to(memory_format=torch.channels_last)
+    model.load_state_dict(state)
+    step = _get_step(True) if compiled else _step_loss
+    loss = step(model, x_u8.to(device), eps.to(device), torch.tensor(1.0, device=device), bf16)
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten().float().cpu() for p in model.parameters()])
+
+
 def make_batches(root: Path, n_train: int = 250, n_test: int = 60) -> Path:
     """A `cifar-10-batches-py` folder in torchvision's pickle format: five training batches,
     a test batch and batches.meta. The originals are Python 2 pickles of dicts with str keys,

@@ -74,7 +74,8 @@ def test_gpu_benchmark_dry_run_on_cpu():
 
 def test_gpu_check_fails_on_what_kept_a_part_from_passing():
     """gpu.py's verdict on JSON it printed on GPU machines: the CUDA tests' setup errors of the
-    third H100 check, its rerun after the fix, and the second check's search cut short."""
+    third H100 check, its rerun after the fix, the second check's search cut short, and the
+    fourth check, where every compiled trial learned nothing and every part ran to its end."""
     from benchmarks.gpu import problems
 
     runs = ROOT / "benchmarks" / "results" / "gpu"
@@ -82,6 +83,9 @@ def test_gpu_check_fails_on_what_kept_a_part_from_passing():
     assert problems(errored) == ["cuda_tests: 1 skipped, 5 errors in 3.62s"]  # grid, throughput, search all fine
     assert problems(json.loads((runs / "h100-search-3" / "gpu-tests.json").read_text())) == []
     assert problems(json.loads((runs / "h100-search-2" / "gpu.json").read_text())) == ["search: optimize timed out"]
+    untrained = problems(json.loads((runs / "h100-check-4" / "gpu.json").read_text()))
+    assert untrained[0] == "grid: config 1's val loss 2131.69 is +11.319% from the CPU's fp32 1914.94 (more than 0.3%)"
+    assert len(untrained) == 9 and untrained[-1].startswith("search: 5 points shared with the CPU search differ")
     errored["grid"] = {"rc": 2, "error": ["error: no CIFAR-10 at data/x"], "wall_s": 3.0}
     errored["search"] = {"trials": 50, "rc": 1, "failed": "confirm", "error": ["error: study 'search' not found"]}
     assert problems(errored)[1:] == ["grid: rc 2: error: no CIFAR-10 at data/x", "search: error: study 'search' not found"]

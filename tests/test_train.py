@@ -103,6 +103,21 @@ def test_compiled_step_gives_the_eager_loss(tiny):
     assert compiled.metrics["val_loss"] == pytest.approx(eager.metrics["val_loss"], rel=1e-3)
 
 
+def test_compiled_step_gives_the_eager_gradient():
+    """What a compiled step trains is what the eager one does. With torch 2.11 (pytorch/pytorch#180642)
+    a compiled autograd.Function whose forward works in place sent its gradient nowhere: our BCE's
+    did, so compiled trainings learned from the KL alone while their losses still matched eager's."""
+    from tests.conftest import step_gradient
+
+    torch.manual_seed(0)
+    state = VAE(SMALL).state_dict()
+    x, eps = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.randn(32, SMALL.latent_dim)
+    eager_loss, eager = step_gradient(state, SMALL, x, eps, "cpu", compiled=False, bf16=False)
+    compiled_loss, compiled = step_gradient(state, SMALL, x, eps, "cpu", compiled=True, bf16=False)
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
+    assert ((compiled - eager).norm() / eager.norm()).item() < 1e-3  # the broken one was 1.0 away
+
+
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2"])
 def test_compile_auto_follows_the_measurements(monkeypatch, capability):
     """`--compile auto` compiles where it was measured to pay (docs/performance.md): CUDA, for

@@ -21,6 +21,7 @@ import json
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -117,7 +118,14 @@ def vae_loss(
     recon = BCE(sigmoid(logits), x) summed over the 3x32x32 values (computed from the
     logits, which is stable); kl = KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dims.
     """
-    recon = _BCEWithLogits.apply(logits.float(), x.float())
+    # _BCEWithLogits only where it was measured to pay: eager on CPUs. Compiled, inductor
+    # vectorises torch's own op anyway, and torch 2.11 compiled _BCEWithLogits (its forward works
+    # in place) into a step whose gradient left the reconstruction out (pytorch/pytorch#180642):
+    # every compiled trial on a GPU learned from the KL alone (docs/performance.md).
+    if logits.device.type == "cpu" and not torch.compiler.is_compiling():
+        recon = _BCEWithLogits.apply(logits.float(), x.float())
+    else:
+        recon = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
     recon = recon.flatten(1).sum(1)
     mu, logvar = mu.float(), logvar.float()
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
