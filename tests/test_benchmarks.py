@@ -44,6 +44,20 @@ def test_allocator_benchmark_times_both_allocators_in_fresh_processes():
 
 
 @pytest.mark.slow
+def test_throughput_measures_the_textbook_loop_also_as_its_author_runs_it():
+    """(a) with vae-search's memory settings, as the ratios have it, and once more in a process
+    of its own with the system's allocator, alternating; both ratios in the JSON line."""
+    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--quick"], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert min(result[k] for k in ("baseline_img_s", "baseline_system_img_s", "vae_search_img_s", "study_img_s")) > 0
+    assert result["study_speedup_vs_system_baseline"] == round(result["study_img_s"] / result["baseline_system_img_s"], 3)
+    assert "as its author runs it: a process of its own, memory: the system's allocator" in proc.stdout
+    assert result["baseline_system_img_s"] != result["baseline_img_s"]  # two measurements, not one copied
+
+
+@pytest.mark.slow
 def test_startup_times_both_variants():
     result = _last_json("benchmarks/startup.py", "--rounds", "1", "--warmup", "0")
     timed = [f"{c}{v}_s" for c in ("best", "show") for v in ("", "_python_exit", "_with_torch")]
