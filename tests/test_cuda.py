@@ -1,6 +1,6 @@
 """The GPU path: a step trains there what it trains on the CPU, eager or compiled, and a short
-compiled bf16 training lands where the CPU's does; bf16 autocast keeps the loss, KL and Adam in fp32; the data goes to the GPU
-once per process; `--compile auto` compiles on CUDA; workers share one GPU or spread over
+compiled bf16 training lands where the CPU's does; bf16 autocast keeps the loss, KL and Adam in
+fp32; the data goes to the GPU once per process; `--compile auto` compiles on CUDA; workers share one GPU or spread over
 several; an out-of-memory trial fails with its reason and the study goes on.
 
 Marked `cuda` and skipped without a GPU; `python benchmarks/gpu.py` runs them on a GPU machine
@@ -64,7 +64,8 @@ def test_a_step_on_cuda_has_the_cpus_gradient(compiled, bf16):
     cpu_loss, cpu = step_gradient(state, config, x, eps, "cpu", compiled=False, bf16=False)
     loss, grad = step_gradient(state, config, x, eps, "cuda", compiled=compiled, bf16=bf16)
     assert loss == pytest.approx(cpu_loss, rel=1e-4)
-    assert ((grad - cpu).norm() / cpu.norm()).item() < (0.02 if bf16 else 0.005)  # measured 0.0034 and 0.0009
+    # the diagnostic's batch on an H100: 0.0034 in bf16, 0.0009 in fp32 (TF32 convolutions); broken: 1.0
+    assert ((grad - cpu).norm() / cpu.norm()).item() < (0.02 if bf16 else 0.005)
 
 
 def test_a_compiled_bf16_training_on_cuda_learns_what_the_cpu_does():

@@ -105,8 +105,8 @@ def test_compiled_step_gives_the_eager_loss(tiny):
 
 def test_compiled_step_gives_the_eager_gradient():
     """What a compiled step trains is what the eager one does. With torch 2.11 (pytorch/pytorch#180642)
-    a compiled autograd.Function whose forward works in place sent its gradient nowhere: our BCE's
-    did, so compiled trainings learned from the KL alone while their losses still matched eager's."""
+    a compiled autograd.Function whose forward works in place sent its gradient to the wrong output:
+    our BCE's did, so compiled trainings learned from the KL alone."""
     from tests.conftest import step_gradient
 
     torch.manual_seed(0)

@@ -118,10 +118,11 @@ def vae_loss(
     recon = BCE(sigmoid(logits), x) summed over the 3x32x32 values (computed from the
     logits, which is stable); kl = KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dims.
     """
-    # _BCEWithLogits only where it was measured to pay: eager on CPUs. Compiled, inductor
-    # vectorises torch's own op anyway, and torch 2.11 compiled _BCEWithLogits (its forward works
-    # in place) into a step whose gradient left the reconstruction out (pytorch/pytorch#180642):
-    # every compiled trial on a GPU learned from the KL alone (docs/performance.md).
+    # _BCEWithLogits only where it was measured to pay: eager on CPUs. Compiled (CUDA's default),
+    # inductor fuses torch's own op with the rest, and torch 2.11 compiled _BCEWithLogits (its
+    # forward works in place) into a step whose gradient left the reconstruction out
+    # (pytorch/pytorch#180642): every compiled trial on a GPU learned from the KL alone
+    # (docs/performance.md, "A fourth GPU check").
     if logits.device.type == "cpu" and not torch.compiler.is_compiling():
         recon = _BCEWithLogits.apply(logits.float(), x.float())
     else:
