@@ -48,6 +48,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -150,20 +151,12 @@ def start_system_textbook(model_config: ModelConfig, data_dir: str | None, quick
     system's allocator: (a) then shares a process with (b)'s trainings, its author's does not."""
     ctx = mp.get_context("spawn")  # a fresh interpreter: glibc's settings are not inherited
     ours, theirs = ctx.Pipe()
-    saved = {k: os.environ.get(k) for k in (allocator.ENV, "THP_MEM_ALLOC_ENABLE")}
-    os.environ[allocator.ENV] = "system"
-    if _THP_BEFORE is None:
-        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
-    try:
-        # not a daemon: its DataLoader starts workers; if we die, its pipe closes and it ends
-        proc = ctx.Process(target=_system_textbook, args=(model_config, data_dir, quick_n, theirs))
+    # not a daemon: its DataLoader starts workers; if we die, its pipe closes and it ends
+    proc = ctx.Process(target=_system_textbook, args=(model_config, data_dir, quick_n, theirs))
+    with mock.patch.dict(os.environ, {allocator.ENV: "system"}):  # the environment it starts with, ours restored
+        if _THP_BEFORE is None:
+            os.environ.pop("THP_MEM_ALLOC_ENABLE", None)  # what tune() set; a user's own stays
         proc.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     state = ours.recv()
     print(f"textbook loop, as its author runs it: a process of its own, memory: {state}", flush=True)
     return proc, ours
@@ -329,22 +322,23 @@ def main() -> None:
           f"precision {default}; default jobs {jobs}; compiled {FULL_TRIAL_COMPILES}; memory: {ALLOCATOR}", flush=True)
 
     textbook = TextbookLoop(model_config, data)
-    system = start_system_textbook(model_config, args.data_dir, quick_n)
+    system_proc, system_conn = start_system_textbook(model_config, args.data_dir, quick_n)
     tb_rates: list[float] = []
     system_rates: list[float] = []
     vs_rates: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
     for rep in range(repeats):
-        tb_rates.append(textbook.images_per_s(warmup if rep == 0 else 2, batches))
-        system[1].send((warmup if rep == 0 else 2, batches))
-        system_rates.append(system[1].recv())
+        tb_warmup = warmup if rep == 0 else 2  # the loaders persist: the first repetition starts them
+        tb_rates.append(textbook.images_per_s(tb_warmup, batches))
+        system_conn.send((tb_warmup, batches))
+        system_rates.append(system_conn.recv())
         for p, compiled in variants:
             vs_rates[p, compiled].append(vae_search_images_per_s(model_config, data, warmup, batches, p, compiled))
         print(f"repetition {rep + 1}: textbook {tb_rates[-1]:.0f} img/s"
               + f" ({system_rates[-1]:.0f} as its author runs it), vae-search "
               + ", ".join(f"{p}{' compiled' if c else ' eager'} {vs_rates[p, c][-1]:.0f}"
                           for p, c in variants) + " img/s", flush=True)
-    system[1].send(None)
-    system[0].join()
+    system_conn.send(None)
+    system_proc.join()
     del textbook
     baseline = statistics.median(tb_rates)
     baseline_system = statistics.median(system_rates)

@@ -123,10 +123,11 @@ def vae_loss(
     # forward works in place) into a step whose gradient left the reconstruction out
     # (pytorch/pytorch#180642): every compiled trial on a GPU learned from the KL alone
     # (docs/performance.md, "A fourth GPU check").
+    logits, x = logits.float(), x.float()
     if logits.device.type == "cpu" and not torch.compiler.is_compiling():
-        recon = _BCEWithLogits.apply(logits.float(), x.float())
+        recon = _BCEWithLogits.apply(logits, x)
     else:
-        recon = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     recon = recon.flatten(1).sum(1)
     mu, logvar = mu.float(), logvar.float()
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
