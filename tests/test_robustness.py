@@ -323,6 +323,11 @@ class TestBadInput:
         assert cli("grid", "--preset", "nope", "--storage", storage)[0] == 2
         assert cli("grid", "--epochs", "0", "--storage", storage)[0] == 2
         assert cli("optimize", "--trials", "-1", "--storage", storage)[0] == 2
+        # numpy's seed streams refuse a negative seed and torch's generator one of 2**63: a traceback, or every trial
+        for command in ("grid", "optimize", "confirm"):
+            for seed in ("-5", str(2**63)):
+                rc, _, err = cli(command, "--seed", seed, "--storage", storage)
+                assert rc == 2 and "--seed" in one_line_error(err)
         # every (point, seed) is queued at once: a slip of the finger would flood a shared study
         rc, _, err = cli("grid", "--seeds", "30000", "--storage", storage)
         assert rc == 2 and "--seeds" in one_line_error(err)

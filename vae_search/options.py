@@ -37,7 +37,10 @@ class Precision(StrEnum):
 
 Epochs = Annotated[Optional[int], typer.Option(min=1, help="Epochs per trial (default: the preset's, or 10).")]
 BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Images per Adam step (default 128).")]
-Seed = Annotated[int, typer.Option(help="Seeds weights, batch order and noise; same seed + device = same numbers on CPU.")]
+# numpy's seed streams take no negative seed and torch's generator none of 2**63 or more (a traceback, or every trial
+# failed); and (seed, trial) becomes 32-bit words, so seed 2**32 drew trial 0 from seed 0's stream for trial 1.
+Seed = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seeds weights, batch order and noise; same seed + device = "
+                                   "same numbers on CPU.")]
 DeviceOpt = Annotated[Device, typer.Option(case_sensitive=False, help="Where to train; auto picks cuda, then mps, then cpu.")]
 DataDir = Annotated[
     Optional[Path],
