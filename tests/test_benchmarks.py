@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from vae_search.train import resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +36,16 @@ def test_loss_kernel_times_both_losses_for_every_architecture():
     assert "fp32" in {r["precision"] for r in rows} and len(rows) in (5, 10)  # 10 where bf16 is native
     assert all(r["torch_ms"] > 0 and r["ours_ms"] > 0 for r in rows)
 
+
+def test_deconv_bias_times_both_transposed_convolutions_where_bf16_is_native():
+    result = _last_json("benchmarks/deconv_bias.py", "--steps", "1", "--repeats", "1", "--batch", "8")
+    assert result["native_bf16"] == (resolve_precision("auto", torch.device("cpu")) == "bf16")
+    if not result["native_bf16"]:  # fp32 on this CPU, where nothing changed
+        assert result["rows"] == []
+        return
+    rows = result["rows"]
+    assert {(r["latent"], r["base"]) for r in rows} == {(4, 32), (8, 32), (16, 32), (8, 64), (16, 16)}
+    assert all(r["torch_ms"] > 0 and r["ours_ms"] > 0 and r["speedup"] > 0 for r in rows)
 
 @pytest.mark.slow
 def test_allocator_benchmark_times_both_allocators_in_fresh_processes():

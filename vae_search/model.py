@@ -9,10 +9,9 @@ report's parameter counts (285,355 / 309,939 / 359,107 / 1,131,859 for
     decoder: L -> Linear -> 4b x4x4 -> convT s2 -> 2b x8x8 -> convT s2 -> b x16x16
              -> convT s2 -> 3x32x32 logits (sigmoid gives the image)
 
-The transposed convolutions stay `nn.ConvTranspose2d`: an exactly equivalent sub-pixel
-reformulation (one 3x3 convolution + pixel_shuffle per layer) was measured 25-30% slower
-per training step on this project's 2-core CPU (oneDNN's transposed kernels are good), so
-it did not pay for its code.
+The transposed convolutions are oneDNN's (an exactly equivalent sub-pixel reformulation, one
+3x3 convolution + pixel_shuffle per layer, was measured 25-30% slower per training step on
+this project's 2-core CPU), with one exception in bf16 on CPUs: `ConvTranspose2d` below.
 """
 
 from __future__ import annotations
@@ -40,6 +39,50 @@ class ModelConfig:
         return cls(latent_dim=int(d["latent_dim"]), base_channels=int(d["base_channels"]))
 
 
+class _BF16TransposedConv(torch.autograd.Function):
+    """A bf16 transposed convolution on CPUs whose bias gradient is a plain sum. oneDNN's bf16
+    deconvolution computes the bias gradient inside its weight-gradient primitive, and that
+    costs more than the weight gradient itself (5.0 against 3.1 ms for the 64 -> 32 layer of
+    base 32, batch 128, one thread; a sum over batch and pixels takes 0.04 ms). The forward
+    and the input and weight gradients are torch's own calls, to the bit; the bias gradient
+    is the same sum in another order, in fp32, then rounded to bf16 as oneDNN's is.
+    benchmarks/deconv_bias.py measures the step; tests/test_model.py holds the gradients equal."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: nn.ConvTranspose2d):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = conv
+        return F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
+                                  conv.dilation)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        wants_x, wants_w, wants_b = ctx.needs_input_grad[:3]
+        c = ctx.conv
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, c.stride, c.padding, c.dilation, True, c.output_padding, c.groups,
+            [wants_x, wants_w, False])
+        grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype) if wants_b else None
+        return grad_x, grad_w, grad_b, None
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d (same parameters, same state_dict) that takes _BF16TransposedConv
+    where it pays: eager bf16 autocast on CPUs. In fp32 it would change the bias gradient's
+    rounding for 2% of a step, so fp32 (whose losses this project reproduces to the digit)
+    and compiled steps (inductor's, and torch 2.11 miscompiled our other autograd.Function,
+    vae_loss below) stay torch's."""
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if (output_size is None and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.compiler.is_compiling()):
+            bf16 = torch.bfloat16  # what autocast would cast conv_transpose2d's arguments to
+            bias = None if self.bias is None else self.bias.to(bf16)
+            return _BF16TransposedConv.apply(x.to(bf16), self.weight.to(bf16), bias, self)
+        return super().forward(x, output_size)
+
+
 class VAE(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -55,9 +98,9 @@ class VAE(nn.Module):
         self.fc_logvar = nn.Linear(4 * b * 4 * 4, latent)
         self.decoder_input = nn.Linear(latent, 4 * b * 4 * 4)  # no activation after it
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(4 * b, 2 * b, 4, stride=2, padding=1), nn.ReLU(),  # (B, 2b, 8, 8)
-            nn.ConvTranspose2d(2 * b, b, 4, stride=2, padding=1), nn.ReLU(),  # (B, b, 16, 16)
-            nn.ConvTranspose2d(b, 3, 4, stride=2, padding=1),  # (B, 3, 32, 32) logits
+            ConvTranspose2d(4 * b, 2 * b, 4, stride=2, padding=1), nn.ReLU(),  # (B, 2b, 8, 8)
+            ConvTranspose2d(2 * b, b, 4, stride=2, padding=1), nn.ReLU(),  # (B, b, 16, 16)
+            ConvTranspose2d(b, 3, 4, stride=2, padding=1),  # (B, 3, 32, 32) logits
         )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
