@@ -65,7 +65,8 @@ class _BF16TransposedConv(torch.autograd.Function):
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad, x, weight, None, c.stride, c.padding, c.dilation, True, c.output_padding, c.groups,
             [wants_x, wants_w, False])
-        grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype) if wants_b else None
+        # torch sums bf16 in fp32 and rounds once; asking for an fp32 result would first copy the whole gradient
+        grad_b = grad.sum((0, 2, 3)) if wants_b else None
         return grad_x, grad_w, grad_b, None
 
 
