@@ -45,9 +45,10 @@ class _BF16TransposedConv(torch.autograd.Function):
     costs more than the weight gradient itself (5.0 against 3.1 ms for the 64 -> 32 layer of
     base 32, batch 128, one thread; a sum over batch and pixels takes 0.04 ms). The forward
     and the input and weight gradients are torch's own calls, to the bit; the bias gradient
-    is the same sum in another order, in fp32, then rounded to bf16 as oneDNN's is, and now
-    and then (1 value in 77,418 over two epochs) rounds to the other neighbour, so a 10-epoch
-    bf16 training ends some 0.02% from where nn.ConvTranspose2d's would (docs/performance.md).
+    is the same sum in another order (torch, like oneDNN, accumulates bf16 in fp32 and rounds
+    once), and now and then (1 value in 77,418 over two epochs) rounds to the other neighbour,
+    so a 10-epoch bf16 training ends some 0.02% from where nn.ConvTranspose2d's would
+    (docs/performance.md).
     benchmarks/deconv_bias.py measures the step; tests/test_model.py holds the gradients."""
 
     @staticmethod
