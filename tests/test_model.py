@@ -121,7 +121,7 @@ class TestTransposedConvolution:
             else:
                 assert torch.equal(ours[name], grad), name
 
-    def test_fp32_and_other_devices_stay_torchs(self):
+    def test_fp32_stays_torchs(self):
         # fp32 losses are reproduced to the digit across machines: its bias gradient stays oneDNN's
         model = VAE(ModelConfig(latent_dim=8, base_channels=8))
         logits, _ = self._step(model, torch.rand(4, 3, 32, 32), torch.randn(4, 8), bf16=False)
