@@ -16,7 +16,6 @@ taken. The last line is one JSON object: ms per step of each and the speed-up.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,7 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loss_kernel import ARCHITECTURES, OURS, step_ms  # noqa: E402
+from loss_kernel import ARCHITECTURES, OURS, step_arguments, step_ms  # noqa: E402
 
 from vae_search.model import ConvTranspose2d, ModelConfig  # noqa: E402
 from vae_search.train import resolve_precision  # noqa: E402
@@ -44,16 +43,8 @@ def timed(variant: str, config: ModelConfig, batch: int, steps: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (a --jobs worker has one per core)")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=15, help="timed steps per repetition")
-    ap.add_argument("--repeats", type=int, default=3, help="repetitions, the two alternating")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = step_arguments(__doc__, "the two")
     capability, native = torch.backends.cpu.get_cpu_capability(), resolve_precision("auto", torch.device("cpu")) == "bf16"
-    print(f"torch {torch.__version__}, CPU capability {capability}, AVX512_BF16 {torch.cpu._is_avx512_bf16_supported()}, "
-          f"{args.threads} thread(s), batch {args.batch}")
     if not native:
         print("this CPU emulates bf16, so vae-search trains in fp32 here, where nothing changed: nothing to measure")
         print(json.dumps({"capability": capability, "native_bf16": False, "rows": []}))

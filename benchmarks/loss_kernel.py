@@ -69,17 +69,24 @@ def step_ms(loss_fn, config: ModelConfig, bf16: bool, batch: int, steps: int) ->
         train_module.vae_loss = OURS
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def step_arguments(doc: str, alternating: str) -> argparse.Namespace:
+    """The options of a benchmark that times `step_ms` against a variant (this one and
+    deconv_bias.py), parsed; torch's threads set and the machine named on the first line."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a --jobs worker has one per core)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=15, help="timed steps per repetition")
-    ap.add_argument("--repeats", type=int, default=3, help="repetitions, the two losses alternating")
+    ap.add_argument("--repeats", type=int, default=3, help=f"repetitions, {alternating} alternating")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    precisions = sorted({"fp32", resolve_precision("auto", torch.device("cpu"))})
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"AVX512_BF16 {torch.cpu._is_avx512_bf16_supported()}, {args.threads} thread(s), batch {args.batch}")
+    return args
+
+
+def main() -> None:
+    args = step_arguments(__doc__, "the two losses")
+    precisions = sorted({"fp32", resolve_precision("auto", torch.device("cpu"))})
     print("| latent | base | precision | torch's BCE, ms/step | vae_loss's, ms/step | speed-up |")
     print("| --- | --- | --- | --- | --- | --- |")
     rows = []

@@ -39,6 +39,15 @@ class ModelConfig:
         return cls(latent_dim=int(d["latent_dim"]), base_channels=int(d["base_channels"]))
 
 
+def _own_kernels(t: torch.Tensor) -> bool:
+    """Where this module's autograd.Functions replace torch's ops: eager steps on CPUs, where
+    they were measured to pay. Compiled (CUDA's default), inductor fuses torch's ops with the
+    rest, and torch 2.11 compiled _BCEWithLogits (its forward works in place) into a step whose
+    gradient left the reconstruction out (pytorch/pytorch#180642): every compiled trial on a
+    GPU learned from the KL alone (docs/performance.md, "A fourth GPU check")."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 class _BF16TransposedConv(torch.autograd.Function):
     """A bf16 transposed convolution on CPUs whose bias gradient is a plain sum. oneDNN's bf16
     deconvolution computes the bias gradient inside its weight-gradient primitive, and that
@@ -79,8 +88,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     vae_loss below) stay torch's."""
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        if (output_size is None and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-                and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.compiler.is_compiling()):
+        if (output_size is None and _own_kernels(x) and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
             bf16 = torch.bfloat16  # what autocast would cast conv_transpose2d's arguments to
             bias = None if self.bias is None else self.bias.to(bf16)
             return _BF16TransposedConv.apply(x.to(bf16), self.weight.to(bf16), bias, self)
@@ -165,13 +174,8 @@ def vae_loss(
     recon = BCE(sigmoid(logits), x) summed over the 3x32x32 values (computed from the
     logits, which is stable); kl = KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dims.
     """
-    # _BCEWithLogits only where it was measured to pay: eager on CPUs. Compiled (CUDA's default),
-    # inductor fuses torch's own op with the rest, and torch 2.11 compiled _BCEWithLogits (its
-    # forward works in place) into a step whose gradient left the reconstruction out
-    # (pytorch/pytorch#180642): every compiled trial on a GPU learned from the KL alone
-    # (docs/performance.md, "A fourth GPU check").
     logits, x = logits.float(), x.float()
-    if logits.device.type == "cpu" and not torch.compiler.is_compiling():
+    if _own_kernels(logits):
         recon = _BCEWithLogits.apply(logits, x)
     else:
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
