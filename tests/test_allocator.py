@@ -21,7 +21,7 @@ GLIBC_LINUX = sys.platform.startswith("linux") and platform.libc_ver()[0] == "gl
 OWN = ("VAE_SEARCH_ALLOCATOR", "THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 # A process as the console script starts one: tune() before torch is imported, then training
-# steps of latent 16 / base 32 in fp32 at batch 128; the minor page faults per timed step.
+# steps of latent 16 / base 32 in fp32 at batch 128; the minor page faults per step, in steady state.
 PROBE = """
 import json, os, resource
 from vae_search import allocator
@@ -41,10 +41,15 @@ def step():
     opt.step()
 for _ in range(5):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    step()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+# The fewest faults of three windows of three steps: a step that faults its buffers in does
+# so in every window, while a busy machine (the other tests' processes) can add faults to one.
+windows = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        step()
+    windows.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+faults = min(windows)
 print(json.dumps({"state": state, "faults": faults, "thp": os.environ.get("THP_MEM_ALLOC_ENABLE")}))
 """
 

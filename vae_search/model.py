@@ -11,7 +11,7 @@ report's parameter counts (285,355 / 309,939 / 359,107 / 1,131,859 for
 
 The transposed convolutions are oneDNN's (an exactly equivalent sub-pixel reformulation, one
 3x3 convolution + pixel_shuffle per layer, was measured 25-30% slower per training step on
-this project's 2-core CPU), with one exception in bf16 on CPUs: `ConvTranspose2d` below.
+this project's 2-core CPU), with exceptions in bf16 on CPUs: `ConvTranspose2d` below.
 """
 
 from __future__ import annotations
@@ -49,21 +49,28 @@ def _own_kernels(t: torch.Tensor) -> bool:
 
 
 class _BF16TransposedConv(torch.autograd.Function):
-    """A bf16 transposed convolution on CPUs whose bias gradient is a plain sum. oneDNN's bf16
-    deconvolution computes the bias gradient inside its weight-gradient primitive, and that
-    costs more than the weight gradient itself (5.0 against 3.1 ms for the 64 -> 32 layer of
-    base 32, batch 128, one thread; a sum over batch and pixels takes 0.04 ms). The forward
-    and the input and weight gradients are torch's own calls, to the bit; the bias gradient
-    is the same sum in another order (torch, like oneDNN, accumulates bf16 in fp32 and rounds
-    once), and now and then (1 value in 77,418 over two epochs) rounds to the other neighbour,
-    so a 10-epoch bf16 training ends some 0.02% from where nn.ConvTranspose2d's would
-    (docs/performance.md).
-    benchmarks/deconv_bias.py measures the step; tests/test_model.py holds the gradients."""
+    """A bf16 transposed convolution on CPUs whose bias gradient is a plain sum, and whose
+    forward in the image layer (`conv.subpixel`) is `subpixel_conv_transpose2d`'s.
+
+    oneDNN's bf16 deconvolution computes the bias gradient inside its weight-gradient
+    primitive, and that costs more than the weight gradient itself (5.0 against 3.1 ms for
+    the 64 -> 32 layer of base 32, batch 128, one thread; a sum over batch and pixels takes
+    0.04 ms). Its forward with 3 output channels fills a fraction of a vector: 3.1 ms for the
+    image layer of base 32, against 1.2 ms for the same products as a 3x3 convolution with 12.
+    The input and weight gradients, and the other layers' forwards, are torch's own calls, to
+    the bit. The bias gradient and the image layer's forward are the same fp32 sums in
+    another order, rounded once to bf16 as torch's are, and now and then round to the other
+    neighbour (1 bias value in 77,418 over two epochs; 5 to 7 logits in 100,000), so a 10-epoch
+    bf16 training ends some hundredths of a percent from where nn.ConvTranspose2d's would
+    (docs/performance.md). benchmarks/deconv.py measures the step; tests/test_model.py holds
+    the values and gradients."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: nn.ConvTranspose2d):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: ConvTranspose2d):
         ctx.save_for_backward(x, weight)
         ctx.conv = conv
+        if conv.subpixel:
+            return subpixel_conv_transpose2d(x, weight, bias)
         return F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
                                   conv.dilation)
 
@@ -80,12 +87,37 @@ class _BF16TransposedConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+# kernel row (or column) of a 4x4, stride-2, padding-1 transposed convolution that output
+# phase a (row 2m + a) takes from input row m - 1 + r, r = 0, 1, 2 of a 3x3 window (4: none)
+_PHASE_TAPS = torch.tensor([[3, 1, 4], [4, 2, 0]])
+
+
+def subpixel_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv_transpose2d(x, weight, bias, stride=2, padding=1) for a 4x4 kernel, computed as
+    one 3x3 convolution with four output channels per channel (one per output phase) and a
+    pixel_shuffle: the same products, summed in another order."""
+    c_in, c_out = weight.shape[:2]
+    # (ci, co, a, r, b, s): the tap of output phase (a, b) at position (r, s) of the 3x3 window
+    taps = F.pad(weight, (0, 1, 0, 1))[:, :, _PHASE_TAPS[:, :, None, None], _PHASE_TAPS[None, None]]
+    w3 = taps.permute(1, 2, 4, 0, 3, 5).reshape(4 * c_out, c_in, 3, 3)
+    b3 = None if bias is None else bias.repeat_interleave(4)
+    return F.pixel_shuffle(F.conv2d(x, w3, b3, padding=1), 2)
+
+
 class ConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d (same parameters, same state_dict) that takes _BF16TransposedConv
-    where it pays: eager bf16 autocast on CPUs. In fp32 it would change the bias gradient's
-    rounding for 2% of a step, so fp32 (whose losses this project reproduces to the digit)
-    and compiled steps (inductor's, and torch 2.11 miscompiled our other autograd.Function,
-    vae_loss below) stay torch's."""
+    where it pays: eager bf16 autocast on CPUs. In fp32 it would change the rounding too, so
+    fp32 (whose losses this project reproduces to the digit) and compiled steps (inductor's,
+    and torch 2.11 miscompiled our other autograd.Function, vae_loss below) stay torch's.
+    `subpixel` layers (a 4x4 kernel, stride 2, padding 1) take subpixel_conv_transpose2d's
+    forward there."""
+
+    def __init__(self, *args, subpixel: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if subpixel and (self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation,
+                         self.groups) != ((4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1):
+            raise ValueError("subpixel is for a 4x4 kernel, stride 2, padding 1 (and nothing else)")
+        self.subpixel = subpixel
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         if (output_size is None and _own_kernels(x) and torch.is_autocast_enabled("cpu")
@@ -113,7 +145,7 @@ class VAE(nn.Module):
         self.decoder = nn.Sequential(
             ConvTranspose2d(4 * b, 2 * b, 4, stride=2, padding=1), nn.ReLU(),  # (B, 2b, 8, 8)
             ConvTranspose2d(2 * b, b, 4, stride=2, padding=1), nn.ReLU(),  # (B, b, 16, 16)
-            ConvTranspose2d(b, 3, 4, stride=2, padding=1),  # (B, 3, 32, 32) logits
+            ConvTranspose2d(b, 3, 4, stride=2, padding=1, subpixel=True),  # (B, 3, 32, 32) logits
         )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
