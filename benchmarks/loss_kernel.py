@@ -71,7 +71,7 @@ def step_ms(loss_fn, config: ModelConfig, bf16: bool, batch: int, steps: int) ->
 
 def step_arguments(doc: str, alternating: str) -> argparse.Namespace:
     """The options of a benchmark that times `step_ms` against a variant (this one and
-    deconv_bias.py), parsed; torch's threads set and the machine named on the first line."""
+    deconv.py), parsed; torch's threads set and the machine named on the first line."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a --jobs worker has one per core)")
     ap.add_argument("--batch", type=int, default=128)
