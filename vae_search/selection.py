@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from statistics import mean, stdev
+from statistics import NormalDist, mean, stdev
 
 import optuna
 import pandas as pd
@@ -171,14 +171,29 @@ def confirm_command(study: optuna.Study, a: Candidate, b: Candidate) -> str:
     return f"`vae-search confirm --study-name {shell_word(study.study_name)} {pair} --seeds {_seeds_to_settle(a, b)}`"
 
 
-def grid_seeds_command(study: optuna.Study, preset: Preset, a: Candidate, b: Candidate) -> str:
-    """The `grid` that gives every point of this grid study the seeds that would settle a tie
-    between two of its points (`confirm` reads searches only). A preset of the user's own
-    is named by its file, as it was given."""
+def grid_seeds_command(study: optuna.Study, preset: Preset, seeds: int) -> str:
+    """The `grid` that gives every point of this grid study `seeds` seeds (`confirm` reads
+    searches only). A preset of the user's own is named by its file, as it was given."""
     packaged = preset.path is None or preset.path.parent == packaged_dir()
     name = preset.name if packaged else shell_word(str(preset.path))
     study_opt = "" if study.study_name == preset.name else f" --study-name {shell_word(study.study_name)}"
-    return f"`vae-search grid --preset {name}{study_opt} --seeds {_seeds_to_settle(a, b)}`"
+    return f"`vae-search grid --preset {name}{study_opt} --seeds {seeds}`"
+
+
+POWER = 0.8  # the chance that a real difference of the observed size is told from seed noise
+MOST_SEEDS = 100  # beyond this, a difference is too small to chase with seeds
+
+
+def seeds_to_tell(va: list[float], vb: list[float]) -> int | None:
+    """Seeds per side with which Welch's test at ALPHA would tell a difference the size of the
+    observed one, with the observed spread, in POWER of repetitions: n = z^2 (sd_a^2 + sd_b^2)
+    / d^2 with z = z(1 - ALPHA/2) + z(POWER) (the normal approximation), plus one seed for the
+    t distribution's heavier tails. None without a difference or a spread to go on."""
+    d, var = abs(mean(va) - mean(vb)), stdev(va) ** 2 + stdev(vb) ** 2
+    if d == 0 or var == 0:
+        return None
+    z = NormalDist().inv_cdf(1 - ALPHA / 2) + NormalDist().inv_cdf(POWER)
+    return math.ceil(z * z * var / (d * d)) + 1
 
 
 def _tied_pair(a: Candidate, b: Candidate) -> str:
@@ -336,7 +351,8 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
     if len(ranked) > 1:
         kind, second = study.user_attrs.get("kind"), ranked[1]
         hint = (confirm_command(study, best, second) if kind == "search"
-                else grid_seeds_command(study, preset, best, second) if kind == "grid" and preset is not None else "")
+                else grid_seeds_command(study, preset, _seeds_to_settle(best, second))
+                if kind == "grid" and preset is not None else "")
         reasons.append(f"margin: {compare(best, second, noise=noise, seeds_hint=hint)}")
     if study.user_attrs.get("kind") != "grid":
         reasons += _against_the_report(best, study, storage, noise)
@@ -466,9 +482,9 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
     lines = [f"seeds per point: {n_min if n_min == n_max else f'{n_min} to {n_max}'}"
              + (f" ({'one seed' if n_max < 2 else 'some points have one seed'}: their differences cannot be told "
                 f"from seed noise; run grid --seeds 3)" if n_min < 2 else "")]
+    settle = grid_seeds_command(study, preset, _seeds_to_settle(best, ranked[1]))
     lines.append(f"best: {best.label} (latent {best.params['latent_dim']}, base {best.params['base_channels']}), "
-                 f"val loss {best.text(key)}; "
-                 f"{compare(best, ranked[1], key, seeds_hint=grid_seeds_command(study, preset, best, ranked[1]))}")
+                 f"val loss {best.text(key)}; {compare(best, ranked[1], key, seeds_hint=settle)}")
     if preset.baseline in by_config:
         base = by_config[preset.baseline]
         for config, c in sorted(by_config.items()):
@@ -483,8 +499,9 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
             lines.append(
                 f"'more parameters gave a higher loss' ({biggest.label}, {ratio:.1f}x the parameters of {base.label}): "
                 f"{_claim_verdict(p, d)} (val loss {d:+.2f}%, {_noise_words(p)})"
+                + _more_seeds(study, preset, p, d, biggest.values(key), base.values(key))
             )
-            lines.append(_overfitting_verdict(biggest, base))
+            lines.append(_overfitting_verdict(study, preset, biggest, base))
         if best is not base:
             a, b = best.trial.user_attrs, base.trial.user_attrs
             lines.append(
@@ -497,7 +514,22 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
     return lines
 
 
-def _overfitting_verdict(biggest: Candidate, base: Candidate) -> str:
+def _more_seeds(study: optuna.Study, preset: Preset, p: float | None, difference: float, va: list[float],
+                vb: list[float]) -> str:
+    """Where a claim points the right way but its test cannot tell it from seed noise: how many
+    seeds would (three seeds said no to the report's "mild overfitting"; six said yes,
+    docs/results.md). Empty where the claim holds, points the other way or has one seed."""
+    if p is None or p < ALPHA or difference <= 0:
+        return ""
+    n = seeds_to_tell(va, vb)
+    if n is None or n <= min(len(va), len(vb)):
+        return ""
+    if n > MOST_SEEDS:
+        return f"; a difference this small would need more than {MOST_SEEDS} seeds per point to tell"
+    return f"; about {n} seeds per point would tell a difference this size: {grid_seeds_command(study, preset, n)}"
+
+
+def _overfitting_verdict(study: optuna.Study, preset: Preset, biggest: Candidate, base: Candidate) -> str:
     """The report's "mild overfitting" of its largest model, tested: its gap between the final
     model's loss on training and on validation images against the baseline's, over seeds."""
     claim = f"'mild overfitting' ({biggest.label} against {base.label})"
@@ -507,7 +539,8 @@ def _overfitting_verdict(biggest: Candidate, base: Candidate) -> str:
                 "with this version measures it)")
     p, d = welch_p_of(gb, gs), mean(gb) - mean(gs)
     return (f"{claim}: {_claim_verdict(p, d)} (train-val gap {mean(gb):+.2f} against {mean(gs):+.2f} nats, {d:+.2f}, "
-            f"{_noise_words(p)}; the final models' loss on training against validation images)")
+            f"{_noise_words(p)}; the final models' loss on training against validation images)"
+            + _more_seeds(study, preset, p, d, gb, gs))
 
 
 # ---------------------------------------------------------------- the note on the dashboard
