@@ -59,3 +59,14 @@ def test_keep_copies_the_study_and_says_which_weights_it_left_out(tmp_path, batc
     rc, _, err = cli("interpolate", "--trial", confirmed, "--study-name", "search", "--storage", copy,
                      "--artifact-dir", art, "--out", tmp_path / "out")
     assert rc == 0, err
+
+    # A copy whose best trial's weights were left out (the long runs' b1 keeps each point's first
+    # seed only): the report's B.3 says so and names the trials it can draw, as interpolate does.
+    kept.set_user_attr("weights_not_kept", [confirmed, other])
+    (art / kept.trials[confirmed].user_attrs["weights_artifact_id"]).unlink()
+    rc, _, err = cli("report", "--study-name", "search", "--storage", copy, "--artifact-dir", art,
+                     "--out", tmp_path / "report")
+    assert rc == 0, err
+    text = " ".join((tmp_path / "report" / "search" / "report.md").read_text().split())
+    assert (f"Weights of trial {confirmed} not available: the weights of trial {confirmed} were not kept in this copy "
+            "of the study (its images are in the dashboard); no trial has weights") in text

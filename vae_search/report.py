@@ -116,12 +116,14 @@ def _b3(study: optuna.Study, trial, artifact_dir: Path, images: torch.Tensor | N
 
     from vae_search.artifacts import artifact_store, load_model
     from vae_search.images import interpolation_frames
+    from vae_search.selection import choose_trial
 
     s = Section("B.3 Latent space interpolation")
     if trial is None:
         s.text.append("No chosen trial (no complete trial with weights yet).")
         return s
     try:
+        choose_trial(study, str(trial.number))  # a copy that left these weights out says so, naming those it kept
         model = load_model(artifact_store(artifact_dir, create=False), trial)
     except UsageError as e:
         s.text.append(f"Weights of trial {trial.number} not available: {e}")
