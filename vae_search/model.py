@@ -62,8 +62,8 @@ class _BF16TransposedConv(torch.autograd.Function):
     another order, rounded once to bf16 as torch's are, and now and then round to the other
     neighbour (1 bias value in 77,418 over two epochs; 5 to 7 logits in 100,000), so a 10-epoch
     bf16 training ends up to 0.07% from where nn.ConvTranspose2d's would, within seed noise
-    over three seeds (docs/performance.md). benchmarks/deconv.py measures the step; tests/test_model.py holds
-    the values and gradients."""
+    over three seeds (docs/performance.md). benchmarks/deconv.py measures the step;
+    tests/test_model.py holds the values and gradients."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: ConvTranspose2d):
