@@ -196,9 +196,11 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
-def synthetic_grid(storage: str, values: dict[int, list[float]], gaps: dict[int, list[float]] | None = None):
-    """A b1 grid study whose runs have the given val losses per config (one run per value),
-    and where `gaps` gives them, a final model's loss on training images that much lower."""
+def synthetic_grid(storage: str, values: dict[int, list[float]], gaps: dict[int, list[float]] | None = None,
+                   first_seed: int = 0):
+    """A b1 grid study whose runs have the given val losses per config (one run per value, with
+    seeds first_seed, first_seed+1, ...), and where `gaps` gives them, a final model's loss on
+    training images that much lower."""
     import optuna
 
     from vae_search.definitions import load_preset
@@ -211,7 +213,7 @@ def synthetic_grid(storage: str, values: dict[int, list[float]], gaps: dict[int,
     for point in preset.points:
         for seed, v in enumerate(values[point.config]):
             attrs = {"val_loss": v, "neg_elbo": v, "recon_loss": v - 20, "kl": 20.0, "train_loss": v - 1, "time_s": 10.0 + seed,
-                     "params": params_count[point.config], "epochs": 10, "batch_size": 128, "seed": seed,
+                     "params": params_count[point.config], "epochs": 10, "batch_size": 128, "seed": first_seed + seed,
                      "config": point.config}
             if gaps is not None:
                 attrs["train_eval_loss"] = v - gaps[point.config][seed]

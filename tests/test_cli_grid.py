@@ -92,6 +92,29 @@ def test_missing_point_is_completed_alone(grid_run, cli, tmp_path):
     assert [t.params["latent_dim"] for t in trials if t.number == 3] == [16]
 
 
+def test_more_seeds_keep_the_studys_budget_and_subset(cli, tmp_path, batches_dir):
+    """A study keeps one budget: `grid --seeds 2` after a run with --epochs 1 --limit-train 100
+    (what show's and best's seed hints print: no budget options) trains the new seeds with that
+    budget on that subset and says so; another --epochs or --limit-train is still refused."""
+    from tests.conftest import SMALL
+
+    common = (*SMALL, "--compile", "off", "--data-dir", batches_dir, "--storage", f"sqlite:///{tmp_path}/s.db",
+              "--artifact-dir", tmp_path / "a")
+    rc, _, err = cli("grid", *common, "--epochs", "1", "--limit-train", "100", "--limit-val", "60")
+    assert rc == 0, err
+    rc, _, err = cli("grid", *common, "--seeds", "2")
+    assert rc == 0, err
+    assert "keeps its budget: epochs 1" in err and "keeps the subset its trials record: 100 of 250 training images" in err
+    assert "validation images" not in err  # --limit-val 60 took all 60: nothing was cut, nothing to say
+    trials = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert {(t.user_attrs["epochs"], t.user_attrs["n_train"], t.user_attrs["n_val"]) for t in trials} == {(1, 100, 60)}
+    assert len({t.user_attrs["data_fingerprint"] for t in trials}) == 1
+    for option, value, why in (("--epochs", "2", "epochs is 1 there, 2 here"), ("--limit-train", "90", "data_fingerprint")):
+        rc, _, err = cli("grid", *common, "--seeds", "3", option, value)
+        assert rc == 2 and "another budget" in one_line_error(err) and why in err
+
+
 def test_show_prints_the_table(grid_run, cli):
     _, storage, _, _ = grid_run
     rc, out, err = cli("show", "--study-name", "b1", "--storage", storage)

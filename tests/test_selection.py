@@ -177,6 +177,20 @@ def test_a_claim_seed_noise_cannot_tell_says_how_many_seeds_would(tmp_path, cli,
         assert line.endswith(hint)
 
 
+def test_the_seeds_hint_starts_from_the_grids_first_seed(tmp_path, cli):
+    """`--seeds N` runs seeds --seed ... --seed+N-1: for a grid run with --seed 3 the hint says
+    --seed 3, so that each point then has N seeds (from seed 0 it would have N plus the three)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    values = {p.config: [p.report["val_loss"] + d for d in (2.2, 2.8, 2.5)] for p in load_preset("b1").points}
+    synthetic_grid(url, values, {1: [3.0, 3.3, 3.6], 2: [3.2, 3.9, 3.5], 3: [3.0, 3.4, 3.1], 4: [3.6, 4.3, 3.9]},
+                   first_seed=3)
+    rc, out, err = cli("show", "--storage", url)
+    assert rc == 0, err
+    line = next(x for x in " ".join(out.split()).split(" - ") if x.startswith("'mild overfitting'"))
+    assert line.endswith("about 14 seeds per point would tell a difference this size: "
+                         "`vae-search grid --preset b1 --seed 3 --seeds 14`")
+
+
 def test_seeds_to_tell_gives_the_power_it_promises():
     """With the seeds it names, Welch's test at 5% tells a true difference of the observed size
     and spread in about 80% of repetitions (simulated), and with fewer clearly less often."""

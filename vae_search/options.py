@@ -35,8 +35,8 @@ class Precision(StrEnum):
 
 # ---------------------------------------------------------------- shared options
 
-Epochs = Annotated[Optional[int], typer.Option(min=1, help="Epochs per trial (default: the preset's, or 10).")]
-BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Images per Adam step (default 128).")]
+Epochs = Annotated[Optional[int], typer.Option(min=1, help="Epochs per trial (default: an existing study's, else the preset's, or 10).")]
+BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Images per Adam step (default: an existing study's, else the preset's, or 128).")]
 # numpy's seed streams take no negative seed and torch's generator none of 2**63 or more (a traceback, or every trial
 # failed); and (seed, trial) becomes 32-bit words, so seed 2**32 drew trial 0 from seed 0's stream for trial 1.
 Seed = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seeds weights, batch order and noise; same seed + device = "
@@ -51,8 +51,8 @@ DataDir = Annotated[
         "into the cache. Default: torchvision's download into the cache folder.",
     ),
 ]
-LimitTrain = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N training images (quick runs).")]
-LimitVal = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N test images for validation.")]
+LimitTrain = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N training images (quick runs; default: an existing study's subset, else all).")]
+LimitVal = Annotated[Optional[int], typer.Option(min=1, help="Use a fixed subset of N test images for validation (default: an existing study's subset, else all).")]
 StorageOpt = Annotated[str, typer.Option(envvar="VAE_SEARCH_STORAGE", help=f"Optuna storage URL: {STORAGE_HELP}.")]
 VERSION_HELP = ("Print the versions, what `auto` means on this machine (device, precision, compile, jobs) and the memory "
                 "settings of its processes (VAE_SEARCH_ALLOCATOR=system turns them off), and exit.")

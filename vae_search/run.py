@@ -29,6 +29,7 @@ from vae_search import study as st
 from vae_search import trial_loop as loop
 from vae_search.errors import RunError, UsageError, system_reason
 from vae_search.names import check_new_study_name
+from vae_search.trial_attrs import readable
 from vae_search.ui import err
 
 if TYPE_CHECKING:  # torch and the objective load when a command trains: `best` and `show` start in a second or two
@@ -101,7 +102,10 @@ def device_and_precision(device: str, precision: str):
 
 
 def _settings(opts: Training, *, epochs: int, batch_size: int, seed: int, device, precision: str,
-              objectives: tuple[str, ...] = ("neg_elbo",)) -> RunSettings:
+              objectives: tuple[str, ...] = ("neg_elbo",), kept: Sequence[str] = (),
+              notes: list[str] | None = None) -> RunSettings:
+    """The run's settings with its data loaded; `kept` names the subset options taken from the
+    study, and what they cut is added to `notes` (said once every check has passed)."""
     from vae_search.artifacts import artifact_store
     from vae_search.data import load_cifar10
     from vae_search.objective import RunSettings
@@ -113,9 +117,15 @@ def _settings(opts: Training, *, epochs: int, batch_size: int, seed: int, device
     store = artifact_store(opts.artifact_dir) if Path(opts.artifact_dir).is_dir() else None
     if worker_identity() is None:
         with err.status("loading CIFAR-10"):
-            data = load_cifar10(opts.data_dir).limit(opts.limit_train, opts.limit_val)
+            full = load_cifar10(opts.data_dir)
     else:
-        data = load_cifar10(opts.data_dir).limit(opts.limit_train, opts.limit_val)  # from the cache the parent filled
+        full = load_cifar10(opts.data_dir)  # from the cache the parent filled
+    data = full.limit(opts.limit_train, opts.limit_val)
+    cut = [f"{len(part)} of {len(whole)} {what} images" for option, part, whole, what in (
+        ("limit_train", data.train, full.train, "training"), ("limit_val", data.test, full.test, "validation"))
+        if option in kept and len(part) < len(whole)]
+    if cut and notes is not None:
+        notes.append(f"note: the study keeps the subset its trials record: {' and '.join(cut)}")
     store = store or artifact_store(opts.artifact_dir)
     return RunSettings(
         data=data, epochs=epochs, batch_size=batch_size, seed=seed, device=device, store=store,
@@ -155,7 +165,8 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
             distributions: dict[str, BaseDistribution] | None = None) -> Prepared:
     """The shared setup of a training command, in the order that keeps errors cheap: the
     storage, the heartbeat and the budget are checked before the data is loaded; a --data-dir
-    that is no data is refused before the storage is opened, so the mistake writes nothing."""
+    that is no data is refused before the storage is opened, so the mistake writes nothing.
+    `epochs` and `batch_size` are the command's defaults: an existing study keeps its own."""
     from vae_search.data import check_data_dir
 
     if opts.data_dir is not None:
@@ -169,20 +180,22 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
         existing, beat = _against(storage, name, kind, distributions, opts.heartbeat)
     if existing is None:
         check_new_study_name(name)
+    notes: list[str] = []  # said once every check has passed: an error stays one line
     recorded = (st.recorded(existing, "budget") or {}).get("precision") if existing is not None else None
     if precision == "auto" and recorded in ("fp32", "bf16"):
         # a study does not mix precisions: auto keeps the study's, so that a search started on
         # an AVX512_BF16 machine resumes on an AVX2 one (and back) instead of being refused
         machine = device_and_precision(opts.device, "auto")[1]
         if machine != recorded:
-            say(f"note: study {name!r} runs in {recorded} (its budget); --precision auto keeps it (this machine "
-                f"alone would use {machine})")
+            notes.append(f"note: study {name!r} runs in {recorded} (its budget); --precision auto keeps it (this "
+                         f"machine alone would use {machine})")
         precision = recorded
+    epochs, batch_size, kept = _kept_budget(opts, existing, epochs, batch_size, notes)
     dev, prec = device_and_precision(opts.device, precision)
     st.check_budget(existing, {"epochs": epochs, "batch_size": batch_size, "precision": prec}, record=False)
     model_bytes = _fits(distributions, batch_size, dev, opts.limit_train) if distributions else None
     settings = _settings(opts, epochs=epochs, batch_size=batch_size, seed=opts.seed if seed is None else seed,
-                         device=dev, precision=prec, objectives=objectives)
+                         device=dev, precision=prec, objectives=objectives, kept=kept, notes=notes)
     if check_data is not None:  # before the study is created, so a refusal leaves nothing behind
         check_data(settings)
     if later:  # another command may have made the file (and the study) meanwhile: the same checks
@@ -193,8 +206,36 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
                             "data_fingerprint": settings.data.fingerprint, "precision": settings.precision})
     st.record_heartbeat(study, beat)
     study.set_user_attr("kind", kind)
+    for line in notes:
+        say(line)
     _announce(settings, study)
     return Prepared(storage, study, settings, model_bytes)
+
+
+def _kept_budget(opts: Training, study: optuna.Study | None, epochs: int, batch_size: int,
+                 notes: list[str]) -> tuple[int, int, list[str]]:
+    """The epochs and batch size a run trains with, and the subset options it took from the
+    study. As given; else, where the study exists, the study's: it keeps one budget, so a resume,
+    `grid --seeds 6` or a command that `show` or `best` suggests need not repeat --epochs,
+    --batch-size, --limit-train or --limit-val (a subset is read from the counts its trials
+    record; the data's fingerprint still checks that they are its images); else the command's
+    default (`epochs`, `batch_size`). Kept figures that are not the defaults go to `notes`."""
+    budget = (st.recorded(study, "budget") or {}) if study is not None else {}
+    chosen = {"epochs": opts.epochs or budget.get("epochs") or epochs,
+              "batch_size": opts.batch_size or budget.get("batch_size") or batch_size}
+    differ = [f"{key.replace('_', ' ')} {chosen[key]}" for key, default in (("epochs", epochs), ("batch_size", batch_size))
+              if getattr(opts, key) is None and chosen[key] != default]
+    if differ:
+        notes.append(f"note: study {study.study_name!r} keeps its budget: {', '.join(differ)} (as its first run "
+                     "recorded)")
+    kept = []
+    counts = next((t.user_attrs for t in readable(study.get_trials(deepcopy=False)) if "n_train" in t.user_attrs),
+                  {}) if study is not None else {}
+    for option, key in (("limit_train", "n_train"), ("limit_val", "n_val")):
+        if getattr(opts, option) is None and counts.get(key):
+            setattr(opts, option, int(counts[key]))
+            kept.append(option)
+    return chosen["epochs"], chosen["batch_size"], kept
 
 
 def _fits(distributions: dict[str, BaseDistribution], batch_size: int, device: torch.device,
@@ -278,7 +319,7 @@ def grid(opts: Training, preset_name: str, seeds: int, study_name: str | None) -
     """Every (point, seed) of a preset, each trained exactly once across all workers."""
     preset = definitions.load_preset(preset_name)
     name = study_name or preset.name
-    p = prepare(opts, name, epochs=opts.epochs or preset.epochs, batch_size=opts.batch_size or preset.batch_size,
+    p = prepare(opts, name, epochs=preset.epochs, batch_size=preset.batch_size,
                 precision=opts.precision or "auto", pruner=st.NO_PRUNING, kind="grid",  # every point runs its full budget
                 distributions=preset.distributions())
     say(f"preset {preset.name!r}: {preset.path}")
@@ -307,7 +348,6 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     objs = parse_objectives(objectives)
     distributions = definitions.load_space(space)
     preset = definitions.load_preset(include_preset) if include_preset else None
-    epochs, batch_size = opts.epochs or 10, opts.batch_size or 128
     # A misspelt --sampler or --pruner is refused before the storage is opened (which creates
     # a new SQLite file); which ones the study runs with is known once it is open.
     if sampler is not None:
@@ -318,12 +358,12 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     if size is not None and size < trials:
         raise UsageError(f"the search space holds {size} configurations, fewer than --trials {trials}; every trial "
                          f"trains a configuration of its own: ask for at most {size} or widen the space")
-    p = prepare(opts, study_name, epochs=epochs, batch_size=batch_size, precision=opts.precision or "auto",
+    p = prepare(opts, study_name, epochs=10, batch_size=128, precision=opts.precision or "auto",
                 directions=["minimize"] * len(objs), objectives=objs, kind="search", distributions=distributions)
     study = p.study
     sampler, pruner, switches = st.settle_strategy(study, sampler, pruner, samplers.DEFAULT_PRUNER)
     study.sampler = samplers.make_sampler(sampler, opts.seed, len(objs))
-    study.pruner = samplers.make_pruner(pruner, epochs, len(objs))
+    study.pruner = samplers.make_pruner(pruner, p.settings.epochs, len(objs))
     for line in switches:
         say(line)
     st.record_strategy(study, sampler, pruner)

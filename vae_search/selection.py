@@ -177,7 +177,12 @@ def grid_seeds_command(study: optuna.Study, preset: Preset, seeds: int) -> str:
     packaged = preset.path is None or preset.path.parent == packaged_dir()
     name = preset.name if packaged else shell_word(str(preset.path))
     study_opt = "" if study.study_name == preset.name else f" --study-name {shell_word(study.study_name)}"
-    return f"`vae-search grid --preset {name}{study_opt} --seeds {seeds}`"
+    # --seeds N runs seeds --seed ... --seed+N-1: from the grid's first seed, so that N is what each point then has
+    # (the study's budget and subset it keeps without being told, run._kept_budget)
+    first = min((int(t.user_attrs["seed"]) for t in readable(study.get_trials(deepcopy=False)) if "seed" in t.user_attrs),
+                default=0)
+    seed_opt = f" --seed {first}" if first else ""
+    return f"`vae-search grid --preset {name}{study_opt}{seed_opt} --seeds {seeds}`"
 
 
 POWER = 0.8  # the chance that a real difference of the observed size is told from seed noise

@@ -193,7 +193,9 @@ def check_budget(study: optuna.Study | None, budget: dict[str, Any], record: boo
         return
     diff = {k: (before.get(k), v) for k, v in budget.items() if k in before and before.get(k) != v}
     if diff:
-        said = "; ".join(f"{k} is {old} there, {new} here" for k, (old, new) in diff.items())
+        said = "; ".join(f"{k} is {old} there, {new} here" + (
+            " (other images: another --data-dir, --limit-train or --limit-val)" if k == "data_fingerprint" else "")
+            for k, (old, new) in diff.items())
         raise UsageError(
             f"study {study.study_name!r} was run with another budget ({said}); "
             "use the same options or another --study-name"
