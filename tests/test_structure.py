@@ -74,6 +74,9 @@ def test_imports_only_point_down():
 def test_only_the_cli_layer_imports_the_run_layer_and_nothing_imports_the_cli():
     assert {m for m, deps in GRAPH.items() if "cli" in deps} <= {"__main__"}
     assert {m for m, deps in GRAPH.items() if "run" in deps} <= {"cli"}
+    # the reading commands and the servers sit beside the run layer: under the CLI, over the rest
+    assert {m for m, deps in GRAPH.items() if "serve" in deps} <= {"cli"}
+    assert {m for m, deps in GRAPH.items() if "reading" in deps} <= {"cli", "run"}
 
 
 @pytest.mark.parametrize("module", ["train", "model", "data", "images"])

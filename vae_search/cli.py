@@ -90,14 +90,14 @@ def grid(
     wall time for training plus validation (compilation included; read it with the trial's
     jobs and threads). Ends with the table beside the report's figures (mean +- sd over seeds).
     """
-    from vae_search import run
+    from vae_search import reading, run
 
     if csv is not None:  # found out now, not after the training
-        run.csv_target(csv)
+        reading.csv_target(csv)
     opts = _training(ctx, locals())
     study, p = run.grid(opts, preset, seeds, study_name)
     if not run.is_worker():
-        _print_grid_table(run.grid_summary(study, p), csv)
+        _print_grid_table(reading.grid_summary(study, p), csv)
 
 
 @app.command()
@@ -111,17 +111,17 @@ def show(
 ) -> None:
     """Print a grid study's table beside the report's figures: mean +- sd over seeds (and n),
     differences in percent, and the report's B.2 statements as verdicts against seed noise."""
-    from vae_search import run
+    from vae_search import reading
 
-    _print_grid_table(run.show(storage, study_name, preset, _notes), csv, as_json=json_out)
+    _print_grid_table(reading.show(storage, study_name, preset, _notes), csv, as_json=json_out)
 
 
 def _print_grid_table(summary, csv: Optional[Path], as_json: bool = False) -> None:
-    from vae_search import run
+    from vae_search import reading
     from vae_search.tables import grid_rich_table
 
     if csv is not None:
-        run.save_csv(summary.table, csv)
+        reading.save_csv(summary.table, csv)
     if as_json:
         print(json.dumps(summary.to_dict(), default=str))
         return
@@ -172,7 +172,7 @@ def optimize(
     reason and do not count towards --trials. `vae-search confirm` then retrains the best
     trials with more seeds.
     """
-    from vae_search import run
+    from vae_search import reading, run
     from vae_search.ui import err
 
     opts = _training(ctx, locals())
@@ -182,7 +182,7 @@ def optimize(
     if run.is_worker():
         return
     try:
-        _print_best(run.choose_best(study, storage_obj))
+        _print_best(reading.choose_best(study, storage_obj))
     except UsageError as e:  # nothing complete yet (all pruned or failed): not an error of this run
         err.print(str(e))
 
@@ -218,12 +218,12 @@ def confirm(
     its --trials. Each (trial, seed) runs once; a rerun resumes, and several workers may
     run it at once. Give the same --data-dir as the search; --limit-* default to its.
     """
-    from vae_search import run
+    from vae_search import reading, run
 
     opts = _training(ctx, {**locals(), "seed": 0})
     search, storage_obj = run.confirm(opts, top=top, trials=trial or (), seeds=seeds, study_name=study_name)
     if not run.is_worker():
-        _print_best(run.choose_best(search, storage_obj))
+        _print_best(reading.choose_best(search, storage_obj))
 
 
 # ---------------------------------------------------------------- best / interpolate / report / dashboard
@@ -275,7 +275,7 @@ def best(
     baseline (latent 8, base 32), parameters, time, KL, train-val gap, compression. A
     two-objective study prints its Pareto front.
     """
-    from vae_search.run import choose_best, load_for_reading
+    from vae_search.reading import choose_best, load_for_reading
 
     storage_obj, study = load_for_reading(storage, study_name, _notes)
     st_defaults.require_kind(study, "grid", "search", "confirm")
@@ -310,10 +310,10 @@ def interpolate(
     Each complete trial already carries its own random-mode interpolation PNG, made when it
     finished: Optuna does not let a finished trial take new artifacts.
     """
-    from vae_search import run
+    from vae_search import reading
     from vae_search.ui import err
 
-    study, chosen, png = run.interpolate(storage, study_name, _notes, trial=trial, artifact_dir=artifact_dir,
+    study, chosen, png = reading.interpolate(storage, study_name, _notes, trial=trial, artifact_dir=artifact_dir,
                                          out_dir=out or Path("studies/interpolations"), rows=rows, steps=steps,
                                          mode=mode.value, seed=seed, data_dir=data_dir)
     which = " (the lowest neg_elbo of the Pareto front)" if trial == "best" and len(study.directions) > 1 else ""
@@ -339,9 +339,9 @@ def report(
 
     --data-dir adds the B.3 interpolation between test images (random pairs need no data).
     """
-    from vae_search import run
+    from vae_search import reading
 
-    for p in run.report(storage, study_name, _notes, artifact_dir=artifact_dir, out=out, data_dir=data_dir,
+    for p in reading.report(storage, study_name, _notes, artifact_dir=artifact_dir, out=out, data_dir=data_dir,
                         preset=preset):
         print(p)
 
@@ -354,9 +354,9 @@ def dashboard(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
 ) -> None:
     """Start optuna-dashboard on the same storage and artifact folder (Ctrl-C stops it)."""
-    from vae_search import run
+    from vae_search import serve
 
-    run.dashboard(storage, artifact_dir, host, port)
+    serve.dashboard(storage, artifact_dir, host, port)
 
 
 @app.command(name="fail-stale")
@@ -397,9 +397,9 @@ def storage_proxy(
     Through the proxy there are no heartbeats (a killed worker's trial stays RUNNING until a
     command with a direct database URL fails it), and the artifact folder must still be shared.
     """
-    from vae_search import run
+    from vae_search import serve
 
-    run.storage_proxy(storage, host, port)
+    serve.storage_proxy(storage, host, port)
 
 
 # ---------------------------------------------------------------- entry point

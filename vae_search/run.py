@@ -1,5 +1,6 @@
 """The run layer under the CLI: what a training command does between parsing its options and
-printing its table, and what the reading commands share.
+printing its table, `fail-stale` and `--version` (the reading commands are reading.py's, the
+servers serve.py's).
 
 A training command (`grid`, `optimize`, `confirm`) opens the storage, settles the study's
 heartbeat, resolves device and precision, checks the study's budget cheaply (before any
@@ -13,8 +14,7 @@ tables are the CLI's.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
 
 from vae_search import definitions, samplers, storages
 from vae_search import study as st
 from vae_search import trial_loop as loop
-from vae_search.errors import RunError, UsageError, system_reason
+from vae_search.errors import RunError, UsageError
 from vae_search.names import check_new_study_name
+from vae_search.reading import load_for_reading
 from vae_search.trial_attrs import readable
 from vae_search.ui import err
 
@@ -475,149 +475,7 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
     return search, storage
 
 
-# ---------------------------------------------------------------- the reading commands
-
-
-def load_for_reading(storage_url: str, study_name: str | None, notes: list[str]) -> tuple[BaseStorage, optuna.Study]:
-    """A study as it is (nothing created); without a name, the most recently written, said
-    in `notes` once the command has succeeded (so an error stays one line)."""
-    storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
-    study = st.load_study(storage, study_name)
-    if study_name is None:
-        notes.append(f"(study {study.study_name!r}: the most recently written; pass --study-name for another)")
-    _say_unreadable(study, notes)
-    return storage, study
-
-
-def _say_unreadable(study: optuna.Study, notes: list[str]) -> None:
-    """Name the trials left out of tables and choices because their figures are not shaped as
-    vae-search writes them (a shared study is untrusted input; trial_attrs.py)."""
-    from vae_search.trial_attrs import unreadable
-
-    bad = unreadable(study.get_trials(deepcopy=False))
-    if bad:
-        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
-        notes.append(f"note: {len(bad)} trial(s) of study {study.study_name!r} left out, their figures not as "
-                     f"vae-search writes them: {'; '.join(bad[:3])}{more}")
-
-
-@dataclass
-class Choice:
-    """What `best` found: one object, rendered by the CLI (text or JSON), the dashboard note
-    and the report."""
-
-    study: optuna.Study
-    selection: Any = None  # selection.Selection for one objective
-    verdicts: list[str] = field(default_factory=list)  # a grid's B.2 statements
-    front: Any = None  # the Pareto front (a DataFrame) for two objectives
-
-    def to_dict(self) -> dict[str, Any]:
-        """The same numbers as the text, for scripts (`best --json`)."""
-        if self.front is not None:
-            return {"study": self.study.study_name, "pareto_front": records(self.front)}
-        sel = self.selection
-        c = sel.candidate
-        return {
-            "study": self.study.study_name, "best": c.label, "trial": sel.trial.number, "params": c.params, "n": c.n,
-            "seeds": sorted(int(r.user_attrs.get("seed", 0)) for r in c.runs),
-            **{key: {"mean": c.mean(key), "sd": None if c.n < 2 else c.sd(key)}
-               for key in ("neg_elbo", "val_loss", "recon_loss", "kl", "time_s")},
-            "params_count": int(sel.trial.user_attrs["params"]), "reasons": sel.reasons, "verdicts": self.verdicts,
-            "others": records(sel.others)}
-
-
-def records(df) -> list[dict]:
-    """A table's rows with NaN as null (JSON has no NaN)."""
-    import json
-
-    return json.loads(df.to_json(orient="records")) if df is not None and len(df) else []
-
-
-@dataclass
-class GridSummary:
-    """A grid study's table beside its preset's figures, and the B.2 statements as verdicts."""
-
-    study: optuna.Study
-    preset: definitions.Preset
-    table: Any  # DataFrame, one row per point
-    verdicts: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"study": self.study.study_name, "preset": self.preset.name, "rows": records(self.table),
-                "verdicts": self.verdicts}
-
-
-def grid_summary(study: optuna.Study, preset: definitions.Preset) -> GridSummary:
-    from vae_search.selection import grid_verdicts
-    from vae_search.tables import grid_table
-
-    return GridSummary(study, preset, grid_table(study, preset), grid_verdicts(study, preset))
-
-
-def show(storage_url: str, study_name: str | None, preset: str | None, notes: list[str]) -> GridSummary:
-    """A grid study's table and verdicts; without a name, the study `grid --preset` made."""
-    storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
-    study = st.load_study(storage, study_name or (definitions.load_preset(preset).name if preset else "b1"))
-    st.require_kind(study, "grid")
-    _say_unreadable(study, notes)
-    return grid_summary(study, definitions.grid_preset(study.user_attrs, preset))
-
-
-def choose_best(study: optuna.Study, storage: BaseStorage, preset: str | None = None) -> Choice:
-    """The study's best and its reasons, also written as a note on the study and the trial."""
-    from vae_search.selection import grid_verdicts, pareto_front, save_selection_notes, select_best
-
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise UsageError(f"study {study.study_name!r} has no complete trial yet")
-    if len(study.directions) > 1:
-        return Choice(study, front=pareto_front(study))
-    grid = definitions.grid_preset(study.user_attrs, preset) if study.user_attrs.get("kind") == "grid" else None
-    sel = select_best(study, storage, preset=grid)
-    verdicts = grid_verdicts(study, grid) if grid else []
-    save_selection_notes(study, sel, verdicts)
-    return Choice(study, sel, verdicts)
-
-
-def interpolate(storage_url: str, study_name: str | None, notes: list[str], *, trial: str, artifact_dir: Path,
-                out_dir: Path, rows: int, steps: int, mode: str, seed: int, data_dir: Path | None):
-    """The trial's interpolation PNG (returned, with the trial) and its dashboard figure."""
-    from vae_search.artifacts import artifact_store, load_model
-    from vae_search.interpolation import publish_interpolation
-    from vae_search.selection import choose_trial
-
-    if mode == "images" and data_dir is None:  # never the study's recorded data_source: it is not trusted
-        raise UsageError("--mode images needs the test images: pass --data-dir (or set VAE_SEARCH_DATA)")
-    _, study = load_for_reading(storage_url, study_name, notes)
-    chosen = choose_trial(study, trial)
-    store = artifact_store(artifact_dir, create=False)
-    model = load_model(store, chosen)
-    images = _test_images(data_dir) if mode == "images" else None
-    writable_folder(out_dir)
-    with writing(f"the interpolation into {out_dir}"):
-        png = publish_interpolation(study, chosen, model, store, out_dir=out_dir, rows=rows, steps=steps, mode=mode,
-                                  seed=seed, images=images)
-    return study, chosen, png
-
-
-def _test_images(data_dir: Path | None):
-    from vae_search.data import load_cifar10
-
-    return load_cifar10(data_dir).test if data_dir is not None else None
-
-
-def report(storage_url: str, study_name: str | None, notes: list[str], *, artifact_dir: Path, out: Path,
-           data_dir: Path | None, preset: str | None = None) -> list[Path]:
-    """The study's report in OUT/<the study's name as a safe folder name>/."""
-    from vae_search.names import file_name, inside
-    from vae_search.report import write_report
-
-    storage, study = load_for_reading(storage_url, study_name, notes)
-    st.require_kind(study, "grid", "search", "confirm")
-    writable_folder(out)
-    images = _test_images(data_dir)
-    with writing(f"the report into {out}"):
-        return write_report(study, storage, artifact_dir, inside(out, file_name(study.study_name)), images=images,
-                            preset=preset)
+# ---------------------------------------------------------------- --version and fail-stale
 
 
 def about() -> list[str]:
@@ -650,120 +508,6 @@ def about() -> list[str]:
         f"{'on (runs long enough to pay for it)' if compile_pays(dev) else 'off'}, --jobs {default_jobs(dev)}",
         f"memory: {allocator.state()}",
     ]
-
-
-def writable_folder(folder: Path) -> None:
-    """`folder` exists and can be written, or one line says why."""
-    import os
-
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{folder} is a file, not a folder; give a folder to write into")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {folder}: {e.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"cannot write to {folder}: permission denied")
-
-
-def csv_target(path: Path) -> Path:
-    """`--csv PATH` can be written: a file in a folder that exists or can be made, or a
-    stream that exists (/dev/stdout, a FIFO), or one line says why."""
-    if path.is_dir():
-        raise UsageError(f"--csv {path} is a folder; give a file name, such as {path / 'table.csv'}")
-    if not path.exists() or path.is_file():  # a stream's folder (/dev) need not be writable
-        writable_folder(path.parent if str(path.parent) else Path("."))
-    return path
-
-
-def save_csv(table: Any, path: Path) -> Path:
-    """The table as CSV at `path`; a failed write (a full disk) is one line, not a traceback."""
-    from vae_search.tables import write_csv
-
-    csv_target(path)
-    with writing(str(path)):
-        return write_csv(table, path)
-
-
-@contextmanager
-def writing(what: str) -> Iterator[None]:
-    """A write the system refuses halfway (a full disk, a folder made read-only) is one line
-    and exit 1, not a traceback; atomic writes leave the old files as they were."""
-    try:
-        yield
-    except OSError as e:
-        raise RunError(f"cannot write {what}: {system_reason(e)}") from None
-
-
-def loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
-def can_listen(host: str, port: int) -> None:
-    """The address is free, or one line says why before anything says it is listening (the
-    servers' own messages came after their banners; a race with another program remains)."""
-    import socket
-
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both servers do
-            s.bind((host, port))
-    except OSError as e:
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-
-
-def dashboard(storage_url: str, artifact_dir: Path, host: str, port: int) -> None:
-    """optuna-dashboard on the storage as it is (nothing created) and the artifact folder."""
-    import optuna_dashboard
-
-    from vae_search.artifacts import artifact_store
-
-    storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
-    can_listen(host, port)
-    try:
-        store = artifact_store(artifact_dir, create=False)
-    except UsageError as e:  # the studies are still worth a look; their files are not there
-        err.print(f"note: {e}; trials' images and weights will not show")
-        store = None
-    if not loopback(host):
-        err.print(f"warning: listening on {host}: optuna-dashboard has no authentication, and anyone who can reach "
-                  f"this port can read every study and delete studies, trials' notes and artifacts; keep it on a "
-                  "trusted network (or use the default 127.0.0.1 with an SSH tunnel)")
-    err.print(f"optuna-dashboard on http://{host}:{port}/ (storage {storages.redact(storage_url)}, artifacts {artifact_dir})")
-    try:
-        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
-    except OSError as e:
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    # bottle's run() swallows the KeyboardInterrupt that stops it (Ctrl-C, or SIGTERM through
-    # interrupts.py), and serves forever otherwise: stopped, it says so and exits 130 like the proxy.
-    raise KeyboardInterrupt
-
-
-def storage_proxy(storage_url: str, host: str, port: int) -> None:
-    """Optuna's gRPC storage proxy in front of a database."""
-    if storage_url.lower().startswith("grpc:"):
-        raise UsageError("--storage of storage-proxy is the database it serves, not another proxy")
-    if storage_url.lower().startswith("journal:"):
-        raise UsageError("Optuna's storage proxy serves a database (sqlite, postgresql, mysql), not a journal file")
-    # A heartbeat-free storage: nobody beats through the proxy, so the proxy itself must not fail trials as stale.
-    backend = optuna.storages.get_storage(storages.open_storage(storage_url, heartbeat=None))
-    can_listen(host, port)
-    if not loopback(host):
-        err.print(f"warning: listening on {host}: the storage proxy has no TLS and no authentication, and anyone who "
-                  "can reach this port can read, change and delete every study; keep it on a trusted network")
-    err.print(f"Optuna gRPC storage proxy on {host}:{port} for {storages.redact(storage_url)} (Ctrl-C stops it)")
-    try:
-        optuna.storages.run_grpc_proxy_server(backend, host=host, port=port)
-    except RuntimeError as e:  # grpc: "Failed to bind"
-        raise UsageError(f"cannot listen on {host}:{port}: {e}") from None
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
