@@ -191,6 +191,28 @@ def test_the_seeds_hint_starts_from_the_grids_first_seed(tmp_path, cli):
                          "`vae-search grid --preset b1 --seed 3 --seeds 14`")
 
 
+def test_a_grid_point_is_named_by_its_first_seed_not_its_first_trial(tmp_path, cli):
+    """A seed-0 run that failed and was retried comes after seed 1's trial: the point is still
+    named by seed 0, whose weights a shared copy keeps (benchmarks/keep.py), so `best` and
+    `interpolate --trial best` name a trial that has them."""
+    import json
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = synthetic_grid(url, {1: [1910.0], 2: [1880.0], 3: [], 4: [1875.0]})
+    point = next(p for p in load_preset("b1").points if p.config == 3)
+    for seed in (1, 0):  # seed 1 first, as after a retry of seed 0
+        study.add_trial(optuna.trial.create_trial(
+            params=point.params, distributions=load_preset("b1").distributions(), value=1845.0 + seed,
+            user_attrs={"val_loss": 1845.0 + seed, "neg_elbo": 1845.0 + seed, "recon_loss": 1825.0, "kl": 20.0,
+                        "train_loss": 1844.0, "time_s": 10.0, "params": 359107, "epochs": 10, "batch_size": 128,
+                        "seed": seed, "config": 3}))
+    rc, out, err = cli("best", "--json", "--storage", url)
+    assert rc == 0, err
+    chosen = json.loads(out)
+    assert chosen["best"] == "config 3" and chosen["seeds"] == [0, 1]
+    assert study.trials[chosen["trial"]].user_attrs["seed"] == 0 and chosen["trial"] == len(study.trials) - 1
+
+
 def test_seeds_to_tell_gives_the_power_it_promises():
     """With the seeds it names, Welch's test at 5% tells a true difference of the observed size
     and spread in about 80% of repetitions (simulated), and with fewer clearly less often."""

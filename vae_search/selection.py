@@ -84,7 +84,9 @@ def candidates(study: optuna.Study, preset: Preset | None = None) -> list[Candid
         for t in done:
             groups.setdefault(_params_key(t), []).append(t)
         for runs in groups.values():
-            runs.sort(key=lambda t: t.number)
+            # the first seed names the point (the weights a shared copy keeps, benchmarks/keep.py), not the
+            # first trial number: a retried seed 0 comes after seed 1's trial
+            runs.sort(key=lambda t: (t.user_attrs.get("seed", 0), t.number))
             point = preset.point_for(runs[0].params) if preset else None
             label = f"config {point.config}" if point else f"trial {runs[0].number}"
             out.append(Candidate(runs[0], runs, label))
