@@ -36,7 +36,6 @@ PARAM_NAMES = ("latent_dim", "base_channels", "beta", "lr")
 # budget; without them in the file, every trial uses --batch-size and a constant lr).
 OPTIONAL_PARAMS = ("batch_size", "lr_schedule")
 INT_PARAMS = ("latent_dim", "base_channels", "batch_size")  # whole numbers, at least 1
-POSITIVE_PARAMS = ("beta", "lr")  # real numbers above 0
 LR_SCHEDULES = ("constant", "cosine", "onecycle")  # what train.py's scheduler knows
 DEFAULT_SPACE = "search"
 
