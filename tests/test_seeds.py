@@ -88,7 +88,7 @@ def test_best_says_tied_within_noise(tmp_path, cli):
     assert "config 2 and config 3 are tied within seed noise (Welch's t-test p =" in text
     assert "config 2 is smaller (309,939 against 359,107 parameters)" in text
     # confirm reads searches only: a grid's tie is settled by the grid with two more seeds per point
-    assert "more seeds (`vae-search grid --preset b1 --seeds 5`) would tell a smaller difference" in text
+    assert f"more seeds (`vae-search grid --preset b1 --seeds 5 --storage {storage}`) would tell a smaller difference" in text
 
 
 def test_welch_p_matches_scipy_and_needs_two_runs():
@@ -259,13 +259,13 @@ def test_a_grid_with_some_points_unseeded_says_so(tmp_path, cli):
     assert "seeds per point: 1 to 2 (some points have one seed" in text
     # the runner-up (config 2) has one run: no test, and the message says how many runs each side has
     assert "config 3 is best by 1.71% over config 2, but with 2 and 1 runs the margin cannot be told" in text
-    assert "from seed noise (`vae-search grid --preset b1 --seeds 3` adds seeds)" in text
+    assert f"from seed noise (`vae-search grid --preset b1 --seeds 3 --storage {storage}` adds seeds)" in text
     # a preset of the user's own is named by its file, and the study by its name where that differs
     mine = tmp_path / "mine.toml"
     mine.write_text((packaged_dir() / "b1.toml").read_text().replace('name = "b1"', 'name = "mine"'))
     rc, out, err = cli("best", "--study-name", "b1", "--storage", storage, "--preset", str(mine))
     assert rc == 0, err
-    assert f"(`vae-search grid --preset {mine} --study-name b1 --seeds 3` adds seeds)" in " ".join(out.split())
+    assert f"(`vae-search grid --preset {mine} --study-name b1 --seeds 3 --storage {storage}` adds seeds)" in " ".join(out.split())
 
 
 def test_show_and_best_print_the_same_numbers_as_json(seeded_grid, cli):

@@ -46,10 +46,36 @@ def test_best_of_a_search_speaks_to_the_question(storage, cli):
     assert "trial 1 and trial 0 are tied: 0.01% apart with one run each, inside the seed noise" in text
     assert "4 configurations with several seeds in study 'b1'" in text
     assert "trial 1 is smaller and faster" in text
-    assert "`vae-search confirm --study-name search --trial 0 --trial 1 --seeds 3` would settle it" in text
+    # with the --storage this command was given: as printed, it runs on this study
+    assert f"`vae-search confirm --study-name search --trial 0 --trial 1 --seeds 3 --storage {storage}` would settle it" in text
     # against the report's best (config 3, 1843.23) and the grid here (config 3's mean, 1845.73)
     assert "vs the report's best (config 3, val loss 1843.23, one run): neg_elbo -1.03%, beyond the seed noise" in text
     assert "vs the B.1 grid's best here (config 3 of study 'b1', 1845.73 +- 0.42 (n = 2)): neg_elbo -1.16%" in text
+
+
+def test_suggested_commands_run_on_the_storage_they_were_read_from(storage, cli, monkeypatch):
+    """A suggested `grid --seeds N` without the --storage the user gave would start a new grid
+    in the default storage: the terminal's commands carry it; the dashboard note (read by
+    people with storages of their own) and a storage from VAE_SEARCH_STORAGE do not need it."""
+    from optuna_dashboard import get_note
+
+    from vae_search.reading import runnable
+
+    rc, out, err = cli("best", "--study-name", "search", "--storage", storage)
+    assert rc == 0, err
+    assert f"--seeds 3 --storage {storage}` would settle it" in " ".join(out.split())
+    note = get_note(optuna.load_study(study_name="search", storage=storage))
+    assert "--trial 1 --seeds 3` would settle it" in " ".join(note.split()) and "--storage" not in note
+    monkeypatch.setenv("VAE_SEARCH_STORAGE", storage)
+    rc, out, err = cli("best", "--study-name", "search")
+    assert rc == 0, err
+    assert "--trial 1 --seeds 3` would settle it" in " ".join(out.split()) and "--storage" not in out
+    hint = ["tied; `vae-search grid --preset b1 --seeds 3` adds seeds"]
+    monkeypatch.delenv("VAE_SEARCH_STORAGE")
+    assert runnable(hint, "sqlite:///studies/vae-search.db") == hint  # the default
+    assert runnable(hint, "postgresql+psycopg://vae:secret@db/x") == hint  # a password is never printed
+    assert runnable(hint, "sqlite:///my runs/s.db") == ["tied; `vae-search grid --preset b1 --seeds 3 --storage "
+                                                        "'sqlite:///my runs/s.db'` adds seeds"]
 
 
 def test_the_settling_command_quotes_the_study_name_for_a_shell(storage, cli):
@@ -57,7 +83,7 @@ def test_the_settling_command_quotes_the_study_name_for_a_shell(storage, cli):
                       to_study_name="my search; rm -rf ~")
     rc, out, err = cli("best", "--study-name", "my search; rm -rf ~", "--storage", storage)
     assert rc == 0, err
-    assert "`vae-search confirm --study-name 'my search; rm -rf ~' --trial 0 --trial 1 --seeds 3`" in " ".join(out.split())
+    assert "`vae-search confirm --study-name 'my search; rm -rf ~' --trial 0 --trial 1 --seeds 3 --storage" in " ".join(out.split())
 
 
 def test_a_clear_winner_with_single_runs_is_beyond_the_measured_noise(storage, cli):
@@ -114,7 +140,7 @@ def test_the_confirm_command_named_for_a_tie_runs_exactly_that_pair(storage, cli
     assert "are tied within seed noise (Welch's t-test" in text and "n = 3 and 3" in text
     # trial 0's mean (1824.31) is the lower; trial 1 (1824.56) is the smaller and faster, so named first
     assert "trial 1 and trial 0 are tied within seed noise" in text and "trial 1 is smaller and faster" in text
-    assert "more seeds (`vae-search confirm --study-name search --trial 0 --trial 1 --seeds 5`)" in text
+    assert f"more seeds (`vae-search confirm --study-name search --trial 0 --trial 1 --seeds 5 --storage {storage}`)" in text
 
 
 @pytest.mark.parametrize("with_weights, said", [([], "no trial has weights"), ([0], "trial 0 has weights"),
@@ -156,7 +182,7 @@ def test_the_reports_overfitting_claim_is_tested_on_the_gaps(tmp_path, cli, gaps
 @pytest.mark.parametrize(("gaps4", "hint"), [
     # config 2's gaps are [3.2, 3.9, 3.5]: a difference of 0.4 with the same spread on both sides
     # (variance 0.1233 each), 2.8^2 x 0.2467 / 0.4^2 = 12.1, so 13 seeds, plus one
-    ([3.6, 4.3, 3.9], "about 14 seeds per point would tell a difference this size: `vae-search grid --preset b1 --seeds 14`"),
+    ([3.6, 4.3, 3.9], "about 14 seeds per point would tell a difference this size: `vae-search grid --preset b1 --seeds 14"),
     ([3.1, 4.2, 3.4], "a difference this small would need more than 100 seeds per point to tell"),
     ([7.8, 8.4, 8.1], None),  # the claim holds: nothing to add
     ([2.6, 3.3, 2.9], None),  # config 4 fits its training images worse: more seeds would not make the claim hold
@@ -174,7 +200,7 @@ def test_a_claim_seed_noise_cannot_tell_says_how_many_seeds_would(tmp_path, cli,
         assert "seeds per point" not in line
     else:
         assert line.startswith("'mild overfitting' (config 4 against config 2): does not hold beyond seed noise")
-        assert line.endswith(hint)
+        assert hint in line
 
 
 def test_the_seeds_hint_starts_from_the_grids_first_seed(tmp_path, cli):
@@ -188,7 +214,7 @@ def test_the_seeds_hint_starts_from_the_grids_first_seed(tmp_path, cli):
     assert rc == 0, err
     line = next(x for x in " ".join(out.split()).split(" - ") if x.startswith("'mild overfitting'"))
     assert line.endswith("about 14 seeds per point would tell a difference this size: "
-                         "`vae-search grid --preset b1 --seed 3 --seeds 14`")
+                         f"`vae-search grid --preset b1 --seed 3 --seeds 14 --storage {url}`")
 
 
 def test_a_grid_point_is_named_by_its_first_seed_not_its_first_trial(tmp_path, cli):

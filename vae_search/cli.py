@@ -97,7 +97,7 @@ def grid(
     opts = _training(ctx, locals())
     study, p = run.grid(opts, preset, seeds, study_name)
     if not run.is_worker():
-        _print_grid_table(reading.grid_summary(study, p), csv)
+        _print_grid_table(reading.grid_summary(study, p), csv, storage)
 
 
 @app.command()
@@ -113,10 +113,10 @@ def show(
     differences in percent, and the report's B.2 statements as verdicts against seed noise."""
     from vae_search import reading
 
-    _print_grid_table(reading.show(storage, study_name, preset, _notes), csv, as_json=json_out)
+    _print_grid_table(reading.show(storage, study_name, preset, _notes), csv, storage, as_json=json_out)
 
 
-def _print_grid_table(summary, csv: Optional[Path], as_json: bool = False) -> None:
+def _print_grid_table(summary, csv: Optional[Path], storage: str, as_json: bool = False) -> None:
     from vae_search import reading
     from vae_search.tables import grid_rich_table
 
@@ -127,12 +127,10 @@ def _print_grid_table(summary, csv: Optional[Path], as_json: bool = False) -> No
         return
     out = _stdout()
     out.print(grid_rich_table(summary.table, f"{summary.preset.title} — study {summary.study.study_name!r}"))
-    _print_verdicts(out, summary.verdicts)
+    _print_verdicts(out, reading.runnable(summary.verdicts, storage))
 
 
 # ---------------------------------------------------------------- optimize / confirm
-
-
 
 
 @app.command()
@@ -182,7 +180,7 @@ def optimize(
     if run.is_worker():
         return
     try:
-        _print_best(reading.choose_best(study, storage_obj))
+        _print_best(reading.choose_best(study, storage_obj), storage)
     except UsageError as e:  # nothing complete yet (all pruned or failed): not an error of this run
         err.print(str(e))
 
@@ -223,7 +221,7 @@ def confirm(
     opts = _training(ctx, {**locals(), "seed": 0})
     search, storage_obj = run.confirm(opts, top=top, trials=trial or (), seeds=seeds, study_name=study_name)
     if not run.is_worker():
-        _print_best(reading.choose_best(search, storage_obj))
+        _print_best(reading.choose_best(search, storage_obj), storage)
 
 
 # ---------------------------------------------------------------- best / interpolate / report / dashboard
@@ -236,8 +234,9 @@ def _print_verdicts(out, verdicts: list[str]) -> None:
             out.print(f"  - {line}", highlight=False)
 
 
-def _print_best(choice, as_json: bool = False) -> None:
-    """`best`'s choice as text, or as JSON with the same numbers."""
+def _print_best(choice, storage: str, as_json: bool = False) -> None:
+    """`best`'s choice as text (its commands runnable on `storage`), or as JSON with the same numbers."""
+    from vae_search.reading import runnable
     from vae_search.tables import markdown
 
     if as_json:
@@ -250,9 +249,9 @@ def _print_best(choice, as_json: bool = False) -> None:
         out.print(markdown(choice.front))
         return
     out.print(sel.headline, highlight=False)
-    for reason in sel.reasons:
+    for reason in runnable(sel.reasons, storage):
         out.print(f"  - {reason}", highlight=False)
-    _print_verdicts(out, choice.verdicts)
+    _print_verdicts(out, runnable(choice.verdicts, storage))
     if sel.others is not None:
         out.print("other top configurations:")
         out.print(markdown(sel.others), highlight=False)
@@ -279,7 +278,7 @@ def best(
 
     storage_obj, study = load_for_reading(storage, study_name, _notes)
     st_defaults.require_kind(study, "grid", "search", "confirm")
-    _print_best(choose_best(study, storage_obj, preset), as_json=json_out)
+    _print_best(choose_best(study, storage_obj, preset), storage, as_json=json_out)
 
 
 class Mode(StrEnum):
