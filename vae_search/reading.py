@@ -172,7 +172,7 @@ def report(storage_url: str, study_name: str | None, notes: list[str], *, artifa
 
 
 def runnable(lines: list[str], storage_url: str) -> list[str]:
-    """The commands a text suggests (`vae-search grid ...`, `vae-search confirm ...`) with the
+    """The commands a text suggests (`vae-search grid ...`, `confirm ...`, `fail-stale ...`) with the
     --storage this command was given, so that they run on this study as printed: without it, a
     suggested `grid --seeds 6` would start a new grid in the default storage. A dashboard note
     keeps them without (its readers have storages of their own). Left as they are for the
@@ -186,7 +186,7 @@ def runnable(lines: list[str], storage_url: str) -> list[str]:
     if storage_url in (st.DEFAULT_STORAGE, os.environ.get("VAE_SEARCH_STORAGE")) or storages.redact(storage_url) != storage_url:
         return lines
     option = f" --storage {shell_word(storage_url)}"
-    return [re.sub(r"`(vae-search (?:grid|confirm) [^`]*)`", lambda m: f"`{m.group(1)}{option}`", line) for line in lines]
+    return [re.sub(r"`(vae-search (?:grid|confirm|fail-stale) [^`]*)`", lambda m: f"`{m.group(1)}{option}`", line) for line in lines]
 
 
 # ---------------------------------------------------------------- the files they write

@@ -27,8 +27,8 @@ from vae_search import definitions, samplers, storages
 from vae_search import study as st
 from vae_search import trial_loop as loop
 from vae_search.errors import RunError, UsageError
-from vae_search.names import check_new_study_name
-from vae_search.reading import load_for_reading
+from vae_search.names import check_new_study_name, shell_word
+from vae_search.reading import load_for_reading, runnable
 from vae_search.trial_attrs import readable
 from vae_search.ui import err
 
@@ -37,9 +37,14 @@ if TYPE_CHECKING:  # torch and the objective load when a command trains: `best` 
 
     from vae_search.objective import RunSettings
 
-FAIL_STALE_HINT = ("nothing checks them on this storage (no heartbeats: a journal or gRPC storage, or --heartbeat 0); "
-                   "if their workers are gone, `vae-search fail-stale --older-than 2h` (longer than any trial takes) "
-                   "fails and re-queues them")
+
+
+def fail_stale_hint(storage_url: str, study: optuna.Study) -> str:
+    """What to do about RUNNING trials that nothing checks, with a command that runs as printed."""
+    command = runnable([f"`vae-search fail-stale --study-name {shell_word(study.study_name)} --older-than 2h`"],
+                       storage_url)[0]
+    return ("nothing checks them on this storage (no heartbeats: a journal or gRPC storage, or --heartbeat 0); if their "
+            f"workers are gone, {command} (longer than any trial takes) fails and re-queues them")
 
 
 @dataclass
@@ -134,7 +139,7 @@ def _settings(opts: Training, *, epochs: int, batch_size: int, seed: int, device
     )
 
 
-def _announce(settings: RunSettings, study: optuna.Study) -> None:
+def _announce(settings: RunSettings, study: optuna.Study, storage_url: str) -> None:
     """What the run trains on, said once its options have passed every check (so that an
     error stays one line), and which trials nothing can check."""
     from vae_search.train import native_bf16
@@ -145,7 +150,8 @@ def _announce(settings: RunSettings, study: optuna.Study) -> None:
         say(f"note: {dev} has no native bf16 (no AVX512_BF16 or AMX); bf16 is emulated and many times slower than fp32")
     held = loop.unchecked_running(study)
     if held:
-        say(f"note: trial(s) {', '.join(map(str, held))} of study {study.study_name!r} are RUNNING and {FAIL_STALE_HINT}")
+        say(f"note: trial(s) {', '.join(map(str, held))} of study {study.study_name!r} are RUNNING and "
+            f"{fail_stale_hint(storage_url, study)}")
 
 
 def _against(storage: BaseStorage, name: str, kind: str, distributions: dict[str, BaseDistribution] | None,
@@ -208,7 +214,7 @@ def prepare(opts: Training, name: str, *, epochs: int, batch_size: int, precisio
     study.set_user_attr("kind", kind)
     for line in notes:
         say(line)
-    _announce(settings, study)
+    _announce(settings, study, opts.storage)
     return Prepared(storage, study, settings, model_bytes)
 
 
@@ -390,7 +396,8 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     held = loop.unchecked_running(study)
     if finished < trials and timeout is None and held:
         say(f"study {study.study_name!r} has {finished} of {trials} finished trials: trial(s) "
-            f"{', '.join(map(str, held))} still hold the other slots as RUNNING; {FAIL_STALE_HINT}")
+            f"{', '.join(map(str, held))} still hold the other slots as RUNNING; "
+            f"{fail_stale_hint(opts.storage, study)}")
     return study, p.storage
 
 
