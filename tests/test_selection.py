@@ -78,6 +78,16 @@ def test_suggested_commands_run_on_the_storage_they_were_read_from(storage, cli,
                                                         "'sqlite:///my runs/s.db'` adds seeds"]
 
 
+def test_a_preset_given_for_a_search_is_said_to_be_unused(storage, cli, tmp_path):
+    """--preset names a grid's preset file: for a search it is not read, and says so."""
+    rc, out, err = cli("best", "--study-name", "search", "--storage", storage, "--preset", "/etc/passwd")
+    assert rc == 0, err
+    assert "best of study 'search'" in out
+    assert "note: --preset is read for grid studies only; study 'search' is not one" in err
+    rc, _, err = cli("best", "--study-name", "search", "--storage", storage)
+    assert rc == 0 and "--preset" not in err
+
+
 def test_the_settling_command_quotes_the_study_name_for_a_shell(storage, cli):
     optuna.copy_study(from_study_name="search", from_storage=storage, to_storage=storage,
                       to_study_name="my search; rm -rf ~")

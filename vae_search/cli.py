@@ -278,7 +278,7 @@ def best(
 
     storage_obj, study = load_for_reading(storage, study_name, _notes)
     st_defaults.require_kind(study, "grid", "search", "confirm")
-    _print_best(choose_best(study, storage_obj, preset), storage, as_json=json_out)
+    _print_best(choose_best(study, storage_obj, preset, _notes), storage, as_json=json_out)
 
 
 class Mode(StrEnum):

@@ -114,9 +114,19 @@ def show(storage_url: str, study_name: str | None, preset: str | None, notes: li
     return grid_summary(study, definitions.grid_preset(study.user_attrs, preset))
 
 
-def choose_best(study: optuna.Study, storage: BaseStorage, preset: str | None = None) -> Choice:
+def _preset_unused(study: optuna.Study, preset: str | None, notes: list[str]) -> None:
+    """--preset names a grid's preset file: given for another kind of study, it is said to be
+    unused rather than silently ignored."""
+    if preset is not None and study.user_attrs.get("kind") != "grid":
+        notes.append(f"note: --preset is read for grid studies only; study {study.study_name!r} is not one")
+
+
+def choose_best(study: optuna.Study, storage: BaseStorage, preset: str | None = None,
+                notes: list[str] | None = None) -> Choice:
     """The study's best and its reasons, also written as a note on the study and the trial."""
     from vae_search.selection import grid_verdicts, pareto_front, save_selection_notes, select_best
+
+    _preset_unused(study, preset, notes if notes is not None else [])
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise UsageError(f"study {study.study_name!r} has no complete trial yet")
@@ -164,6 +174,7 @@ def report(storage_url: str, study_name: str | None, notes: list[str], *, artifa
 
     storage, study = load_for_reading(storage_url, study_name, notes)
     st.require_kind(study, "grid", "search", "confirm")
+    _preset_unused(study, preset, notes)
     writable_folder(out)
     images = _test_images(data_dir)
     with writing(f"the report into {out}"):
