@@ -313,8 +313,8 @@ def interpolate(
     from vae_search.ui import err
 
     study, chosen, png = reading.interpolate(storage, study_name, _notes, trial=trial, artifact_dir=artifact_dir,
-                                         out_dir=out or Path("studies/interpolations"), rows=rows, steps=steps,
-                                         mode=mode.value, seed=seed, data_dir=data_dir)
+                                             out_dir=out or Path("studies/interpolations"), rows=rows, steps=steps,
+                                             mode=mode.value, seed=seed, data_dir=data_dir)
     which = " (the lowest neg_elbo of the Pareto front)" if trial == "best" and len(study.directions) > 1 else ""
     err.print(f"trial {chosen.number}{which} of study {study.study_name!r} (the interactive figure is on the study's dashboard page):")
     print(png)
@@ -341,7 +341,7 @@ def report(
     from vae_search import reading
 
     for p in reading.report(storage, study_name, _notes, artifact_dir=artifact_dir, out=out, data_dir=data_dir,
-                        preset=preset):
+                            preset=preset):
         print(p)
 
 
