@@ -234,14 +234,20 @@ def _kept_budget(opts: Training, study: optuna.Study | None, epochs: int, batch_
     if differ:
         notes.append(f"note: study {study.study_name!r} keeps its budget: {', '.join(differ)} (as its first run "
                      "recorded)")
-    kept = []
     counts = next((t.user_attrs for t in readable(study.get_trials(deepcopy=False)) if "n_train" in t.user_attrs),
                   {}) if study is not None else {}
+    return chosen["epochs"], chosen["batch_size"], _keep_subset(opts, counts)
+
+
+def _keep_subset(opts: Training, counts: dict[str, Any]) -> list[str]:
+    """--limit-train and --limit-val, where not given, set to the image counts a trial recorded
+    (`n_train`, `n_val`; a count at least the data's size takes all of it): the options set."""
+    kept = []
     for option, key in (("limit_train", "n_train"), ("limit_val", "n_val")):
         if getattr(opts, option) is None and counts.get(key):
             setattr(opts, option, int(counts[key]))
             kept.append(option)
-    return chosen["epochs"], chosen["batch_size"], kept
+    return kept
 
 
 def _fits(distributions: dict[str, BaseDistribution], batch_size: int, device: torch.device,
@@ -448,11 +454,9 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
         opts.notes.append(f"(study {search.study_name!r}: the most recently written; pass --study-name for another)")
     best = plan_confirm(search, top, trials)
     # A search on a subset (--limit-*) is confirmed on the same subset unless told otherwise: the
-    # counts its trials record (read checked, trial_attrs.py; a count at least the data's size
-    # takes all of it), and the data's fingerprint below still checks that they are its images.
-    for option, key in (("limit_train", "n_train"), ("limit_val", "n_val")):
-        if getattr(opts, option) is None and best[0].user_attrs.get(key):
-            setattr(opts, option, int(best[0].user_attrs[key]))
+    # counts its trials record (read checked, trial_attrs.py), and the data's fingerprint below
+    # still checks that they are its images.
+    _keep_subset(opts, best[0].user_attrs)
     opts.argv = _pinned_for_workers(opts.argv, search.study_name, [t.number for t in best])
     budget = st.recorded(search, "budget") or {}
     precision = opts.precision or budget.get("precision") or best[0].user_attrs.get("precision") or "fp32"

@@ -10,6 +10,7 @@ margin cannot be told from noise at all, and the text says so.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist, mean, stdev
 
@@ -173,16 +174,16 @@ def confirm_command(study: optuna.Study, a: Candidate, b: Candidate) -> str:
     return f"`vae-search confirm --study-name {shell_word(study.study_name)} {pair} --seeds {_seeds_to_settle(a, b)}`"
 
 
-def grid_seeds_command(study: optuna.Study, preset: Preset, seeds: int) -> str:
-    """The `grid` that gives every point of this grid study `seeds` seeds (`confirm` reads
-    searches only). A preset of the user's own is named by its file, as it was given."""
+def grid_seeds_command(study: optuna.Study, preset: Preset, seeds: int, ranked: list[Candidate]) -> str:
+    """The `grid` that gives every point of this grid study (its candidates `ranked`) `seeds`
+    seeds (`confirm` reads searches only). A preset of the user's own is named by its file, as
+    it was given."""
     packaged = preset.path is None or preset.path.parent == packaged_dir()
     name = preset.name if packaged else shell_word(str(preset.path))
     study_opt = "" if study.study_name == preset.name else f" --study-name {shell_word(study.study_name)}"
     # --seeds N runs seeds --seed ... --seed+N-1: from the grid's first seed, so that N is what each point then has
     # (the study's budget and subset it keeps without being told, run._kept_budget)
-    first = min((int(t.user_attrs["seed"]) for t in readable(study.get_trials(deepcopy=False)) if "seed" in t.user_attrs),
-                default=0)
+    first = min((int(r.user_attrs.get("seed", 0)) for c in ranked for r in c.runs), default=0)
     seed_opt = f" --seed {first}" if first else ""
     return f"`vae-search grid --preset {name}{study_opt}{seed_opt} --seeds {seeds}`"
 
@@ -358,7 +359,7 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
     if len(ranked) > 1:
         kind, second = study.user_attrs.get("kind"), ranked[1]
         hint = (confirm_command(study, best, second) if kind == "search"
-                else grid_seeds_command(study, preset, _seeds_to_settle(best, second))
+                else grid_seeds_command(study, preset, _seeds_to_settle(best, second), ranked)
                 if kind == "grid" and preset is not None else "")
         reasons.append(f"margin: {compare(best, second, noise=noise, seeds_hint=hint)}")
     if study.user_attrs.get("kind") != "grid":
@@ -489,7 +490,10 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
     lines = [f"seeds per point: {n_min if n_min == n_max else f'{n_min} to {n_max}'}"
              + (f" ({'one seed' if n_max < 2 else 'some points have one seed'}: their differences cannot be told "
                 f"from seed noise; run grid --seeds 3)" if n_min < 2 else "")]
-    settle = grid_seeds_command(study, preset, _seeds_to_settle(best, ranked[1]))
+    def seeds_command(n: int) -> str:
+        return grid_seeds_command(study, preset, n, ranked)
+
+    settle = seeds_command(_seeds_to_settle(best, ranked[1]))
     lines.append(f"best: {best.label} (latent {best.params['latent_dim']}, base {best.params['base_channels']}), "
                  f"val loss {best.text(key)}; {compare(best, ranked[1], key, seeds_hint=settle)}")
     if preset.baseline in by_config:
@@ -506,9 +510,9 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
             lines.append(
                 f"'more parameters gave a higher loss' ({biggest.label}, {ratio:.1f}x the parameters of {base.label}): "
                 f"{_claim_verdict(p, d)} (val loss {d:+.2f}%, {_noise_words(p)})"
-                + _more_seeds(study, preset, p, d, biggest.values(key), base.values(key))
+                + _more_seeds(seeds_command, p, d, biggest.values(key), base.values(key))
             )
-            lines.append(_overfitting_verdict(study, preset, biggest, base))
+            lines.append(_overfitting_verdict(seeds_command, biggest, base))
         if best is not base:
             a, b = best.trial.user_attrs, base.trial.user_attrs
             lines.append(
@@ -521,7 +525,7 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
     return lines
 
 
-def _more_seeds(study: optuna.Study, preset: Preset, p: float | None, difference: float, va: list[float],
+def _more_seeds(seeds_command: Callable[[int], str], p: float | None, difference: float, va: list[float],
                 vb: list[float]) -> str:
     """Where a claim points the right way but its test cannot tell it from seed noise: how many
     seeds would (three seeds said no to the report's "mild overfitting"; six said yes,
@@ -533,10 +537,10 @@ def _more_seeds(study: optuna.Study, preset: Preset, p: float | None, difference
         return ""
     if n > MOST_SEEDS:
         return f"; a difference this small would need more than {MOST_SEEDS} seeds per point to tell"
-    return f"; about {n} seeds per point would tell a difference this size: {grid_seeds_command(study, preset, n)}"
+    return f"; about {n} seeds per point would tell a difference this size: {seeds_command(n)}"
 
 
-def _overfitting_verdict(study: optuna.Study, preset: Preset, biggest: Candidate, base: Candidate) -> str:
+def _overfitting_verdict(seeds_command: Callable[[int], str], biggest: Candidate, base: Candidate) -> str:
     """The report's "mild overfitting" of its largest model, tested: its gap between the final
     model's loss on training and on validation images against the baseline's, over seeds."""
     claim = f"'mild overfitting' ({biggest.label} against {base.label})"
@@ -547,7 +551,7 @@ def _overfitting_verdict(study: optuna.Study, preset: Preset, biggest: Candidate
     p, d = welch_p_of(gb, gs), mean(gb) - mean(gs)
     return (f"{claim}: {_claim_verdict(p, d)} (train-val gap {mean(gb):+.2f} against {mean(gs):+.2f} nats, {d:+.2f}, "
             f"{_noise_words(p)}; the final models' loss on training against validation images)"
-            + _more_seeds(study, preset, p, d, gb, gs))
+            + _more_seeds(seeds_command, p, d, gb, gs))
 
 
 # ---------------------------------------------------------------- the note on the dashboard
