@@ -323,6 +323,11 @@ class TestBadInput:
         assert cli("grid", "--preset", "nope", "--storage", storage)[0] == 2
         assert cli("grid", "--epochs", "0", "--storage", storage)[0] == 2
         assert cli("optimize", "--trials", "-1", "--storage", storage)[0] == 2
+        # --timeout 0 opened a new study "search", trained nothing and said "0 trials"; nan never stopped
+        for timeout in ("0", "nan"):
+            rc, _, err = cli("optimize", "--timeout", timeout, "--storage", storage)
+            assert rc == 2 and "--timeout" in one_line_error(err)
+        assert "search" not in optuna.get_all_study_names(storage)
         # numpy's seed streams refuse a negative seed and torch's generator one of 2**63: a traceback, or every trial
         for command in ("grid", "optimize", "confirm"):
             for seed in ("-5", str(2**63)):

@@ -357,6 +357,8 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     `sampler` and `pruner` None: the study's own (st.settle_strategy), else the defaults."""
     from vae_search.objective import make_objective
 
+    if timeout is not None and not timeout > 0:  # 0 would open the study, train nothing and say so; nan never stops
+        raise UsageError(f"--timeout {timeout:g}: give the seconds after which no trial starts, more than 0")
     objs = parse_objectives(objectives)
     distributions = definitions.load_space(space)
     preset = definitions.load_preset(include_preset) if include_preset else None
