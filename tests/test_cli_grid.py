@@ -1,5 +1,8 @@
 """`vae-search grid --preset b1` end to end on a tiny generated dataset."""
 
+import re
+import shlex
+
 import optuna
 import pandas as pd
 import pytest
@@ -100,9 +103,16 @@ def test_more_seeds_keep_the_studys_budget_and_subset(cli, tmp_path, batches_dir
 
     common = (*SMALL, "--compile", "off", "--data-dir", batches_dir, "--storage", f"sqlite:///{tmp_path}/s.db",
               "--artifact-dir", tmp_path / "a")
-    rc, _, err = cli("grid", *common, "--epochs", "1", "--limit-train", "100", "--limit-val", "60")
+    rc, out, err = cli("grid", *common, "--epochs", "1", "--limit-train", "100", "--limit-val", "60")
     assert rc == 0, err
-    rc, _, err = cli("grid", *common, "--seeds", "2")
+    # the hint runs as printed: it carries the --data-dir, --artifact-dir and --storage given here
+    hint = re.search(r"`(vae-search grid [^`]*--seeds 3[^`]*)`", " ".join(out.split()))
+    assert hint is not None, out
+    printed = shlex.split(hint.group(1))
+    for option in ("--data-dir", "--artifact-dir", "--storage"):
+        assert printed[printed.index(option) + 1] == str(common[common.index(option) + 1])
+    printed[printed.index("--seeds") + 1] = "2"  # two seeds are enough to check the budget
+    rc, _, err = cli(*printed[1:], "--compile", "off")
     assert rc == 0, err
     assert "keeps its budget: epochs 1" in err and "keeps the subset its trials record: 100 of 250 training images" in err
     assert "validation images" not in err  # --limit-val 60 took all 60: nothing was cut, nothing to say

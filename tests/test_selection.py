@@ -5,6 +5,8 @@ them. Synthetic studies: no training needed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -59,7 +61,7 @@ def test_suggested_commands_run_on_the_storage_they_were_read_from(storage, cli,
     people with storages of their own) and a storage from VAE_SEARCH_STORAGE do not need it."""
     from optuna_dashboard import get_note
 
-    from vae_search.reading import runnable
+    from vae_search.reading import Runnable
 
     rc, out, err = cli("best", "--study-name", "search", "--storage", storage)
     assert rc == 0, err
@@ -72,10 +74,20 @@ def test_suggested_commands_run_on_the_storage_they_were_read_from(storage, cli,
     assert "--trial 1 --seeds 3` would settle it" in " ".join(out.split()) and "--storage" not in out
     hint = ["tied; `vae-search grid --preset b1 --seeds 3` adds seeds"]
     monkeypatch.delenv("VAE_SEARCH_STORAGE")
-    assert runnable(hint, "sqlite:///studies/vae-search.db") == hint  # the default
-    assert runnable(hint, "postgresql+psycopg://vae:secret@db/x") == hint  # a password is never printed
-    assert runnable(hint, "sqlite:///my runs/s.db") == ["tied; `vae-search grid --preset b1 --seeds 3 --storage "
+    assert Runnable("sqlite:///studies/vae-search.db")(hint) == hint  # the default
+    assert Runnable("postgresql+psycopg://vae:secret@db/x")(hint) == hint  # a password is never printed
+    assert Runnable("sqlite:///my runs/s.db")(hint) == ["tied; `vae-search grid --preset b1 --seeds 3 --storage "
                                                         "'sqlite:///my runs/s.db'` adds seeds"]
+    # after a training run: its --data-dir and --artifact-dir go to the training commands only
+    both = ["`vae-search confirm --trial 1 --seeds 3` would settle it; `vae-search fail-stale --older-than 2h`"]
+    after = Runnable("sqlite:///s.db", Path("my data/c.tar.gz"), Path("arts"))
+    assert after(both) == ["`vae-search confirm --trial 1 --seeds 3 --data-dir 'my data/c.tar.gz' --artifact-dir arts "
+                           "--storage sqlite:///s.db` would settle it; `vae-search fail-stale --older-than 2h --storage "
+                           "sqlite:///s.db`"]
+    secret = Runnable("postgresql+psycopg://vae:secret@db/x", Path("c.tar.gz"), Path("studies/artifacts"))
+    assert secret(both)[0].startswith("`vae-search confirm --trial 1 --seeds 3 --data-dir c.tar.gz` would")
+    monkeypatch.setenv("VAE_SEARCH_DATA", "my data/c.tar.gz")  # the next command reads it too
+    assert "--data-dir" not in after(both)[0] and "--artifact-dir arts" in after(both)[0]
 
 
 def test_a_preset_given_for_a_search_is_said_to_be_unused(storage, cli, tmp_path):

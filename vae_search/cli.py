@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -97,7 +98,7 @@ def grid(
     opts = _training(ctx, locals())
     study, p = run.grid(opts, preset, seeds, study_name)
     if not run.is_worker():
-        _print_grid_table(reading.grid_summary(study, p), csv, storage)
+        _print_grid_table(reading.grid_summary(study, p), csv, reading.Runnable(storage, data_dir, artifact_dir))
 
 
 @app.command()
@@ -113,10 +114,11 @@ def show(
     differences in percent, and the report's B.2 statements as verdicts against seed noise."""
     from vae_search import reading
 
-    _print_grid_table(reading.show(storage, study_name, preset, _notes), csv, storage, as_json=json_out)
+    _print_grid_table(reading.show(storage, study_name, preset, _notes), csv,
+                      reading.Runnable(storage, artifact_dir=artifact_dir), as_json=json_out)
 
 
-def _print_grid_table(summary, csv: Optional[Path], storage: str, as_json: bool = False) -> None:
+def _print_grid_table(summary, csv: Optional[Path], commands: Callable[[list[str]], list[str]], as_json: bool = False) -> None:
     from vae_search import reading
     from vae_search.tables import grid_rich_table
 
@@ -127,7 +129,7 @@ def _print_grid_table(summary, csv: Optional[Path], storage: str, as_json: bool 
         return
     out = _stdout()
     out.print(grid_rich_table(summary.table, f"{summary.preset.title} — study {summary.study.study_name!r}"))
-    _print_verdicts(out, reading.runnable(summary.verdicts, storage))
+    _print_verdicts(out, commands(summary.verdicts))
 
 
 # ---------------------------------------------------------------- optimize / confirm
@@ -180,7 +182,7 @@ def optimize(
     if run.is_worker():
         return
     try:
-        _print_best(reading.choose_best(study, storage_obj), storage)
+        _print_best(reading.choose_best(study, storage_obj), reading.Runnable(storage, data_dir, artifact_dir))
     except UsageError as e:  # nothing complete yet (all pruned or failed): not an error of this run
         err.print(str(e))
 
@@ -221,7 +223,7 @@ def confirm(
     opts = _training(ctx, {**locals(), "seed": 0})
     search, storage_obj = run.confirm(opts, top=top, trials=trial or (), seeds=seeds, study_name=study_name)
     if not run.is_worker():
-        _print_best(reading.choose_best(search, storage_obj), storage)
+        _print_best(reading.choose_best(search, storage_obj), reading.Runnable(storage, data_dir, artifact_dir))
 
 
 # ---------------------------------------------------------------- best / interpolate / report / dashboard
@@ -234,9 +236,8 @@ def _print_verdicts(out, verdicts: list[str]) -> None:
             out.print(f"  - {line}", highlight=False)
 
 
-def _print_best(choice, storage: str, as_json: bool = False) -> None:
-    """`best`'s choice as text (its commands runnable on `storage`), or as JSON with the same numbers."""
-    from vae_search.reading import runnable
+def _print_best(choice, commands: Callable[[list[str]], list[str]], as_json: bool = False) -> None:
+    """`best`'s choice as text (its commands made runnable by `commands`), or as JSON with the same numbers."""
     from vae_search.tables import markdown
 
     if as_json:
@@ -249,9 +250,9 @@ def _print_best(choice, storage: str, as_json: bool = False) -> None:
         out.print(markdown(choice.front))
         return
     out.print(sel.headline, highlight=False)
-    for reason in runnable(sel.reasons, storage):
+    for reason in commands(sel.reasons):
         out.print(f"  - {reason}", highlight=False)
-    _print_verdicts(out, runnable(choice.verdicts, storage))
+    _print_verdicts(out, commands(choice.verdicts))
     if sel.others is not None:
         out.print("other top configurations:")
         out.print(markdown(sel.others), highlight=False)
@@ -274,11 +275,11 @@ def best(
     baseline (latent 8, base 32), parameters, time, KL, train-val gap, compression. A
     two-objective study prints its Pareto front.
     """
-    from vae_search.reading import choose_best, load_for_reading
+    from vae_search.reading import Runnable, choose_best, load_for_reading
 
     storage_obj, study = load_for_reading(storage, study_name, _notes)
     st_defaults.require_kind(study, "grid", "search", "confirm")
-    _print_best(choose_best(study, storage_obj, preset, _notes), storage, as_json=json_out)
+    _print_best(choose_best(study, storage_obj, preset, _notes), Runnable(storage, artifact_dir=artifact_dir), as_json=json_out)
 
 
 class Mode(StrEnum):

@@ -182,22 +182,47 @@ def report(storage_url: str, study_name: str | None, notes: list[str], *, artifa
                             preset=preset)
 
 
-def runnable(lines: list[str], storage_url: str) -> list[str]:
-    """The commands a text suggests (`vae-search grid ...`, `confirm ...`, `fail-stale ...`) with the
-    --storage this command was given, so that they run on this study as printed: without it, a
-    suggested `grid --seeds 6` would start a new grid in the default storage. A dashboard note
-    keeps them without (its readers have storages of their own). Left as they are for the
-    default storage, VAE_SEARCH_STORAGE (the next command reads it too) and a URL with a
-    password, which is never printed (pass it through the environment)."""
+@dataclass(frozen=True)
+class Runnable:
+    """Makes the commands a text suggests (`vae-search grid ...`, `confirm ...`, `fail-stale ...`)
+    run as printed, with the options this command was given: without --storage a suggested
+    `grid --seeds 6` would start a new grid in the default storage; without --data-dir a
+    suggested `confirm` would look for CIFAR-10 in the cache (and refuse other images), and
+    without --artifact-dir it would keep its weights where `interpolate` does not look. Only the
+    training commands (grid, confirm) take the data and artifact options. A dashboard note
+    keeps its commands without (its readers have storages of their own). An option is left
+    out where it is the default or its environment variable's value (the next command reads
+    that too); a storage URL with a password is never printed (pass it through the environment)."""
+
+    storage_url: str
+    data_dir: Path | None = None
+    artifact_dir: Path | None = None
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        import re
+
+        from vae_search.names import shell_word
+
+        everywhere = ""
+        if _given(self.storage_url, st.DEFAULT_STORAGE, "VAE_SEARCH_STORAGE") and \
+                storages.redact(self.storage_url) == self.storage_url:
+            everywhere = f" --storage {shell_word(self.storage_url)}"
+        training = "".join(f" {option} {shell_word(str(value))}" for option, value, default, envvar in (
+            ("--data-dir", self.data_dir, None, "VAE_SEARCH_DATA"),
+            ("--artifact-dir", self.artifact_dir, st.DEFAULT_ARTIFACT_DIR, "VAE_SEARCH_ARTIFACTS"),
+        ) if _given(value, default, envvar))
+
+        def carry(m: re.Match) -> str:
+            return f"`{m.group(1)}{training if m.group(2) in ('grid', 'confirm') else ''}{everywhere}`"
+
+        return [re.sub(r"`(vae-search (grid|confirm|fail-stale) [^`]*)`", carry, line) for line in lines]
+
+
+def _given(value: object, default: object, envvar: str) -> bool:
+    """An option's value came from the command line: not its default, not its environment variable's."""
     import os
-    import re
 
-    from vae_search.names import shell_word
-
-    if storage_url in (st.DEFAULT_STORAGE, os.environ.get("VAE_SEARCH_STORAGE")) or storages.redact(storage_url) != storage_url:
-        return lines
-    option = f" --storage {shell_word(storage_url)}"
-    return [re.sub(r"`(vae-search (?:grid|confirm|fail-stale) [^`]*)`", lambda m: f"`{m.group(1)}{option}`", line) for line in lines]
+    return value is not None and str(value) not in (str(default), os.environ.get(envvar))
 
 
 # ---------------------------------------------------------------- the files they write

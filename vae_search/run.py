@@ -28,7 +28,7 @@ from vae_search import study as st
 from vae_search import trial_loop as loop
 from vae_search.errors import RunError, UsageError
 from vae_search.names import check_new_study_name, shell_word
-from vae_search.reading import load_for_reading, runnable
+from vae_search.reading import Runnable, load_for_reading
 from vae_search.trial_attrs import readable
 from vae_search.ui import err
 
@@ -41,8 +41,8 @@ if TYPE_CHECKING:  # torch and the objective load when a command trains: `best` 
 
 def fail_stale_hint(storage_url: str, study: optuna.Study) -> str:
     """What to do about RUNNING trials that nothing checks, with a command that runs as printed."""
-    command = runnable([f"`vae-search fail-stale --study-name {shell_word(study.study_name)} --older-than 2h`"],
-                       storage_url)[0]
+    command = f"`vae-search fail-stale --study-name {shell_word(study.study_name)} --older-than 2h`"
+    command = Runnable(storage_url)([command])[0]
     return ("nothing checks them on this storage (no heartbeats: a journal or gRPC storage, or --heartbeat 0); if their "
             f"workers are gone, {command} (longer than any trial takes) fails and re-queues them")
 
