@@ -129,6 +129,51 @@ def test_an_exhausted_space_stops_with_one_line(monkeypatch):
     assert len(calls) == 2
 
 
+NINE = {"latent_dim": CategoricalDistribution([2, 3, 4]), "base_channels": CategoricalDistribution([16, 32, 48]),
+        "beta": CategoricalDistribution([1.0]), "lr": CategoricalDistribution([3e-3])}
+
+
+def test_random_search_of_a_finite_space_draws_without_replacement():
+    """Nine configurations, nine trials: plain random draws repeated (the schedules study: 9
+    FAILs for 9 trials); drawn among the untried ones, every proposal trains, over several
+    seeds, and one worker from an empty study still repeats exactly."""
+    orders = []
+    for seed in range(4):
+        study = optuna.create_study(sampler=make_sampler("random", seed, space=NINE))
+        calls: list = []
+
+        def objective(trial, calls=calls):
+            calls.append(trial.number)
+            return _toy({k: suggest(trial, k, d) for k, d in NINE.items()})
+
+        loop.run_optimize(study, objective, n_trials=9, space=NINE)
+        assert len(calls) == 9 and len(study.trials) == 9
+        assert len({_key(t) for t in study.get_trials(states=st.FINISHED)}) == 9
+        orders.append([t.params for t in study.trials])
+    assert len({str(o) for o in orders}) == 4  # each seed its own order
+    again = optuna.create_study(sampler=make_sampler("random", 3, space=NINE))
+    again.optimize(lambda t: _toy({k: suggest(t, k, d) for k, d in NINE.items()}), n_trials=9)
+    assert [t.params for t in again.trials] == orders[3]
+
+
+def test_untried_means_not_finished_running_or_queued():
+    """Workers racing on one storage: a RUNNING trial's and a queued trial's configurations are
+    taken too; stepped ints and floats are matched by position, whatever rounding made them."""
+    space = {"a": IntDistribution(1, 7, step=3), "b": FloatDistribution(0.0, 0.5, step=0.1)}
+    study = optuna.create_study()
+    workers = [optuna.load_study(study_name=study.study_name, storage=storage_of(study),
+                                 sampler=make_sampler("random", 0, space=space)) for _ in range(2)]
+    study.enqueue_trial({"a": 4, "b": 0.1 + 0.2})  # 0.30000000000000004: the same point as 0.3
+    asked = [workers[i % 2].ask(fixed_distributions=space) for i in range(18)]  # none told: all RUNNING
+    positions = [(t.params["a"], round(t.params["b"] * 10)) for t in asked]
+    assert len(set(positions)) == 18, positions  # all 3 x 6 configurations, the queued one first
+    assert all(space[k]._contains(space[k].to_internal_repr(v)) for t in asked for k, v in t.params.items())
+    extra = workers[0].ask(fixed_distributions=space)  # every one taken: a plain draw, a repeat
+    assert (extra.params["a"], round(extra.params["b"] * 10)) in positions
+    assert make_sampler("random", 0, space=SPACE)._factory(1).__class__ is optuna.samplers.RandomSampler
+    assert make_sampler("tpe", 0, space=NINE)._factory(1).__class__ is optuna.samplers.TPESampler
+
+
 def test_enqueued_points_are_not_twins():
     """An --include-preset point or a retry is in the queue on purpose: it trains even where
     a proposal had the same parameters."""
@@ -149,6 +194,11 @@ def test_optimize_refuses_more_trials_than_the_space_holds(tmp_path, batches_dir
                      "--storage", f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp_path / "art")
     assert rc == 2
     assert "holds 2 configurations, fewer than --trials 3" in one_line_error(err)
+    rc, _, err = cli("optimize", "--trials", 2, "--space", space, "--sampler", "random", "--epochs", 1, "--data-dir",
+                     batches_dir, *TINY, "--storage", f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp_path / "art")
+    assert rc == 0, err
+    trials = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+    assert sorted(t.params["latent_dim"] for t in trials) == [2, 3] and "not trained" not in err  # no repeat drawn
 
 
 @pytest.mark.multiprocess

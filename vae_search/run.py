@@ -365,7 +365,7 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
     # A misspelt --sampler or --pruner is refused before the storage is opened (which creates
     # a new SQLite file); which ones the study runs with is known once it is open.
     if sampler is not None:
-        samplers.make_sampler(sampler, opts.seed, len(objs))
+        samplers.make_sampler(sampler, opts.seed, len(objs), distributions)
     if pruner is not None:
         samplers.parse_pruner(pruner)
     size = samplers.space_size(distributions)
@@ -376,7 +376,7 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
                 directions=["minimize"] * len(objs), objectives=objs, kind="search", distributions=distributions)
     study = p.study
     sampler, pruner, switches = st.settle_strategy(study, sampler, pruner, samplers.DEFAULT_PRUNER)
-    study.sampler = samplers.make_sampler(sampler, opts.seed, len(objs))
+    study.sampler = samplers.make_sampler(sampler, opts.seed, len(objs), distributions)
     study.pruner = samplers.make_pruner(pruner, p.settings.epochs, len(objs))
     for line in switches:
         say(line)

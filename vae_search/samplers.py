@@ -13,6 +13,7 @@ repeats exactly (its trials are 0, 1, 2, ... and the history it sees is its own)
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,6 +72,74 @@ class TrialSeededSampler(BaseSampler):
         pass
 
 
+UNTRIED_MAX = 100_000  # configurations a finite space may hold for random search without replacement
+
+
+class Untried(BaseSampler):
+    """Random search without replacement in a finite space: each trial draws uniformly among
+    the configurations no finished, running or queued trial has. Plain random draws in a space
+    of nine configurations asked for nine trials repeated one in two (each repeat a FAIL
+    "repeats the parameters of trial N": benchmarks/results/schedules); these are the same
+    draws, conditioned on being new, without the FAILs. The whole configuration is one relative
+    sample (Optuna's protocol for parameters drawn together); when every configuration is
+    taken (only where workers race for the last ones) the trial falls back to a plain random
+    draw, which the trial loop stands down as a repeat."""
+
+    TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+    def __init__(self, space: dict[str, BaseDistribution], seed: int) -> None:
+        self._space, self._rng = space, np.random.default_rng(seed)
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return dict(self._space)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        names = sorted(search_space)
+        taken = {tuple(_index(search_space[n], params.get(n)) for n in names)
+                 for t in study.get_trials(deepcopy=False, states=self.TAKEN) if t.number != trial.number
+                 for params in [{**t.system_attrs.get("fixed_params", {}), **t.params}]}
+        untried = [c for c in itertools.product(*(range(_count(search_space[n]) or 0) for n in names))
+                   if c not in taken]
+        if not untried:
+            return {}
+        chosen = untried[int(self._rng.integers(len(untried)))]
+        return {n: _value(search_space[n], i) for n, i in zip(names, chosen, strict=True)}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+
+def _count(dist: BaseDistribution) -> int | None:
+    """How many values a distribution holds, or None for a continuous one."""
+    if isinstance(dist, CategoricalDistribution):
+        return len(dist.choices)
+    if isinstance(dist, (IntDistribution, FloatDistribution)) and dist.step is not None:
+        return int(round((dist.high - dist.low) / dist.step)) + 1
+    return None
+
+
+def _value(dist: BaseDistribution, i: int) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[i]
+    assert isinstance(dist, (IntDistribution, FloatDistribution)) and dist.step is not None
+    return min(dist.high, dist.low + i * dist.step)  # 0.0 + 3 * 0.1 is 0.30000000000000004, outside [0, 0.3]
+
+
+def _index(dist: BaseDistribution, value: Any) -> int | None:
+    """The position of a trial's value among the distribution's, or None where it has none
+    (a trial of another space): by index, so a float stepped by 0.1 matches whatever rounding made it."""
+    try:
+        if isinstance(dist, CategoricalDistribution):
+            return int(dist.to_internal_repr(value))
+        assert isinstance(dist, (IntDistribution, FloatDistribution)) and dist.step is not None
+        return int(round((float(value) - dist.low) / dist.step))
+    except (TypeError, ValueError):
+        return None
+
+
 def _base_sampler(name: str, seed: int, n_objectives: int) -> BaseSampler:
     # TPE in Optuna 5 is multivariate with the constant liar by default: parallel workers
     # do not all sample next to the same running trial.
@@ -83,12 +152,17 @@ def _base_sampler(name: str, seed: int, n_objectives: int) -> BaseSampler:
     return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)  # make_sampler checked the name
 
 
-def make_sampler(name: str, seed: int, n_objectives: int = 1) -> BaseSampler:
-    """The sampler `name`, with a random stream per trial (see the module docstring)."""
+def make_sampler(name: str, seed: int, n_objectives: int = 1,
+                 space: dict[str, BaseDistribution] | None = None) -> BaseSampler:
+    """The sampler `name`, with a random stream per trial (see the module docstring); random
+    in a finite `space` of at most UNTRIED_MAX configurations draws without replacement."""
     if name not in SAMPLERS:
         raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
     if name == "cmaes" and n_objectives > 1:
         raise UsageError("--sampler cmaes is single-objective; use tpe, gp or random with two objectives")
+    size = space_size(space) if space is not None else None
+    if name == "random" and space is not None and size is not None and size <= UNTRIED_MAX:
+        return TrialSeededSampler(lambda s: Untried(space, s), seed)
     return TrialSeededSampler(lambda s: _base_sampler(name, s, n_objectives), seed)
 
 
@@ -96,14 +170,9 @@ def space_size(space: dict[str, BaseDistribution]) -> int | None:
     """How many distinct configurations the space holds, or None when a parameter is continuous."""
     size = 1
     for dist in space.values():
-        if isinstance(dist, CategoricalDistribution):
-            size *= len(dist.choices)
-        elif isinstance(dist, IntDistribution):
-            size *= (dist.high - dist.low) // dist.step + 1
-        elif isinstance(dist, FloatDistribution) and dist.step is not None:
-            size *= int(round((dist.high - dist.low) / dist.step)) + 1
-        else:
+        if (count := _count(dist)) is None:
             return None
+        size *= count
     return size
 
 
