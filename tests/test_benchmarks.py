@@ -21,6 +21,14 @@ def _last_json(*args: str, rc: int = 0) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def test_finite_space_compares_the_repeat_check_with_proposals_of_untried_configurations():
+    result = _last_json("benchmarks/finite_space.py", "--seeds", "2", "--trials", "12")
+    now, before = result["samplers"]["tpe"]["now"], result["samplers"]["tpe"]["before"]
+    assert result["space_size"] == 180 and set(result["samplers"]) == {"tpe", "random"}
+    assert now["trained"] == 12 and now["repeats"] == 0 and now["stopped"] == 0
+    assert before["trained"] <= 12 and before["repeats"] >= 0
+
+
 def test_profile_step_splits_the_step_into_parts():
     result = _last_json("benchmarks/profile_step.py", "--steps", "2", "--base", "16")
     shares = result["shares"]

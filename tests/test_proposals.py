@@ -26,6 +26,10 @@ SPACE = {
     "beta": FloatDistribution(0.25, 4.0, log=True),
     "lr": FloatDistribution(1e-4, 1e-2, log=True),
 }
+NINE = {"latent_dim": CategoricalDistribution([2, 3, 4]), "base_channels": CategoricalDistribution([16, 32, 48]),
+        "beta": CategoricalDistribution([1.0]), "lr": CategoricalDistribution([3e-3])}
+GRID36 = {"latent_dim": CategoricalDistribution([16, 32, 64]), "base_channels": CategoricalDistribution([32, 64]),
+          "beta": CategoricalDistribution([0.5, 1.0, 2.0]), "lr": CategoricalDistribution([1e-3, 3e-3])}
 
 
 def _key(t) -> tuple:
@@ -57,12 +61,14 @@ def test_two_workers_with_one_seed_propose_distinct_points(sampler):
     assert max(keys.values()) == 1, keys
 
 
+@pytest.mark.parametrize("finite", [False, True], ids=["continuous", "finite"])
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_one_worker_from_an_empty_study_repeats_exactly(sampler):
+def test_one_worker_from_an_empty_study_repeats_exactly(sampler, finite):
+    space = GRID36 if finite else SPACE
     runs = []
     for _ in range(2):
-        study = optuna.create_study(sampler=make_sampler(sampler, 7))
-        study.optimize(lambda t: _toy({k: suggest(t, k, d) for k, d in SPACE.items()}), n_trials=12)
+        study = optuna.create_study(sampler=make_sampler(sampler, 7, space=space if finite else None))
+        study.optimize(lambda t: _toy({k: suggest(t, k, d) for k, d in space.items()}), n_trials=12)
         runs.append([t.params for t in study.trials])
     assert runs[0] == runs[1]
 
@@ -129,31 +135,35 @@ def test_an_exhausted_space_stops_with_one_line(monkeypatch):
     assert len(calls) == 2
 
 
-NINE = {"latent_dim": CategoricalDistribution([2, 3, 4]), "base_channels": CategoricalDistribution([16, 32, 48]),
-        "beta": CategoricalDistribution([1.0]), "lr": CategoricalDistribution([3e-3])}
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_no_sampler_proposes_a_trained_configuration_in_a_finite_space(sampler):
+    """36 categorical configurations asked for 30 trials: TPE proposed trained ones again and
+    again once it knew where the good ones are, each a FAIL, until 50 in a row stopped the
+    worker at 11 trained ("the space looks exhausted"); GP at 15. Every proposal trains now."""
+    study = optuna.create_study(sampler=make_sampler(sampler, 0, space=GRID36))
+    calls: list = []
+
+    def objective(trial):
+        calls.append(trial.number)
+        return _toy({k: suggest(trial, k, d) for k, d in GRID36.items()})
+
+    loop.run_optimize(study, objective, n_trials=30, space=GRID36)
+    assert len(calls) == 30 and len(study.trials) == 30
+    assert len({_key(t) for t in study.trials}) == 30
 
 
 def test_random_search_of_a_finite_space_draws_without_replacement():
     """Nine configurations, nine trials: plain random draws repeated (the schedules study: 9
-    FAILs for 9 trials); drawn among the untried ones, every proposal trains, over several
-    seeds, and one worker from an empty study still repeats exactly."""
+    FAILs for 9 trials); drawn among the untried ones, every proposal trains, in an order of
+    each seed's own."""
     orders = []
     for seed in range(4):
         study = optuna.create_study(sampler=make_sampler("random", seed, space=NINE))
-        calls: list = []
-
-        def objective(trial, calls=calls):
-            calls.append(trial.number)
-            return _toy({k: suggest(trial, k, d) for k, d in NINE.items()})
-
-        loop.run_optimize(study, objective, n_trials=9, space=NINE)
-        assert len(calls) == 9 and len(study.trials) == 9
-        assert len({_key(t) for t in study.get_trials(states=st.FINISHED)}) == 9
-        orders.append([t.params for t in study.trials])
-    assert len({str(o) for o in orders}) == 4  # each seed its own order
-    again = optuna.create_study(sampler=make_sampler("random", 3, space=NINE))
-    again.optimize(lambda t: _toy({k: suggest(t, k, d) for k, d in NINE.items()}), n_trials=9)
-    assert [t.params for t in again.trials] == orders[3]
+        loop.run_optimize(study, lambda t: _toy({k: suggest(t, k, d) for k, d in NINE.items()}), n_trials=9,
+                          space=NINE)
+        assert len(study.trials) == 9 and len({_key(t) for t in study.trials}) == 9
+        orders.append(str([t.params for t in study.trials]))
+    assert len(set(orders)) == 4
 
 
 def test_untried_means_not_finished_running_or_queued():
@@ -170,8 +180,10 @@ def test_untried_means_not_finished_running_or_queued():
     assert all(space[k]._contains(space[k].to_internal_repr(v)) for t in asked for k, v in t.params.items())
     extra = workers[0].ask(fixed_distributions=space)  # every one taken: a plain draw, a repeat
     assert (extra.params["a"], round(extra.params["b"] * 10)) in positions
+    # a continuous space, or one too large to list: the sampler as it is, and the trial loop's check
     assert make_sampler("random", 0, space=SPACE)._factory(1).__class__ is optuna.samplers.RandomSampler
-    assert make_sampler("tpe", 0, space=NINE)._factory(1).__class__ is optuna.samplers.TPESampler
+    huge = {f"p{i}": IntDistribution(0, 99) for i in range(3)}  # 10**6 configurations
+    assert make_sampler("tpe", 0, space=huge)._factory(1).__class__ is optuna.samplers.TPESampler
 
 
 def test_enqueued_points_are_not_twins():

@@ -102,8 +102,8 @@ STICKY = ("A resumed study (or a worker joining it) keeps the sampler and pruner
 SamplerOpt = Annotated[Optional[SamplerName], typer.Option(
         case_sensitive=False, show_default=False, help="Sampler (default tpe). Trial n draws from its own stream, seeded "
         "with (--seed, n): workers, restarts and other machines never propose the same points, and one worker from an "
-        "empty study repeats exactly. Random search in a finite space (every parameter categorical or stepped) draws only "
-        "configurations no trial has. " + STICKY)]
+        "empty study repeats exactly. In a finite space (every parameter categorical or stepped) every sampler proposes only "
+        "configurations no trial has: random search draws without replacement. " + STICKY)]
 PrunerOpt = Annotated[Optional[str], typer.Option(
         show_default=False,
         help="Pruner on the per-epoch val neg_elbo, NAME or NAME:KEY=VALUE:...: percentile (the default: a trial goes "

@@ -72,24 +72,31 @@ class TrialSeededSampler(BaseSampler):
         pass
 
 
-UNTRIED_MAX = 100_000  # configurations a finite space may hold for random search without replacement
+UNTRIED_MAX = 100_000  # configurations a finite space may hold for proposals checked against the study
+# TPE proposals drawn again from the same model before a uniform draw among the untried: as many
+# as the trial loop once let a worker fail as repeats (benchmarks/finite_space.py measures both)
+TPE_REDRAWS = 50
 
 
-class Untried(BaseSampler):
-    """Random search without replacement in a finite space: each trial draws uniformly among
-    the configurations no finished, running or queued trial has. Plain random draws in a space
-    of nine configurations asked for nine trials repeated one in two (each repeat a FAIL
-    "repeats the parameters of trial N": benchmarks/results/schedules); these are the same
-    draws, conditioned on being new, without the FAILs. The whole configuration is one relative
-    sample (Optuna's protocol for parameters drawn together); when every configuration is
-    taken (only where workers race for the last ones) the trial falls back to a plain random
-    draw, which the trial loop stands down as a repeat."""
+class FiniteSpace(BaseSampler):
+    """`base` in a finite space, never proposing a configuration a finished, running or queued
+    trial has. TPE on 36 categorical configurations asked for 30 trials proposed trained ones
+    again and again once it had learnt where the good ones are: every repeat a FAIL "repeats
+    the parameters of trial N", until 50 in a row stopped the worker with 11 trained ("the
+    space looks exhausted"); random search of 9 configurations repeated one draw in two
+    (benchmarks/results/schedules). Here the whole configuration is one relative sample
+    (Optuna's protocol for parameters drawn together): the base sampler's own proposal where
+    it is new (TPE draws up to `redraws` more from its model, as the trial loop's redraws after
+    a FAIL did), else a configuration drawn uniformly among the untried ones that agree with
+    whatever part of it the base sampler proposed (none in TPE's and GP's random start-up or
+    for random search, whose draws are then without replacement; CMA-ES proposes the numeric
+    part). When every configuration is taken (only where workers race for the last ones) the
+    base sampler draws as usual, and the trial loop stands the repeat down."""
 
     TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
-    def __init__(self, space: dict[str, BaseDistribution], seed: int) -> None:
-        self._space, self._rng = space, np.random.default_rng(seed)
-        self._random = optuna.samplers.RandomSampler(seed=seed)
+    def __init__(self, base: BaseSampler, space: dict[str, BaseDistribution], seed: int, redraws: int = 0) -> None:
+        self._base, self._space, self._rng, self._redraws = base, space, np.random.default_rng(seed), redraws
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return dict(self._space)
@@ -100,16 +107,33 @@ class Untried(BaseSampler):
         taken = {tuple(_index(search_space[n], params.get(n)) for n in names)
                  for t in study.get_trials(deepcopy=False, states=self.TAKEN) if t.number != trial.number
                  for params in [{**t.system_attrs.get("fixed_params", {}), **t.params}]}
-        untried = [c for c in itertools.product(*(range(_count(search_space[n]) or 0) for n in names))
-                   if c not in taken]
+        untried = set(itertools.product(*(range(_count(search_space[n]) or 0) for n in names))) - taken
+        inner = self._base.infer_relative_search_space(study, trial)
+        agreeing: list[tuple] = []
+        for _ in range(1 + self._redraws):  # TPE's next draw from the same model is another proposal
+            proposal = self._base.sample_relative(study, trial, inner) if inner and untried else {}
+            wanted = {names.index(n): _index(search_space[n], v) for n, v in proposal.items() if n in search_space}
+            agreeing = sorted(c for c in untried if all(c[i] == v for i, v in wanted.items()))
+            if agreeing and len(wanted) == len(names):
+                return {n: proposal[n] for n in names}  # the base sampler's own, and new
+            if len(wanted) < len(names):
+                break  # a partial or no proposal (start-up, random search): drawing again would not change that
         if not untried:
             return {}
-        chosen = untried[int(self._rng.integers(len(untried)))]
+        pool = agreeing or sorted(untried)
+        chosen = pool[int(self._rng.integers(len(pool)))]
         return {n: _value(search_space[n], i) for n, i in zip(names, chosen, strict=True)}
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        return self._random.sample_independent(study, trial, param_name, param_distribution)
+        return self._base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._base.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._base.after_trial(study, trial, state, values)
 
 
 def _count(dist: BaseDistribution) -> int | None:
@@ -154,15 +178,16 @@ def _base_sampler(name: str, seed: int, n_objectives: int) -> BaseSampler:
 
 def make_sampler(name: str, seed: int, n_objectives: int = 1,
                  space: dict[str, BaseDistribution] | None = None) -> BaseSampler:
-    """The sampler `name`, with a random stream per trial (see the module docstring); random
-    in a finite `space` of at most UNTRIED_MAX configurations draws without replacement."""
+    """The sampler `name`, with a random stream per trial (see the module docstring); in a
+    finite `space` of at most UNTRIED_MAX configurations it proposes only untried ones (FiniteSpace)."""
     if name not in SAMPLERS:
         raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
     if name == "cmaes" and n_objectives > 1:
         raise UsageError("--sampler cmaes is single-objective; use tpe, gp or random with two objectives")
     size = space_size(space) if space is not None else None
-    if name == "random" and space is not None and size is not None and size <= UNTRIED_MAX:
-        return TrialSeededSampler(lambda s: Untried(space, s), seed)
+    if space is not None and size is not None and size <= UNTRIED_MAX:
+        redraws = TPE_REDRAWS if name == "tpe" else 0  # GP's proposal is an optimum, CMA-ES's a step of its state
+        return TrialSeededSampler(lambda s: FiniteSpace(_base_sampler(name, s, n_objectives), space, s, redraws), seed)
     return TrialSeededSampler(lambda s: _base_sampler(name, s, n_objectives), seed)
 
 
