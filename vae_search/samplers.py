@@ -108,19 +108,17 @@ class FiniteSpace(BaseSampler):
                  for t in study.get_trials(deepcopy=False, states=self.TAKEN) if t.number != trial.number
                  for params in [{**t.system_attrs.get("fixed_params", {}), **t.params}]}
         untried = set(itertools.product(*(range(_count(search_space[n]) or 0) for n in names))) - taken
-        inner = self._base.infer_relative_search_space(study, trial)
-        agreeing: list[tuple] = []
-        for _ in range(1 + self._redraws):  # TPE's next draw from the same model is another proposal
-            proposal = self._base.sample_relative(study, trial, inner) if inner and untried else {}
-            wanted = {names.index(n): _index(search_space[n], v) for n, v in proposal.items() if n in search_space}
-            agreeing = sorted(c for c in untried if all(c[i] == v for i, v in wanted.items()))
-            if agreeing and len(wanted) == len(names):
-                return {n: proposal[n] for n in names}  # the base sampler's own, and new
-            if len(wanted) < len(names):
-                break  # a partial or no proposal (start-up, random search): drawing again would not change that
         if not untried:
             return {}
-        pool = agreeing or sorted(untried)
+        inner = self._base.infer_relative_search_space(study, trial)
+        for _ in range(1 + self._redraws):  # TPE's next draw from the same model is another proposal
+            proposal = self._base.sample_relative(study, trial, inner) if inner else {}
+            wanted = {names.index(n): _index(search_space[n], v) for n, v in proposal.items() if n in search_space}
+            if len(wanted) < len(names):
+                break  # a partial or no proposal (start-up, random search): drawing again would not change that
+            if tuple(wanted[i] for i in range(len(names))) in untried:
+                return {n: proposal[n] for n in names}  # the base sampler's own, and new
+        pool = sorted(c for c in untried if all(c[i] == v for i, v in wanted.items())) or sorted(untried)
         chosen = pool[int(self._rng.integers(len(pool)))]
         return {n: _value(search_space[n], i) for n, i in zip(names, chosen, strict=True)}
 
