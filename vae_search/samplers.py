@@ -182,8 +182,7 @@ def make_sampler(name: str, seed: int, n_objectives: int = 1,
         raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
     if name == "cmaes" and n_objectives > 1:
         raise UsageError("--sampler cmaes is single-objective; use tpe, gp or random with two objectives")
-    size = space_size(space) if space is not None else None
-    if space is not None and size is not None and size <= UNTRIED_MAX:
+    if space is not None and (size := space_size(space)) is not None and size <= UNTRIED_MAX:
         redraws = TPE_REDRAWS if name == "tpe" else 0  # GP's proposal is an optimum, CMA-ES's a step of its state
         return TrialSeededSampler(lambda s: FiniteSpace(_base_sampler(name, s, n_objectives), space, s, redraws), seed)
     return TrialSeededSampler(lambda s: _base_sampler(name, s, n_objectives), seed)
