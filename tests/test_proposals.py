@@ -211,6 +211,7 @@ def test_optimize_refuses_more_trials_than_the_space_holds(tmp_path, batches_dir
     assert rc == 0, err
     trials = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
     assert sorted(t.params["latent_dim"] for t in trials) == [2, 3] and "not trained" not in err  # no repeat drawn
+    assert f"search space: {space} (2 configurations, none proposed twice)" in err
 
 
 @pytest.mark.multiprocess
