@@ -609,3 +609,22 @@ def test_dashboard_warns_off_loopback(tmp_path, cli, monkeypatch, escaped):
     assert "optuna-dashboard has no authentication" in err and "delete studies" in err
     rc, _, err = cli("dashboard", "--storage", storage, "--artifact-dir", escaped[0] / "art")
     assert rc == 130 and "no authentication" not in err
+
+
+def test_queued_parameters_not_as_optuna_writes_them_are_no_parameters(tmp_path, batches_dir, cli):
+    """A trial whose fixed_params is not a mapping (written by hand into a shared study) ended
+    every later proposal in a TypeError: the repeat check and the finite space's sampler read
+    every trial's. They count it as a trial with the parameters it suggested."""
+    space = tmp_path / "two.toml"
+    space.write_text('[latent_dim]\ntype = "categorical"\nchoices = [2, 3]\n[base_channels]\ntype = "categorical"\n'
+                     'choices = [16]\n[beta]\ntype = "categorical"\nchoices = [1.0]\n[lr]\ntype = "categorical"\n'
+                     'choices = [0.003]\n')
+    common = ("--space", space, "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage",
+              f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp_path / "art")
+    assert cli("optimize", "--trials", 1, *common)[0] == 0
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("INSERT INTO trial_system_attributes (trial_id, key, value_json) VALUES (1, 'fixed_params', '\"x\"')")
+    rc, _, err = cli("optimize", "--trials", 2, *common)
+    assert rc == 0, err
+    trials = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+    assert sorted(t.params["latent_dim"] for t in trials) == [2, 3]

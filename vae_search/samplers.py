@@ -26,6 +26,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.errors import UsageError
+from vae_search.trial_attrs import planned_params
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 
@@ -106,7 +107,7 @@ class FiniteSpace(BaseSampler):
         names = sorted(search_space)
         taken = {tuple(_index(search_space[n], params.get(n)) for n in names)
                  for t in study.get_trials(deepcopy=False, states=self.TAKEN) if t.number != trial.number
-                 for params in [{**t.system_attrs.get("fixed_params", {}), **t.params}]}
+                 for params in [planned_params(t)]}
         untried = set(itertools.product(*(range(_count(search_space[n]) or 0) for n in names))) - taken
         if not untried:
             return {}
@@ -158,7 +159,7 @@ def _index(dist: BaseDistribution, value: Any) -> int | None:
             return int(dist.to_internal_repr(value))
         assert isinstance(dist, (IntDistribution, FloatDistribution)) and dist.step is not None
         return int(round((float(value) - dist.low) / dist.step))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a hand-made study's value: a list, nan, inf
         return None
 
 

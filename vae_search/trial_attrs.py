@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from optuna.trial import FrozenTrial
 
@@ -65,3 +66,11 @@ def readable(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 def unreadable(trials: Iterable[FrozenTrial]) -> list[str]:
     """"trial 3: its 'params' is not a count", for each trial with figures that are not."""
     return [f"trial {t.number}: {why}" for t in trials if "neg_elbo" in t.user_attrs and (why := problem(t))]
+
+
+def planned_params(t: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters: its enqueued fixed_params (all a WAITING trial has), with what it
+    has suggested so far. fixed_params that are not a mapping (a hand-made study) count as none:
+    they ended every proposal of a search in a TypeError."""
+    fixed = t.system_attrs.get("fixed_params")
+    return {**(fixed if isinstance(fixed, dict) else {}), **t.params}

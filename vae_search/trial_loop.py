@@ -51,6 +51,7 @@ from vae_search.storages import (
     trial_id_of,
 )
 from vae_search.study import FINISHED, finished_count
+from vae_search.trial_attrs import planned_params
 
 MAX_WAIT_POLL = 10.0  # seconds between looks for stale trials while waiting for other workers' trials
 WAIT_STEP = 0.5  # seconds between cheap looks for a change (a trial ended or queued) while waiting
@@ -213,10 +214,10 @@ def confirm_points(trials: Sequence[FrozenTrial], seeds: int) -> list[Point]:
 
 
 def _params_of(t: FrozenTrial) -> dict[str, Any]:
-    """A trial's parameters: its enqueued fixed_params (all a WAITING trial has), with what it
-    has suggested so far. A trial that has just started has suggested only some of them:
-    alone they would not match its point, and another worker would queue the point again."""
-    return {**t.system_attrs.get("fixed_params", {}), **t.params}
+    """A trial's parameters, fixed_params included: a trial that has just started has suggested
+    only some of them; alone they would not match its point, and another worker would queue
+    the point again."""
+    return planned_params(t)
 
 
 def trial_seed(t: FrozenTrial, default: int | None = None) -> int | None:
