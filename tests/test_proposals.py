@@ -212,6 +212,7 @@ def test_optimize_refuses_more_trials_than_the_space_holds(tmp_path, batches_dir
     trials = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
     assert sorted(t.params["latent_dim"] for t in trials) == [2, 3] and "not trained" not in err  # no repeat drawn
     assert f"search space: {space} (2 configurations, none proposed twice)" in err
+    assert "this run trained 2 trial(s); 2 finished in all; 0 pruned, 2 of 2 epochs trained (100%)" in err
 
 
 @pytest.mark.multiprocess

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import BaseStorage
+from optuna.trial import TrialState
 
 from vae_search import definitions, samplers, storages
 from vae_search import study as st
@@ -398,7 +399,8 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
         total=trials, done=already, counts=lambda s: s in ("COMPLETE", "PRUNED"), title=f"study {study_name!r}: finished trials",
     )
     finished = st.finished_count(study)
-    say(f"study {study.study_name!r}: this run trained {ran} trial(s); {finished} finished in all")
+    say(f"study {study.study_name!r}: this run trained {ran} trial(s); {finished} finished in all"
+        + (f"; {_pruning_saved(study, p.settings.epochs)}" if len(objs) == 1 else ""))
     skipped = loop.not_trained_since(study, started)
     if skipped:
         say(f"study {study.study_name!r}: {skipped} proposal(s) since this run started were not trained (they repeated "
@@ -409,6 +411,15 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
             f"{', '.join(map(str, held))} still hold the other slots as RUNNING; "
             f"{fail_stale_hint(opts.storage, study)}")
     return study, p.storage
+
+
+def _pruning_saved(study: optuna.Study, epochs: int) -> str:
+    """What pruning saved: the epochs the finished trials trained against a full run each."""
+    finished = study.get_trials(deepcopy=False, states=st.FINISHED)
+    pruned = sum(t.state == TrialState.PRUNED for t in finished)
+    trained = sum(min(len(t.intermediate_values), epochs) for t in finished)
+    full = epochs * len(finished)
+    return f"{pruned} pruned, {trained} of {full} epochs trained ({trained / full:.0%})" if full else "none pruned"
 
 
 CONFIRM_TOP = 3  # confirm's default --top
