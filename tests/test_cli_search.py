@@ -135,6 +135,25 @@ def test_pruner_prunes_a_clearly_worse_trial(tmp_path, batches_dir, pruner, cli)
     assert t.user_attrs["compiled"] is False  # so is whether it compiles (TINY: --compile off)
 
 
+def test_a_trial_that_regresses_is_pruned_with_the_reason(tmp_path, batches_dir, cli, monkeypatch):
+    """The first trial of a study has nothing to be compared with, so no pruner stops it for
+    being worse; one whose val neg_elbo jumps 8% above its best (a collapsed posterior, as in
+    the onecycle-lr search) is stopped all the same, and says why."""
+    def collapsing(model_config, train_config, data, *, on_epoch, **kwargs):
+        for epoch, value in enumerate([1858.0, 2010.0, 2124.0], start=1):
+            on_epoch({**{k: value for k in objective_module.METRICS}, "epoch": epoch, "kl": 0.1})
+        raise AssertionError("trained past a regression")
+
+    monkeypatch.setattr(objective_module, "train", collapsing)
+    rc, _, err = cli("optimize", "--trials", 1, "--epochs", 5, "--data-dir", batches_dir, *TINY,
+                     "--storage", f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp_path / "a")
+    assert rc == 0, err
+    t = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/s.db").trials[0]
+    assert t.state == TrialState.PRUNED and t.user_attrs["pruned_at_epoch"] == 2
+    assert t.user_attrs["pruned_because"] == "regressed: val neg_elbo 2010.0, 8% above its best so far (1858.0)"
+    assert "pruned after epoch 2 (regressed: val neg_elbo 2010.0" in err
+
+
 def test_a_rerun_of_best_on_an_unchanged_study_writes_nothing(searched, cli, tmp_path):
     """The note is saved only when it changes (optuna-dashboard keeps every saved version):
     the second `best` leaves the database byte for byte the same."""

@@ -17,6 +17,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from vae_search.artifacts import save_trial_artifacts
 from vae_search.data import Cifar10
 from vae_search.model import VAE, ModelConfig, count_parameters
+from vae_search.samplers import regressed
 from vae_search.train import Diverged, TrainConfig, should_compile, train
 
 OBJECTIVES = ("neg_elbo", "params")  # what --objectives may name
@@ -117,6 +118,9 @@ def make_objective(
                 if int(metrics["epoch"]) < train_config.epochs and trial.should_prune():
                     _set_metrics(trial, metrics)
                     trial.set_user_attr("pruned_at_epoch", int(metrics["epoch"]))
+                    why = regressed([h["neg_elbo"] for h in history])
+                    if why is not None:  # pruned past the pruner's last epoch, or early for this reason
+                        trial.set_user_attr("pruned_because", why)
                     raise optuna.TrialPruned(f"pruned after epoch {int(metrics['epoch'])}")
 
         on_batch = settings.on_batch_factory(trial, model_config, train_config) if settings.on_batch_factory else None

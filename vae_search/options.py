@@ -111,7 +111,9 @@ PrunerOpt = Annotated[Optional[str], typer.Option(
         "percentile:p=25 for a quarter), cohort (the same against every trial that reached the epoch, pruned ones too), "
         "sha (successive halving, rungs at epochs 1 and 3), hyperband, median, "
         "patient (median after an epoch without progress), none. None of them prunes after epoch 3 (key until): a late "
-        "rung costs most of a trial before it saves anything. The default is what benchmarks/pruning.py --replay "
+        "rung costs most of a trial before it saves anything; but every one but none stops, at any epoch, a trial whose "
+        "val neg_elbo rises more than 5% above its own best (a collapsed posterior or a blown-up training; the trial "
+        "records pruned_because). The default is what benchmarks/pruning.py --replay "
         "measured best on recorded curves; cohort found better configurations live for about a third more epochs "
         "(docs/performance.md). " + STICKY)]
 IncludePreset = Annotated[Optional[str], typer.Option(help="Enqueue this preset's points first (b1: start from the "

@@ -90,6 +90,8 @@ def trial_line(t: FrozenTrial) -> str:
         line = f"trial {t.number} {cfg}: neg_elbo {a['neg_elbo']:.2f} recon {a['recon_loss']:.2f} ({a['time_s']:.0f} s)"
     elif t.state == TrialState.PRUNED:
         line = f"trial {t.number} {cfg}: pruned after epoch {a.get('pruned_at_epoch', '?')}"
+        if "pruned_because" in a:  # the one pruning with a reason of its own (samplers.regressed)
+            line += f" ({a['pruned_because']})"
     else:
         line = f"trial {t.number} {cfg}: {t.state.name} ({a.get('fail_reason', 'no reason recorded')})"
     return printable(line)
