@@ -1,5 +1,6 @@
 """Figures of a search: over several sessions the clock counts only the hours with trials
-running and the time-to-quality line runs to the last trial; the importances are the dashboard's."""
+running and the time-to-quality line runs to the last trial; the importances are the dashboard's;
+the report's budget line names the batch size the trials trained with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import datetime
 import warnings
 
 import optuna
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.tables import running_clock, time_to_quality
@@ -85,3 +86,17 @@ def test_the_importances_are_the_dashboards_with_one_objective_or_two():
         shown = dict(zip(bar.y, bar.x, strict=True))
         assert set(shown) == set(expected) and max(shown, key=shown.get) == "beta"
         assert all(abs(shown[k] - expected[k]) < 1e-9 for k in expected)
+
+
+def test_the_report_names_the_batch_size_the_trials_trained_with():
+    """A space that fixes or searches batch_size overrides the study's --batch-size: the
+    onecycle search trained at 64 and its report said "batch 128", the budget's."""
+    from vae_search.report import batch_text
+
+    budget = {"epochs": 10, "batch_size": 128}
+    study = optuna.create_study()
+    assert batch_text(study, budget) == "batch 128"
+    for b in (256, 64, 128, 64):
+        study.add_trial(optuna.trial.create_trial(params={"batch_size": b}, value=1.0,
+                                                  distributions={"batch_size": CategoricalDistribution([64, 128, 256])}))
+    assert batch_text(study, budget) == "batch 64, 128, 256 (a parameter of the space)"

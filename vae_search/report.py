@@ -168,6 +168,16 @@ def _trial_images(study: optuna.Study, trial, artifact_dir: Path) -> list[tuple[
     return out
 
 
+def batch_text(study: optuna.Study, budget: dict) -> str:
+    """The batch size a search trained with: a space that searches (or fixes) batch_size
+    overrides the study's --batch-size in every trial, which the report said instead."""
+    searched = sorted({str(t.params["batch_size"]) for t in study.trials if "batch_size" in t.params},
+                      key=lambda b: (len(b), b))
+    if searched:
+        return f"batch {', '.join(searched)} (a parameter of the space)"
+    return f"batch {budget.get('batch_size', '?')}"
+
+
 def _search(study: optuna.Study) -> Section | None:
     from vae_search.selection import report_reference
 
@@ -178,7 +188,7 @@ def _search(study: optuna.Study) -> Section | None:
     budget = recorded(study, "budget") or {}
     s.text.append(
         f"{len(study.trials)} trials ({', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}); budget "
-        f"{budget.get('epochs', '?')} epochs, batch {budget.get('batch_size', '?')}, precision {budget.get('precision', 'fp32')}."
+        f"{budget.get('epochs', '?')} epochs, {batch_text(study, budget)}, precision {budget.get('precision', 'fp32')}."
     )
     for name, fig in figures(study, report_reference(study)).items():
         s.figures.append((name, fig, FIGURE_TEXT.get(name, name)))
