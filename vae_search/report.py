@@ -171,8 +171,8 @@ def _trial_images(study: optuna.Study, trial, artifact_dir: Path) -> list[tuple[
 def batch_text(study: optuna.Study, budget: dict) -> str:
     """The batch size a search trained with: a space that searches (or fixes) batch_size
     overrides the study's --batch-size in every trial, which the report said instead."""
-    searched = sorted({str(t.params["batch_size"]) for t in study.trials if "batch_size" in t.params},
-                      key=lambda b: (len(b), b))
+    trials = study.get_trials(deepcopy=False)
+    searched = sorted({str(t.params["batch_size"]) for t in trials if "batch_size" in t.params}, key=lambda b: (len(b), b))
     if searched:
         return f"batch {', '.join(searched)} (a parameter of the space)"
     return f"batch {budget.get('batch_size', '?')}"

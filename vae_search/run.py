@@ -383,7 +383,7 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
         say(line)
     st.record_strategy(study, sampler, pruner)
     say(f"search space: {definitions.space_path(space)}"
-        + (f" ({size:,} configurations{', none proposed twice' if size <= samplers.UNTRIED_MAX else ''})"
+        + (f" ({size:,} configurations{', none proposed twice' if samplers.proposes_untried(distributions) else ''})"
            if size is not None else "")
         + (f"; preset {preset.name!r} first: {preset.path}" if preset is not None else ""))
     study.set_user_attr("objectives", list(objs))

@@ -26,6 +26,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_search.errors import UsageError
+from vae_search.study import TAKEN
 from vae_search.trial_attrs import planned_params
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
@@ -94,8 +95,6 @@ class FiniteSpace(BaseSampler):
     part). When every configuration is taken (only where workers race for the last ones) the
     base sampler draws as usual, and the trial loop stands the repeat down."""
 
-    TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-
     def __init__(self, base: BaseSampler, space: dict[str, BaseDistribution], seed: int, redraws: int = 0) -> None:
         self._base, self._space, self._rng, self._redraws = base, space, np.random.default_rng(seed), redraws
 
@@ -106,7 +105,7 @@ class FiniteSpace(BaseSampler):
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         names = sorted(search_space)
         taken = {tuple(_index(search_space[n], params.get(n)) for n in names)
-                 for t in study.get_trials(deepcopy=False, states=self.TAKEN) if t.number != trial.number
+                 for t in study.get_trials(deepcopy=False, states=TAKEN) if t.number != trial.number
                  for params in [planned_params(t)]}
         untried = set(itertools.product(*(range(_count(search_space[n]) or 0) for n in names))) - taken
         if not untried:
@@ -183,10 +182,16 @@ def make_sampler(name: str, seed: int, n_objectives: int = 1,
         raise UsageError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
     if name == "cmaes" and n_objectives > 1:
         raise UsageError("--sampler cmaes is single-objective; use tpe, gp or random with two objectives")
-    if space is not None and (size := space_size(space)) is not None and size <= UNTRIED_MAX:
+    if space is not None and proposes_untried(space):
         redraws = TPE_REDRAWS if name == "tpe" else 0  # GP's proposal is an optimum, CMA-ES's a step of its state
         return TrialSeededSampler(lambda s: FiniteSpace(_base_sampler(name, s, n_objectives), space, s, redraws), seed)
     return TrialSeededSampler(lambda s: _base_sampler(name, s, n_objectives), seed)
+
+
+def proposes_untried(space: dict[str, BaseDistribution]) -> bool:
+    """Whether make_sampler's samplers propose only untried configurations of `space` (FiniteSpace)."""
+    size = space_size(space)
+    return size is not None and size <= UNTRIED_MAX
 
 
 def space_size(space: dict[str, BaseDistribution]) -> int | None:

@@ -25,6 +25,7 @@ from vae_search.trial_attrs import readable
 DEFAULT_STORAGE = "sqlite:///studies/vae-search.db"
 DEFAULT_ARTIFACT_DIR = Path("studies/artifacts")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --trials
+TAKEN = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # configurations a new proposal must not repeat
 OBJECTIVE_NAMES = {1: ["neg_elbo"], 2: ["neg_elbo", "params"]}  # shown by the dashboard and plots
 NO_PRUNING = optuna.pruners.NopPruner()  # grids and confirmations: every run trains its whole budget
 

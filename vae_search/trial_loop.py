@@ -50,7 +50,7 @@ from vae_search.storages import (
     trial_handle,
     trial_id_of,
 )
-from vae_search.study import FINISHED, finished_count
+from vae_search.study import FINISHED, TAKEN, finished_count
 from vae_search.trial_attrs import planned_params
 
 MAX_WAIT_POLL = 10.0  # seconds between looks for stale trials while waiting for other workers' trials
@@ -366,7 +366,7 @@ def twin_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
     if "fixed_params" in frozen.system_attrs or "failed_trial" in frozen.system_attrs:
         return None
     mine = frozen.params
-    for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING, TrialState.WAITING)):
+    for t in study.get_trials(deepcopy=False, states=TAKEN):
         if t.number == trial.number or _params_of(t) != mine:
             continue
         if t.state != TrialState.RUNNING or t.number < trial.number:
