@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import SMALL, SMALL_POINTS, TINY, invoke, one_line_error, wait_for, worker
 from vae_search.atomic import atomic_write
+from vae_search.errors import UsageError
 
 B1_POINTS = {(4, 32), (8, 32), (16, 32), (8, 64)}
 
@@ -149,6 +150,27 @@ def test_journal_file_storage(tmp_path, batches_dir, cli):
 
     study = optuna.load_study(study_name="b1", storage=open_storage(storage))
     _assert_each_point_complete_once(study.get_trials())
+
+
+def test_a_journal_url_reads_like_a_sqlite_one(tmp_path, monkeypatch):
+    """journal:///FILE is relative to the current folder and journal:////PATH absolute, as
+    sqlite:/// is; the third slash once began the path, so journal:///studies.log wrote
+    /studies.log at the root of the filesystem."""
+    from vae_search.storages import journal_path, open_storage
+
+    monkeypatch.chdir(tmp_path)
+    optuna.create_study(storage=open_storage("journal:///studies.log"), study_name="s")
+    assert (tmp_path / "studies.log").is_file() and not Path("/studies.log").exists()
+    assert journal_path(f"journal:///{tmp_path}/j.log") == tmp_path / "j.log"
+    with pytest.raises(UsageError, match="journal:///FILE"):
+        journal_path("journal://studies.log")
+    # a journal where the old reading put it: refused, not replaced by a second, empty one
+    old = tmp_path / "old.log"
+    old.write_bytes((tmp_path / "studies.log").read_bytes())
+    relative = str(old).lstrip("/")
+    with pytest.raises(UsageError, match=f"give journal:////{relative}"):
+        open_storage(f"journal:///{relative}")
+    assert not (tmp_path / relative).exists()
 
 
 # ---------------------------------------------------------------- reproducibility

@@ -54,6 +54,24 @@ class StorageUnavailable(RunError):
     """The database stayed unreachable for longer than OUTAGE_S seconds."""
 
 
+def journal_path(url: str) -> Path:
+    """The file of a journal:///FILE URL, read as SQLAlchemy reads sqlite:///FILE, the URLs it
+    stands beside: three slashes and a path relative to the current folder, four for an
+    absolute one. (The third slash once began the path: journal:///studies.log wrote
+    /studies.log.) A relative file that is not there while the absolute one is, is refused:
+    a worker started with the old reading must not start a second, empty journal."""
+    rest = url.split(":", 1)[1]
+    if not rest.startswith("///") and rest:
+        raise UsageError(f"storage {url!r}: give journal:///FILE (relative to this folder, as sqlite:///FILE) or "
+                         "journal:////ABSOLUTE/PATH")
+    path = Path(rest[3:])
+    old = Path("/", path)
+    if not path.is_absolute() and not path.exists() and old.is_file():
+        raise UsageError(f"no journal at {path} (journal:///{path} is relative to this folder, as sqlite:///{path} "
+                         f"is); for the journal at {old} give journal:///{old}")
+    return path
+
+
 SECRET_KEYS = {"password", "passwd", "pwd", "pass", "secret", "token", "sslpassword", "api_key"}
 
 
@@ -198,8 +216,8 @@ def open_storage(url: str, *, heartbeat: int | None = DEFAULT_HEARTBEAT, must_ex
     scheme = scheme.lower()
     url = scheme + sep + rest  # SQLAlchemy knows its dialects in lower case only: SQLITE:/// is sqlite:///
     if scheme == "journal":
-        path = Path(url.split(":", 1)[1].removeprefix("//"))
-        if path.is_dir():  # journal: with no path is the current folder
+        path = journal_path(url)
+        if path.is_dir():  # journal:/// with no path is the current folder
             raise UsageError(f"storage {url!r} names a folder, not a journal file; use journal:///FILE")
         if must_exist and not path.is_file():
             raise UsageError(f"no study journal at {path}; run grid or optimize first")
