@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import TINY, make_batches, one_line_error, sha256_of, synthetic_grid
+from tests.conftest import SMALL, TINY, make_batches, one_line_error, sha256_of, synthetic_grid
 from vae_search.definitions import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,10 +289,11 @@ def test_a_new_study_needs_a_name_one_can_type(tmp_path, cli, batches_dir):
     db = tmp_path / "s.db"
     for name, said in [("", "not empty"), ("  ", "not empty"), ("a\x1bb", "cannot hold control characters"),
                        ("x" * 513, "at most 512")]:
-        rc, _, err = cli("optimize", "--trials", 1, "--study-name", name, "--data-dir", batches_dir, *TINY,
-                         "--storage", f"sqlite:///{db}")
-        assert rc == 2 and said in one_line_error(err) and "\x1b" not in err
-        assert not db.exists()  # refused before the storage was made
+        for command in (("optimize", "--trials", 1), ("grid", *SMALL)):  # grid's "" was its preset's name
+            rc, _, err = cli(*command, "--study-name", name, "--data-dir", batches_dir, *TINY,
+                             "--storage", f"sqlite:///{db}")
+            assert rc == 2 and said in one_line_error(err) and "\x1b" not in err, (command, name)
+            assert not db.exists()  # refused before the storage was made
 
 
 def test_a_name_with_brackets_is_a_name_not_markup(tmp_path, cli, batches_dir):

@@ -108,7 +108,7 @@ def grid_summary(study: optuna.Study, preset: definitions.Preset) -> GridSummary
 def show(storage_url: str, study_name: str | None, preset: str | None, notes: list[str]) -> GridSummary:
     """A grid study's table and verdicts; without a name, the study `grid --preset` made."""
     storage = storages.open_storage(storage_url, must_exist=True, heartbeat=None)
-    study = st.load_study(storage, study_name or (definitions.load_preset(preset).name if preset else "b1"))
+    study = st.load_study(storage, study_name if study_name is not None else (definitions.load_preset(preset).name if preset else "b1"))
     st.require_kind(study, "grid")
     _say_unreadable(study, notes)
     return grid_summary(study, definitions.grid_preset(study.user_attrs, preset))

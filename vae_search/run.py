@@ -331,7 +331,7 @@ def _run_points(p: Prepared, opts: Training, points: list[loop.Point], distribut
 def grid(opts: Training, preset_name: str, seeds: int, study_name: str | None) -> tuple[optuna.Study, definitions.Preset]:
     """Every (point, seed) of a preset, each trained exactly once across all workers."""
     preset = definitions.load_preset(preset_name)
-    name = study_name or preset.name
+    name = study_name if study_name is not None else preset.name  # --study-name "" is refused, not the default
     p = prepare(opts, name, epochs=preset.epochs, batch_size=preset.batch_size,
                 precision=opts.precision or "auto", pruner=st.NO_PRUNING, kind="grid",  # every point runs its full budget
                 distributions=preset.distributions())
