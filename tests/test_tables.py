@@ -1,6 +1,7 @@
 """Figures of a search: over several sessions the clock counts only the hours with trials
 running and the time-to-quality line runs to the last trial; the importances are the dashboard's;
-the report's budget line names the batch size the trials trained with."""
+the report's budget line names the batch size the trials trained with; a search whose
+trials all still run has a report."""
 
 from __future__ import annotations
 
@@ -100,3 +101,17 @@ def test_the_report_names_the_batch_size_the_trials_trained_with():
         study.add_trial(optuna.trial.create_trial(params={"batch_size": b}, value=1.0,
                                                   distributions={"batch_size": CategoricalDistribution([64, 128, 256])}))
     assert batch_text(study, budget) == "batch 64, 128, 256 (a parameter of the space)"
+
+
+def test_the_report_of_a_search_whose_trials_are_all_running(tmp_path):
+    """A search a minute old (its first trials still running) has no trial duration yet:
+    the report's trial table was a traceback (pandas' .dt on a column of None)."""
+    from vae_search.report import write_report
+
+    storage = optuna.storages.get_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage, study_name="new")
+    study.set_user_attr("kind", "search")
+    study.ask()
+    written = write_report(study, storage, tmp_path / "artifacts", tmp_path / "out")
+    assert "| RUNNING |" in (tmp_path / "out" / "trials.md").read_text()
+    assert "1 trials (1 running)" in next(p for p in written if p.name == "report.md").read_text()

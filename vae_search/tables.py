@@ -137,7 +137,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     df = df.drop(columns=[c for c in df.columns if c.removeprefix("user_attrs_") in _DROP_ATTRS], errors="ignore")
     df.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in df.columns]
     if "duration" in df:
-        df["duration"] = df["duration"].dt.total_seconds()
+        # a column of only unfinished trials holds None, not timedeltas, and has no .dt
+        df["duration"] = pd.to_timedelta(df["duration"]).dt.total_seconds()
     return df
 
 
