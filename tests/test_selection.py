@@ -128,7 +128,17 @@ def test_a_subset_study_is_not_compared_with_the_report(tmp_path, cli):
                             n_train=5000, n_val=2000))
     rc, out, err = cli("best", "--storage", url, "--study-name", "search")
     assert rc == 0, err
-    assert "vs the report's best: not comparable (this study trains 10 epochs on 5000 images" in " ".join(out.split())
+    assert ("vs the report's best: not comparable (this study trains 10 epochs on 5,000 images and validates on 2,000"
+            in " ".join(out.split()))
+    # a study of other epochs whose trials predate the recorded sizes: not "on None images"
+    old = optuna.create_study(study_name="old", storage=url)
+    old.set_user_attr("kind", "search")
+    early = _trial({"latent_dim": 8, "base_channels": 16, "beta": 1.0, "lr": 1e-3}, 1900.0, 100_000, 30.0, epochs=3)
+    del early.user_attrs["n_train"], early.user_attrs["n_val"]
+    old.add_trial(early)
+    rc, out, err = cli("best", "--storage", url, "--study-name", "old")
+    assert rc == 0, err
+    assert "not comparable (this study trains 3 epochs on data of unrecorded size;" in " ".join(out.split())
 
 
 def test_a_grid_still_running_is_not_taken_for_the_grids_best(tmp_path, cli):

@@ -435,9 +435,11 @@ def _against_the_report(best: Candidate, study: optuna.Study, storage: optuna.st
     top = report_best(ref)
     a = best.trial.user_attrs
     if not comparable_with_report(a, ref):
-        return [f"vs the report's best: not comparable (this study trains {a.get('epochs')} epochs on "
-                f"{a.get('n_train')} images and validates on {a.get('n_val')}; the report: {ref.epochs} on 50,000 and "
-                "10,000)"]
+        n_train, n_val = a.get("n_train"), a.get("n_val")
+        sizes = (f"on {n_train:,} images and validates on {n_val:,}" if isinstance(n_train, int) and isinstance(n_val, int)
+                 else "on data of unrecorded size")
+        return [f"vs the report's best: not comparable (this study trains {a.get('epochs')} epochs {sizes}; the report: "
+                f"{ref.epochs} on 50,000 and 10,000)"]
     diff = best.mean() - top.report["val_loss"]
     out = [f"vs the report's best (config {top.config}, val loss {top.report['val_loss']:.2f}, one run): neg_elbo "
            f"{pct(best.mean(), top.report['val_loss']):+.2f}%, {_single_run_verdict(diff, noise, best.n, 1)}"]
