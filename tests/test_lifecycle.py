@@ -242,6 +242,35 @@ def test_the_memory_check_takes_the_largest_batch_the_data_allows(monkeypatch):
     assert run._fits(searched, 128, cpu, limit_train=None) == training_bytes(ModelConfig(128, 64), 512)
 
 
+def test_confirm_refuses_a_trial_whose_model_the_device_cannot_hold(tmp_path, cli, monkeypatch):
+    """A study's parameters are its word: a search trial of latent_dim 10**9 (crafted, or a
+    space made on a bigger machine) is refused before the data loads, naming the trial, and
+    the storage is left as it was; confirm's other trials still run (--trial)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from tests.conftest import one_line_error, sha256_of
+    from vae_search import workers
+
+    monkeypatch.setattr(workers, "_available_memory", lambda: 4 * 1024**3)
+    db = tmp_path / "s.db"
+    search = optuna.create_study(study_name="search", storage=f"sqlite:///{db}")
+    search.set_user_attr("kind", "search")
+    dists = {"latent_dim": IntDistribution(1, 10**9), "base_channels": CategoricalDistribution([16, 32])}
+    for number, latent in enumerate((10**9, 8)):
+        search.add_trial(optuna.trial.create_trial(
+            params={"latent_dim": latent, "base_channels": 16}, distributions=dists, value=1800.0 + number,
+            user_attrs={"neg_elbo": 1800.0 + number, "val_loss": 1800.0 + number, "recon_loss": 1790.0, "kl": 10.0,
+                        "train_loss": 1800.0, "time_s": 5.0, "params": 1000, "epochs": 1, "batch_size": 128,
+                        "seed": 0}))
+    before = sha256_of(db)
+    rc, _, err = cli("confirm", "--study-name", "search", "--seeds", 2, "--storage", f"sqlite:///{db}",
+                     "--data-dir", tmp_path / "never-read")
+    line = one_line_error(err)
+    assert rc == 2 and line.startswith("vae-search: error: trial 0 of the search (latent_dim 1000000000"), line
+    assert "GiB free: confirm other trials (--trial N)" in line
+    assert sha256_of(db) == before
+
+
 def test_a_cpu_allocation_failure_fails_the_trial_as_out_of_memory(tmp_path, batches_dir, cli, monkeypatch):
     """The CPU allocator refuses with a RuntimeError (CUDA's is an OutOfMemoryError): the
     trial says "out of memory" all the same, and the study goes on to the next."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from vae_search import definitions, samplers, storages
 from vae_search import study as st
@@ -36,6 +36,7 @@ from vae_search.ui import err
 if TYPE_CHECKING:  # torch and the objective load when a command trains: `best` and `show` start in a second or two
     import torch
 
+    from vae_search.model import ModelConfig
     from vae_search.objective import RunSettings
 
 
@@ -256,8 +257,7 @@ def _fits(distributions: dict[str, BaseDistribution], batch_size: int, device: t
     """The memory the largest model the study can propose needs to train; refused here, before
     the data loads, where the device cannot hold even one (a trial would fail on it, or the
     kernel kill a worker for memory, only once the search had reached it)."""
-    from vae_search.model import ModelConfig, parameter_count, training_bytes
-    from vae_search.workers import device_memory
+    from vae_search.model import ModelConfig
 
     def highest(name: str, default: int) -> int:
         dist = distributions.get(name)
@@ -266,16 +266,24 @@ def _fits(distributions: dict[str, BaseDistribution], batch_size: int, device: t
         return max(int(c) for c in dist.choices) if isinstance(dist, CategoricalDistribution) else int(dist.high)
 
     largest = ModelConfig(latent_dim=highest("latent_dim", 16), base_channels=highest("base_channels", 32))
-    batch = highest("batch_size", batch_size)
+    return _held(largest, highest("batch_size", batch_size), device, limit_train, "the largest model this study can "
+                 "propose", "lower the largest base_channels or latent_dim of the search space (or preset)")
+
+
+def _held(config: ModelConfig, batch: int, device: torch.device, limit_train: int | None, what: str, remedy: str) -> int:
+    """The memory training `config` at `batch` needs; a UsageError naming `what` and `remedy`
+    where `device` has less free."""
+    from vae_search.model import parameter_count, training_bytes
+    from vae_search.workers import device_memory
+
     if limit_train:  # no batch holds more images than the data
         batch = min(batch, limit_train)
-    need, free = training_bytes(largest, batch), device_memory(device)
+    need, free = training_bytes(config, batch), device_memory(device)
     if free is not None and need > free:
         raise UsageError(
-            f"the largest model this study can propose (latent_dim {largest.latent_dim}, base_channels "
-            f"{largest.base_channels}, batch {batch}: {parameter_count(largest):,} parameters) needs about "
-            f"{need / 2**30:,.1f} GiB to train, and {device} has {free / 2**30:,.1f} GiB free: lower the largest "
-            "base_channels or latent_dim of the search space (or preset)")
+            f"{what} (latent_dim {config.latent_dim}, base_channels {config.base_channels}, batch {batch}: "
+            f"{parameter_count(config):,} parameters) needs about {need / 2**30:,.1f} GiB to train, and {device} has "
+            f"{free / 2**30:,.1f} GiB free: {remedy}")
     return need
 
 
@@ -449,6 +457,18 @@ def plan_confirm(search: optuna.Study, top: int | None, numbers: Sequence[int] =
     return [complete[n] for n in dict.fromkeys(numbers)]
 
 
+def _confirm_fits(t: FrozenTrial, batch_size: int | None, device: torch.device, limit_train: int | None) -> int:
+    """What retraining trial `t` needs, refused before the data loads where the device cannot
+    hold it: its parameters are the study's word, and a crafted study can ask for any model."""
+    from vae_search.model import ModelConfig
+
+    p = t.params
+    config = ModelConfig(latent_dim=int(p.get("latent_dim", 16)), base_channels=int(p.get("base_channels", 32)))
+    batch = int(p.get("batch_size") or batch_size or t.user_attrs.get("batch_size") or 128)
+    return _held(config, batch, device, limit_train, f"trial {t.number} of the search",
+                 "confirm other trials (--trial N)")
+
+
 def _pinned_for_workers(argv: Sequence[str], study_name: str, numbers: Sequence[int]) -> list[str]:
     """confirm's arguments with the plan made here spelt out: its workers start seconds later
     and would otherwise choose again, another study as the most recent one or, while the search
@@ -475,9 +495,10 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
     opts.argv = _pinned_for_workers(opts.argv, search.study_name, [t.number for t in best])
     budget = st.recorded(search, "budget") or {}
     precision = opts.precision or budget.get("precision") or best[0].user_attrs.get("precision") or "fp32"
-    _, prec = device_and_precision(opts.device, precision)
+    dev, prec = device_and_precision(opts.device, precision)
     given = {"epochs": opts.epochs, "batch_size": opts.batch_size, "precision": prec}
     st.check_budget(search, {k: v for k, v in given.items() if v is not None}, record=False)  # same budget, or refused
+    need = max(_confirm_fits(t, opts.batch_size or budget.get("batch_size"), dev, opts.limit_train) for t in best)
     name = st.confirm_study_name(search.study_name)
 
     def same_data(settings: RunSettings) -> None:
@@ -492,11 +513,12 @@ def confirm(opts: Training, *, top: int | None, trials: Sequence[int], seeds: in
     p = prepare(opts, name, epochs=int(budget.get("epochs") or best[0].user_attrs["epochs"]),
                 batch_size=int(budget.get("batch_size") or best[0].user_attrs["batch_size"]), precision=precision,
                 seed=0, storage=storage, pruner=st.NO_PRUNING, budget=budget, check_data=same_data, kind="confirm")
+    p.model_bytes = need  # how many workers the host holds
     p.study.set_user_attr("confirms", search.study_name)
     points = loop.confirm_points(best, seeds)
     distributions = {k: v for t in best for k, v in t.distributions.items()}
-    say(f"study {name!r}: confirming trials {', '.join(str(t.number) for t in best)} of study "
-        f"{search.study_name!r} with {seeds} seeds each ({len(points)} runs)")
+    say(f"study {name!r}: confirming trial{'s' if len(best) > 1 else ''} {', '.join(str(t.number) for t in best)} of "
+        f"study {search.study_name!r} with {seeds} seeds each ({len(points)} run{'s' if len(points) > 1 else ''})")
     _run_points(p, opts, points, distributions, 0, f"study {name!r}: runs complete")
     return search, storage
 
