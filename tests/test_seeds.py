@@ -211,8 +211,9 @@ def test_a_space_with_batch_size_and_schedule_runs(tmp_path, batches_dir, cli):
     )
     storage = f"sqlite:///{tmp_path}/s.db"
     rc, out, err = cli("optimize", "--trials", 3, "--epochs", 2, "--space", space, "--pruner", "none", "--data-dir",
-                       batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "a")
+                       batches_dir, *TINY, "--storage", storage, "--artifact-dir", tmp_path / "a", "--batch-size", 16)
     assert rc == 0, err
+    assert "note: --batch-size 16 is not used: the space sets batch_size" in err  # not silently ignored
     trials = optuna.load_study(study_name="search", storage=storage).get_trials()
     assert all(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:

@@ -36,7 +36,7 @@ class Precision(StrEnum):
 # ---------------------------------------------------------------- shared options
 
 Epochs = Annotated[Optional[int], typer.Option(min=1, help="Epochs per trial (default: an existing study's, else the preset's, or 10).")]
-BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Images per Adam step (default: an existing study's, else the preset's, or 128).")]
+BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Images per Adam step (default: an existing study's, else the preset's, or 128; a search space that sets batch_size overrides it).")]
 # numpy's seed streams take no negative seed and torch's generator none of 2**63 or more (a traceback, or every trial
 # failed); and (seed, trial) becomes 32-bit words, so seed 2**32 drew trial 0 from seed 0's stream for trial 1.
 Seed = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seeds weights, batch order and noise; same seed + device = "

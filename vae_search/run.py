@@ -394,6 +394,8 @@ def optimize(opts: Training, *, trials: int, timeout: float | None, space: str |
         + (f" ({size:,} configurations{', none proposed twice' if samplers.proposes_untried(distributions) else ''})"
            if size is not None else "")
         + (f"; preset {preset.name!r} first: {preset.path}" if preset is not None else ""))
+    if opts.batch_size is not None and "batch_size" in distributions:
+        say(f"note: --batch-size {opts.batch_size} is not used: the space sets batch_size, every trial takes its own")
     study.set_user_attr("objectives", list(objs))
     if preset is not None:
         loop.enqueue_missing_points(study, loop.grid_points(preset, [opts.seed]), opts.seed)
