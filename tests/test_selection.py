@@ -47,7 +47,7 @@ def test_best_of_a_search_speaks_to_the_question(storage, cli):
     # one run each, 0.01% apart: inside the noise measured on the grid's seeds; the smaller, faster one named first
     assert "trial 1 and trial 0 are tied: 0.01% apart with one run each, inside the seed noise" in text
     assert "4 configurations with several seeds in study 'b1'" in text
-    assert "trial 1 is smaller and faster" in text
+    assert "trial 1 is smaller and faster (580,000 parameters, 460 s)" in text
     # with the --storage this command was given: as printed, it runs on this study
     assert f"`vae-search confirm --study-name search --trial 0 --trial 1 --seeds 3 --storage {storage}` would settle it" in text
     # against the report's best (config 3, 1843.23) and the grid here (config 3's mean, 1845.73)
@@ -306,3 +306,10 @@ def test_best_measures_over_fitting_on_the_final_model_where_it_can(tmp_path, cl
     search.add_trial(_trial({"latent_dim": 9, "base_channels": 16, "beta": 1.0, "lr": 1e-3}, 1800.0, 100_000, 30.0))
     rc, out, err = cli("best", "--storage", url)  # the new best predates the measurement: the running mean, said so
     assert rc == 0 and "train loss 1795.00 (the last epoch's running mean, which lags the final model)" in " ".join(out.split())
+
+
+def test_a_duration_keeps_a_figure_under_ten_seconds():
+    """A tiny-data trial of 0.2 s was "0 s" in the trial line and in a tie's "faster (0 s)"."""
+    from vae_search.ui import seconds
+
+    assert [seconds(x) for x in (0.2, 9.94, 9.96, 577.4)] == ["0.2 s", "9.9 s", "10 s", "577 s"]

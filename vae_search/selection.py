@@ -27,6 +27,7 @@ from vae_search.storages import storage_of, trial_handle, trial_id_of
 from vae_search.study import CONFIRM_SUFFIX, confirm_study_name, recorded
 from vae_search.tables import pct
 from vae_search.trial_attrs import readable
+from vae_search.ui import seconds
 
 REFERENCE_PRESET = "b1"  # the report whose baseline and figures a search is compared with
 ALPHA = 0.05  # Welch's t-test level for "beyond seed noise"
@@ -217,9 +218,9 @@ def _lighter(a: Candidate, b: Candidate) -> str:
     smaller = min(size, key=size.get)
     faster = min(time_s, key=time_s.get)
     if smaller == faster:
-        return f"{smaller} is smaller and faster ({size[smaller]:,} parameters, {time_s[smaller]:.0f} s)"
+        return f"{smaller} is smaller and faster ({size[smaller]:,} parameters, {seconds(time_s[smaller])})"
     return (f"{smaller} is smaller ({size[smaller]:,} against {max(size.values()):,} parameters), "
-            f"{faster} faster ({time_s[faster]:.0f} s against {max(time_s.values()):.0f} s)")
+            f"{faster} faster ({seconds(time_s[faster])} against {seconds(max(time_s.values()))})")
 
 
 def train_val_gaps(c: Candidate) -> list[float] | None:

@@ -27,6 +27,11 @@ if not err.is_terminal:
     err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
+def seconds(s: float) -> str:
+    """A duration as one reads it: "577 s" for a real trial, "0.2 s" (not "0 s") for a tiny one."""
+    return f"{s:.1f} s" if s < 9.95 else f"{s:.0f} s"
+
+
 def progress_bar(field: str, console: Console = err) -> Progress:
     """A live bar (a terminal only): what it does, the bar, done of total, `field`, the time.
     Its text is shown as it is, like the consoles': a description quotes a study's name, and
@@ -87,7 +92,7 @@ def trial_line(t: FrozenTrial) -> str:
     if "seed" in a:
         cfg += f" seed={a['seed']}"
     if t.state == TrialState.COMPLETE:
-        line = f"trial {t.number} {cfg}: neg_elbo {a['neg_elbo']:.2f} recon {a['recon_loss']:.2f} ({a['time_s']:.0f} s)"
+        line = f"trial {t.number} {cfg}: neg_elbo {a['neg_elbo']:.2f} recon {a['recon_loss']:.2f} ({seconds(a['time_s'])})"
     elif t.state == TrialState.PRUNED:
         line = f"trial {t.number} {cfg}: pruned after epoch {a.get('pruned_at_epoch', '?')}"
         if "pruned_because" in a:  # the one pruning with a reason of its own (samplers.regressed)
