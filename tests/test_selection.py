@@ -277,7 +277,7 @@ def test_seeds_to_tell_gives_the_power_it_promises():
     import numpy as np
     from scipy.stats import ttest_ind
 
-    from vae_search.selection import seeds_to_tell
+    from vae_search.noise import seeds_to_tell
 
     n = seeds_to_tell([-1.0, 0.0, 1.0], [0.0, 1.0, 2.0])  # difference 1, sd 1 on each side
     assert n == 17  # 7.85 x 2 / 1, rounded up, plus one

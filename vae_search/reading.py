@@ -96,8 +96,8 @@ class GridSummary:
 
 
 def grid_summary(study: optuna.Study, preset: definitions.Preset) -> GridSummary:
-    from vae_search.selection import grid_verdicts
     from vae_search.tables import grid_table
+    from vae_search.verdicts import grid_verdicts
 
     return GridSummary(study, preset, grid_table(study, preset), grid_verdicts(study, preset))
 
@@ -124,7 +124,8 @@ def _preset_unused(study: optuna.Study, preset: str | None, notes: list[str]) ->
 def choose_best(study: optuna.Study, storage: BaseStorage, preset: str | None = None,
                 notes: list[str] | None = None) -> Choice:
     """The study's best and its reasons, also written as a note on the study and the trial."""
-    from vae_search.selection import grid_verdicts, pareto_front, save_selection_notes, select_best
+    from vae_search.selection import pareto_front, save_selection_notes, select_best
+    from vae_search.verdicts import grid_verdicts
 
     _preset_unused(study, preset, notes if notes is not None else [])
 

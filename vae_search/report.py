@@ -58,7 +58,7 @@ def _b1(study: optuna.Study, storage: optuna.storages.BaseStorage, given: str | 
     """The grid table: this study's if it is a grid (with the preset `given`, else its own),
     else study b1's from the same storage."""
     from vae_search.definitions import grid_preset, preset_of
-    from vae_search.selection import grid_verdicts
+    from vae_search.verdicts import grid_verdicts
 
     grid = study
     if study.user_attrs.get("kind") != "grid":

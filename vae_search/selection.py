@@ -3,16 +3,15 @@
 A candidate is one configuration with all its runs: a search trial with its confirmation
 runs (study NAME-confirm, `vae-search confirm`), or a grid point with all its seeds.
 Candidates rank by their mean validation neg_elbo. Whether the winner's margin is real or
-seed noise is Welch's t-test (two-sided, 5%) on the runs' neg_elbo: with one run a side, a
-margin cannot be told from noise at all, and the text says so.
+seed noise is Welch's t-test (two-sided, 5%) on the runs' neg_elbo (noise.py): with one run a
+side, the seed noise measured elsewhere in the storage judges it, or the text says it cannot
+be told. The report's B.2 statements about the grid are tested in verdicts.py.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from statistics import NormalDist, mean, stdev
+from statistics import mean, stdev
 
 import optuna
 import pandas as pd
@@ -22,6 +21,7 @@ from vae_search.artifacts import WEIGHTS_ATTR, trials_with_weights
 from vae_search.definitions import GridPoint, Preset, load_preset, packaged_dir
 from vae_search.errors import UsageError
 from vae_search.names import shell_word
+from vae_search.noise import ADD_SEEDS, ALPHA, Noise, noise_words, single_run_verdict, welch_p_of
 from vae_search.notes import update_note
 from vae_search.storages import storage_of, trial_handle, trial_id_of
 from vae_search.study import CONFIRM_SUFFIX, confirm_study_name, recorded
@@ -30,7 +30,6 @@ from vae_search.trial_attrs import readable
 from vae_search.ui import seconds
 
 REFERENCE_PRESET = "b1"  # the report whose baseline and figures a search is compared with
-ALPHA = 0.05  # Welch's t-test level for "beyond seed noise"
 IMAGE_VALUES = 3 * 32 * 32  # a CIFAR-10 image: what the latents compress
 
 
@@ -111,28 +110,12 @@ def _confirmations(study: optuna.Study) -> dict[int, list[FrozenTrial]]:
     return out
 
 
-# ---------------------------------------------------------------- seed noise
+# ---------------------------------------------------------------- margins between candidates, against seed noise
 
 
 def welch_p(a: Candidate, b: Candidate, key: str = "neg_elbo") -> float | None:
-    """Two-sided Welch's t-test p-value of the two candidates' runs; None with fewer than two
-    runs on either side (then there is no estimate of the noise)."""
+    """noise.welch_p_of the two candidates' runs."""
     return welch_p_of(a.values(key), b.values(key))
-
-
-def welch_p_of(va: list[float], vb: list[float]) -> float | None:
-    """welch_p of two lists of per-run values."""
-    from scipy.stats import ttest_ind
-
-    if len(va) < 2 or len(vb) < 2:
-        return None
-    p = float(ttest_ind(va, vb, equal_var=False).pvalue)
-    if math.isnan(p):  # no spread on either side: only identical means are a tie
-        return 1.0 if mean(va) == mean(vb) else 0.0
-    return p
-
-
-ADD_SEEDS = "`vae-search confirm` / `grid --seeds 3` add seeds"
 
 
 def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo", noise: Noise | None = None,
@@ -147,11 +130,11 @@ def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo", noise: N
         diff = other.mean(key) - winner.mean(key)
         if noise is not None and abs(diff) < noise.band(winner.n, other.n):
             return (f"{_tied_pair(winner, other)} are tied: {margin:.2f}% apart with {runs}, "
-                    f"{_single_run_verdict(diff, noise, winner.n, other.n)}; {_lighter(winner, other)}"
+                    f"{single_run_verdict(diff, noise, winner.n, other.n)}; {_lighter(winner, other)}"
                     + (f"; {seeds_hint} would settle it" if seeds_hint else ""))
         if noise is not None:
             return (f"{winner.label} is best by {margin:.2f}% over {other.label} ({runs}), "
-                    f"{_single_run_verdict(diff, noise, winner.n, other.n)}")
+                    f"{single_run_verdict(diff, noise, winner.n, other.n)}")
         return (f"{winner.label} is best by {margin:.2f}% over {other.label}, but with {runs} the margin cannot be "
                 f"told from seed noise ({seeds_hint + ' adds seeds' if seeds_hint else ADD_SEEDS})")
     if p < ALPHA:
@@ -162,7 +145,7 @@ def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo", noise: N
             + (f"; more seeds ({seeds_hint}) would tell a smaller difference" if seeds_hint else ""))
 
 
-def _seeds_to_settle(a: Candidate, b: Candidate) -> int:
+def seeds_to_settle(a: Candidate, b: Candidate) -> int:
     """Runs per candidate that would settle a tie: three (or as many as the better covered one
     has) where one has a single run, so that Welch's test can judge them; two more each where
     both have several and the test found no difference."""
@@ -172,7 +155,7 @@ def _seeds_to_settle(a: Candidate, b: Candidate) -> int:
 def confirm_command(study: optuna.Study, a: Candidate, b: Candidate) -> str:
     """The `confirm` that runs exactly these two search candidates again."""
     pair = " ".join(f"--trial {c.trial.number}" for c in (a, b))
-    return f"`vae-search confirm --study-name {shell_word(study.study_name)} {pair} --seeds {_seeds_to_settle(a, b)}`"
+    return f"`vae-search confirm --study-name {shell_word(study.study_name)} {pair} --seeds {seeds_to_settle(a, b)}`"
 
 
 def grid_seeds_command(study: optuna.Study, preset: Preset, seeds: int, ranked: list[Candidate]) -> str:
@@ -187,22 +170,6 @@ def grid_seeds_command(study: optuna.Study, preset: Preset, seeds: int, ranked: 
     first = min((int(r.user_attrs.get("seed", 0)) for c in ranked for r in c.runs), default=0)
     seed_opt = f" --seed {first}" if first else ""
     return f"`vae-search grid --preset {name}{study_opt}{seed_opt} --seeds {seeds}`"
-
-
-POWER = 0.8  # the chance that a real difference of the observed size is told from seed noise
-MOST_SEEDS = 100  # beyond this, a difference is too small to chase with seeds
-
-
-def seeds_to_tell(va: list[float], vb: list[float]) -> int | None:
-    """Seeds per side with which Welch's test at ALPHA would tell a difference the size of the
-    observed one, with the observed spread, in POWER of repetitions: n = z^2 (sd_a^2 + sd_b^2)
-    / d^2 with z = z(1 - ALPHA/2) + z(POWER) (the normal approximation), plus one seed for the
-    t distribution's heavier tails. None without a difference or a spread to go on."""
-    d, var = abs(mean(va) - mean(vb)), stdev(va) ** 2 + stdev(vb) ** 2
-    if d == 0 or var == 0:
-        return None
-    z = NormalDist().inv_cdf(1 - ALPHA / 2) + NormalDist().inv_cdf(POWER)
-    return math.ceil(z * z * var / (d * d)) + 1
 
 
 def _tied_pair(a: Candidate, b: Candidate) -> str:
@@ -233,68 +200,25 @@ def train_val_gaps(c: Candidate) -> list[float] | None:
 
 def beyond_noise(a: Candidate, b: Candidate, key: str) -> str:
     """"beyond seed noise, p = 0.01" / "within seed noise, p = 0.4" / "one seed: noise unknown"."""
-    return _noise_words(welch_p(a, b, key))
-
-
-def _noise_words(p: float | None) -> str:
-    if p is None:
-        return "one seed: noise unknown"
-    return f"{'beyond' if p < ALPHA else 'within'} seed noise, p = {p:.2g}"
-
-
-def _claim_verdict(p: float | None, difference: float) -> str:
-    """Whether a statement that one side is higher (`difference` > 0) holds beyond seed noise."""
-    if p is None:
-        return "untested (one seed)"
-    return "holds beyond seed noise" if p < ALPHA and difference > 0 else "does not hold beyond seed noise"
-
-
-@dataclass
-class Noise:
-    """Seed noise of one run's neg_elbo, pooled over configurations with several seeds."""
-
-    sd: float  # pooled standard deviation of one run, nats per image
-    df: int  # its degrees of freedom: sum of (runs - 1)
-    source: str  # where it was measured, in words
-
-    def band(self, n_a: int, n_b: int) -> float:
-        """Half-width of the 95% band of a difference of means of n_a and n_b runs."""
-        from scipy.stats import t as student
-
-        return float(student.ppf(0.975, self.df)) * self.sd * math.sqrt(1 / n_a + 1 / n_b)
+    return noise_words(welch_p(a, b, key))
 
 
 def pooled_noise(study: optuna.Study, ranked: list[Candidate], storage: optuna.storages.BaseStorage) -> Noise | None:
     """The seed noise measured anywhere in the storage: this study's candidates with several
     runs (`ranked`, already computed), then the b1 grid's points with several seeds."""
-    groups = [(study.study_name, c.values()) for c in ranked if c.n > 1]
+    groups = [(study.study_name, c.values()) for c in ranked]
     if study.study_name != "b1" and "b1" in optuna.get_all_study_names(storage=storage):
         grid = optuna.load_study(study_name="b1", storage=storage)
         if grid.user_attrs.get("kind") == "grid":
-            groups += [("b1", c.values()) for c in candidates(grid, _preset_of(grid)) if c.n > 1]
-    if not groups:
-        return None
-    df = sum(len(v) - 1 for _, v in groups)
-    sd = math.sqrt(sum((len(v) - 1) * stdev(v) ** 2 for _, v in groups) / df)
-    where = ", ".join(f"study {n!r}" for n in dict.fromkeys(n for n, _ in groups))
-    return Noise(sd, df, f"{len(groups)} configurations with several seeds in {where}")
-
-
-def _single_run_verdict(diff: float, noise: Noise | None, n_a: int, n_b: int) -> str:
-    """Whether a difference of `diff` nats is inside seed noise measured elsewhere."""
-    if noise is None:
-        return f"no seed noise measured in this storage yet ({ADD_SEEDS})"
-    band = noise.band(n_a, n_b)
-    inside = "inside" if abs(diff) < band else "beyond"
-    return (f"{inside} the seed noise measured in this storage (+-{band:.2f} nats at 95%, from one run's sd "
-            f"{noise.sd:.2f} over {noise.source})")
+            groups += [("b1", c.values()) for c in candidates(grid, _preset_of(grid))]
+    return Noise.pooled(groups)
 
 
 def _verdict(a: Candidate, b: Candidate, noise: Noise | None) -> str:
     """Welch's t-test where both sides have several runs, else the noise measured elsewhere."""
     if a.n > 1 and b.n > 1:
         return beyond_noise(a, b, "neg_elbo")
-    return _single_run_verdict(a.mean() - b.mean(), noise, a.n, b.n)
+    return single_run_verdict(a.mean() - b.mean(), noise, a.n, b.n)
 
 
 # ---------------------------------------------------------------- the selection
@@ -360,7 +284,7 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
     if len(ranked) > 1:
         kind, second = study.user_attrs.get("kind"), ranked[1]
         hint = (confirm_command(study, best, second) if kind == "search"
-                else grid_seeds_command(study, preset, _seeds_to_settle(best, second), ranked)
+                else grid_seeds_command(study, preset, seeds_to_settle(best, second), ranked)
                 if kind == "grid" and preset is not None else "")
         reasons.append(f"margin: {compare(best, second, noise=noise, seeds_hint=hint)}")
     if study.user_attrs.get("kind") != "grid":
@@ -443,7 +367,7 @@ def _against_the_report(best: Candidate, study: optuna.Study, storage: optuna.st
                 f"{ref.epochs} on 50,000 and 10,000)"]
     diff = best.mean() - top.report["val_loss"]
     out = [f"vs the report's best (config {top.config}, val loss {top.report['val_loss']:.2f}, one run): neg_elbo "
-           f"{pct(best.mean(), top.report['val_loss']):+.2f}%, {_single_run_verdict(diff, noise, best.n, 1)}"]
+           f"{pct(best.mean(), top.report['val_loss']):+.2f}%, {single_run_verdict(diff, noise, best.n, 1)}"]
     names = optuna.get_all_study_names(storage=storage)
     if REFERENCE_PRESET in names and study.study_name != REFERENCE_PRESET:
         grid = optuna.load_study(study_name=REFERENCE_PRESET, storage=storage)
@@ -474,87 +398,6 @@ def pareto_front(study: optuna.Study) -> pd.DataFrame:
         for t in study.best_trials
     ]
     return pd.DataFrame(rows).sort_values("params") if rows else pd.DataFrame()
-
-
-# ---------------------------------------------------------------- the report's B.2, as verdicts
-
-
-def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
-    """The seed document's B.2 statements about the grid, computed with their seed noise:
-    which configuration is best, how each compares with the baseline, and whether more
-    parameters gave a higher loss. Empty until every point has a complete run."""
-    by_config = {int(c.label.split()[-1]): c for c in candidates(study, preset) if c.label.startswith("config ")}
-    if len(by_config) < len(preset.points) or len(by_config) < 2:
-        return []
-    key = "val_loss"
-    ranked = sorted(by_config.values(), key=lambda c: c.mean(key))
-    best = ranked[0]
-    n_min, n_max = min(c.n for c in by_config.values()), max(c.n for c in by_config.values())
-    lines = [f"seeds per point: {n_min if n_min == n_max else f'{n_min} to {n_max}'}"
-             + (f" ({'one seed' if n_max < 2 else 'some points have one seed'}: their differences cannot be told "
-                f"from seed noise; run grid --seeds 3)" if n_min < 2 else "")]
-    def seeds_command(n: int) -> str:
-        return grid_seeds_command(study, preset, n, ranked)
-
-    settle = seeds_command(_seeds_to_settle(best, ranked[1]))
-    lines.append(f"best: {best.label} (latent {best.params['latent_dim']}, base {best.params['base_channels']}), "
-                 f"val loss {best.text(key)}; {compare(best, ranked[1], key, seeds_hint=settle)}")
-    if preset.baseline in by_config:
-        base = by_config[preset.baseline]
-        for config, c in sorted(by_config.items()):
-            if config == preset.baseline:
-                continue
-            lines.append(f"{c.label} against the baseline {base.label}: val loss {pct(c.mean(key), base.mean(key)):+.2f}% "
-                         f"({beyond_noise(c, base, key)})")
-        biggest = max(by_config.values(), key=lambda c: c.trial.user_attrs["params"])
-        if biggest is not base:
-            d, p = pct(biggest.mean(key), base.mean(key)), welch_p(biggest, base, key)
-            ratio = biggest.trial.user_attrs["params"] / base.trial.user_attrs["params"]
-            lines.append(
-                f"'more parameters gave a higher loss' ({biggest.label}, {ratio:.1f}x the parameters of {base.label}): "
-                f"{_claim_verdict(p, d)} (val loss {d:+.2f}%, {_noise_words(p)})"
-                + _more_seeds(seeds_command, p, d, biggest.values(key), base.values(key))
-            )
-            lines.append(_overfitting_verdict(seeds_command, biggest, base))
-        if best is not base:
-            a, b = best.trial.user_attrs, base.trial.user_attrs
-            lines.append(
-                f"{best.label} against {base.label}: recon loss {pct(best.mean('recon_loss'), base.mean('recon_loss')):+.2f}% "
-                f"({beyond_noise(best, base, 'recon_loss')}), parameters {pct(a['params'], b['params']):+.1f}%, "
-                f"time {pct(best.mean('time_s'), base.mean('time_s')):+.1f}%, KL {best.mean('kl'):.2f} nats, "
-                f"compression {IMAGE_VALUES} values -> {best.params['latent_dim']} latents = "
-                f"{IMAGE_VALUES / best.params['latent_dim']:.0f}x"
-            )
-    return lines
-
-
-def _more_seeds(seeds_command: Callable[[int], str], p: float | None, difference: float, va: list[float],
-                vb: list[float]) -> str:
-    """Where a claim points the right way but its test cannot tell it from seed noise: how many
-    seeds would (three seeds said no to the report's "mild overfitting"; six said yes,
-    docs/results.md). Empty where the claim holds, points the other way or has one seed."""
-    if p is None or p < ALPHA or difference <= 0:
-        return ""
-    n = seeds_to_tell(va, vb)
-    if n is None or n <= min(len(va), len(vb)):
-        return ""
-    if n > MOST_SEEDS:
-        return f"; a difference this small would need more than {MOST_SEEDS} seeds per point to tell"
-    return f"; about {n} seeds per point would tell a difference this size: {seeds_command(n)}"
-
-
-def _overfitting_verdict(seeds_command: Callable[[int], str], biggest: Candidate, base: Candidate) -> str:
-    """The report's "mild overfitting" of its largest model, tested: its gap between the final
-    model's loss on training and on validation images against the baseline's, over seeds."""
-    claim = f"'mild overfitting' ({biggest.label} against {base.label})"
-    gb, gs = train_val_gaps(biggest), train_val_gaps(base)
-    if gb is None or gs is None:
-        return (f"{claim}: untested (these runs predate the final model's loss on training images; a grid run "
-                "with this version measures it)")
-    p, d = welch_p_of(gb, gs), mean(gb) - mean(gs)
-    return (f"{claim}: {_claim_verdict(p, d)} (train-val gap {mean(gb):+.2f} against {mean(gs):+.2f} nats, {d:+.2f}, "
-            f"{_noise_words(p)}; the final models' loss on training against validation images)"
-            + _more_seeds(seeds_command, p, d, gb, gs))
 
 
 # ---------------------------------------------------------------- the note on the dashboard
