@@ -184,10 +184,11 @@ def _search(study: optuna.Study) -> Section | None:
     if study.user_attrs.get("kind") == "grid":
         return None
     s = Section(f"The search (study {study.study_name!r})")
-    states = trials_frame(study)["state"].value_counts().to_dict() if study.trials else {}
+    frame = trials_frame(study)  # one read of the trials (a deep copy each was 0.8 s of 3,000 trials' report)
+    states = frame["state"].value_counts().to_dict() if len(frame) else {}
     budget = recorded(study, "budget") or {}
     s.text.append(
-        f"{len(study.trials)} trials ({', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}); budget "
+        f"{len(frame)} trials ({', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}); budget "
         f"{budget.get('epochs', '?')} epochs, {batch_text(study, budget)}, precision {budget.get('precision', 'fp32')}."
     )
     for name, fig in figures(study, report_reference(study)).items():
