@@ -194,6 +194,24 @@ class TestArchives:
         monkeypatch.setattr(tarfile, "open", lambda *a, **k: (_ for _ in ()).throw(AssertionError("unpacked again")))
         assert load_cifar10(archive, cache_dir=tmp_path / "cache").fingerprint == first.fingerprint
 
+    def test_a_cache_that_cannot_be_written(self, tmp_path, batches_dir):
+        """A folder still loads, and says why every run will decode it again; an archive,
+        which must be unpacked somewhere, is one line naming the cache (it was "Not a
+        directory (/dev/null/x/unpacked)")."""
+        import tarfile
+
+        blocked = tmp_path / "a-file"
+        blocked.write_text("")
+        d = load_cifar10(batches_dir, cache_dir=blocked / "cache")
+        assert d.train.shape == (250, 3, 32, 32) and d.uncached == f"{blocked / 'cache'}: Not a directory"
+        assert load_cifar10(batches_dir, cache_dir=tmp_path / "cache").uncached is None
+        archive = tmp_path / "cifar-10-python.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(batches_dir / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+        with pytest.raises(UsageError, match=f"cannot unpack .* into the data cache {blocked}/cache/unpacked .*"
+                                             "VAE_SEARCH_CACHE"):
+            load_cifar10(archive, cache_dir=blocked / "cache")
+
     @pytest.mark.parametrize("evil", ["../escape.txt", "/tmp/absolute-escape.txt", "link"])
     def test_unsafe_member_is_refused(self, tmp_path, evil):
         import io

@@ -330,6 +330,24 @@ class TestBadInput:
                          "--artifact-dir", tmp / "a-file" / "art")
         assert rc == 2 and "artifact folder" in one_line_error(err)
 
+    @pytest.mark.parametrize("env", [("VAE_SEARCH_OUTAGE_S", "1m"), ("VAE_SEARCH_OUTAGE_S", "-5"),
+                                     ("VAE_SEARCH_THREADS", "two"), ("VAE_SEARCH_THREADS", "0")])
+    def test_a_bad_environment_variable_is_one_line(self, cli, tmp_path, batches_dir, monkeypatch, env):
+        """VAE_SEARCH_OUTAGE_S was read with float() on import and VAE_SEARCH_THREADS with int():
+        a typo was a traceback."""
+        monkeypatch.setenv(*env)
+        rc, _, err = cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage",
+                         f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp_path / "art")
+        assert rc == 2 and one_line_error(err).startswith(f"vae-search: error: {env[0]}={env[1]!r}: give the ")
+
+    def test_a_data_cache_that_cannot_be_written_is_said(self, cli, tmp_path, batches_dir, monkeypatch):
+        (tmp_path / "a-file").write_text("")
+        monkeypatch.setenv("VAE_SEARCH_CACHE", str(tmp_path / "a-file" / "cache"))
+        rc, _, err = cli("optimize", "--trials", 1, "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage",
+                         f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp_path / "art", "--jobs", 1)
+        assert rc == 0, err
+        assert "note: the decoded images could not be kept in the data cache" in err and "VAE_SEARCH_CACHE" in err
+
     def test_an_archive_that_is_none_is_one_line(self, cli, tmp_path):
         """tarfile's own message lists every compression it tried, one per line: still one line."""
         bogus = tmp_path / "data.tar.gz"

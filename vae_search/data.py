@@ -56,6 +56,7 @@ class Cifar10:
     train: torch.Tensor  # (N, 3, 32, 32) uint8
     test: torch.Tensor  # (M, 3, 32, 32) uint8, the validation split
     source: str  # where it came from, for the trial's attributes
+    uncached: str | None = None  # why the decoded copy could not be kept, where it could not
 
     @property
     def fingerprint(self) -> str:
@@ -103,7 +104,7 @@ def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) ->
     if layout == "archive":
         kind, inner = data_layout(_unpacked(path, cache_dir))  # a folder: batches or an ImageFolder
         data = _cached(inner, cache_dir, _reader(kind), source=path)
-        return Cifar10(data.train, data.test, str(path))
+        return Cifar10(data.train, data.test, str(path), data.uncached)
     return _cached(path, cache_dir, _reader(layout), source=path)
 
 
@@ -194,8 +195,12 @@ def _unpacked(archive: Path, cache_dir: Path) -> Path:
     mine = f"{archive.name}-{_path_key(archive)}-"  # every version of this archive, here
     dest = cache_dir / "unpacked" / f"{mine}{key}"
     if not dest.is_dir():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpacking-"))
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpacking-"))
+        except OSError as e:
+            raise UsageError(f"cannot unpack {archive} into the data cache {dest.parent} ({e.strerror or e}); set "
+                             "VAE_SEARCH_CACHE to a folder this user can write") from None
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter=_bounded_data_filter())
@@ -257,8 +262,8 @@ def _cached(path: Path, cache_dir: Path, read: Callable[[Path], tuple[torch.Tens
         for old in cache_dir.glob(f"{glob.escape(mine)}*.pt"):
             if old != cache_file:
                 old.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only cache only costs the next run a decode
+    except OSError as e:  # a read-only cache costs every later run (and worker) the decode again: said, not fatal
+        return Cifar10(train, test, str(path), uncached=f"{cache_dir}: {e.strerror or e}")
     return Cifar10(train, test, str(path))
 
 

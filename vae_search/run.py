@@ -127,6 +127,9 @@ def _settings(opts: Training, *, epochs: int, batch_size: int, seed: int, device
             full = load_cifar10(opts.data_dir)
     else:
         full = load_cifar10(opts.data_dir)  # from the cache the parent filled
+    if full.uncached and notes is not None:
+        notes.append(f"note: the decoded images could not be kept in the data cache ({full.uncached}); every run "
+                     "decodes them again: set VAE_SEARCH_CACHE to a folder this user can write")
     data = full.limit(opts.limit_train, opts.limit_val)
     cut = [f"{len(part)} of {len(whole)} {what} images" for option, part, whole, what in (
         ("limit_train", data.train, full.train, "training"), ("limit_val", data.test, full.test, "validation"))

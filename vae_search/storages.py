@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import functools
 import json
+import math
 import os
 import random
 import time
@@ -42,8 +43,7 @@ from vae_search.errors import RunError, UsageError
 DEFAULT_HEARTBEAT = 30  # seconds between heartbeats of a running trial (RDB storages)
 SQLITE_TIMEOUT = 120  # seconds a writer waits for SQLite's lock instead of failing "locked"
 LOOK_TIMEOUT = 10  # seconds the first look at a file waits: a worker's write takes milliseconds
-# How long a worker waits for its database to come back before it stops (VAE_SEARCH_OUTAGE_S).
-OUTAGE_S = float(os.environ.get("VAE_SEARCH_OUTAGE_S", 60))
+OUTAGE_S = 60.0  # seconds a worker waits for its database to come back before it stops (VAE_SEARCH_OUTAGE_S)
 STORAGE_HELP = (
     "sqlite:///FILE, postgresql+psycopg://USER:PASS@HOST:PORT/DB, mysql+pymysql://..., "
     "journal:///FILE.log or grpc://HOST:PORT"
@@ -175,6 +175,26 @@ class ResilientRDBStorage(RDBStorage):
 
     outage_s: float = OUTAGE_S
     label: str = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.outage_s = outage_s()  # before Optuna's first call: the constructor's own calls are retried too
+        super().__init__(*args, **kwargs)
+
+
+def outage_s() -> float:
+    """VAE_SEARCH_OUTAGE_S where set, checked (it was read with float() on import: a typo was
+    a traceback in every command), else OUTAGE_S."""
+    text = os.environ.get("VAE_SEARCH_OUTAGE_S", "").strip()
+    if not text:
+        return OUTAGE_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise UsageError(f"VAE_SEARCH_OUTAGE_S={text!r}: give the seconds a worker waits for its database to come "
+                         f"back, 0 or more (default {OUTAGE_S:.0f})")
+    return seconds
 
 
 # Every public call opens its own session, so it can be retried whole; the private helpers

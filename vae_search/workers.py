@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from vae_search.errors import INTERRUPTED
+from vae_search.errors import INTERRUPTED, UsageError
 
 WORKER_ENV = "VAE_SEARCH_WORKER"  # "i/N" in a worker process
 PROGRESS_FD_ENV = "VAE_SEARCH_PROGRESS_FD"  # where a worker writes its progress events
@@ -142,8 +142,10 @@ def worker_identity() -> tuple[int, int] | None:
 
 def apply_worker_threads() -> None:
     """In a worker: take the torch threads the parent planned for it."""
-    threads = os.environ.get(THREADS_ENV)
+    threads = os.environ.get(THREADS_ENV, "").strip()
     if threads:
+        if not threads.isdigit() or int(threads) < 1:  # a parent writes a count; anything else is a hand-set typo
+            raise UsageError(f"{THREADS_ENV}={threads!r}: give the torch threads of a worker, 1 or more")
         torch.set_num_threads(int(threads))
 
 
