@@ -331,14 +331,16 @@ class TestBadInput:
         assert rc == 2 and "artifact folder" in one_line_error(err)
 
     @pytest.mark.parametrize("env", [("VAE_SEARCH_OUTAGE_S", "1m"), ("VAE_SEARCH_OUTAGE_S", "-5"),
-                                     ("VAE_SEARCH_THREADS", "two"), ("VAE_SEARCH_THREADS", "0")])
+                                     ("VAE_SEARCH_THREADS", "two"), ("VAE_SEARCH_THREADS", "0"),
+                                     ("VAE_SEARCH_WORKER", "abc"), ("VAE_SEARCH_WORKER", "3/2")])
     def test_a_bad_environment_variable_is_one_line(self, cli, tmp_path, batches_dir, monkeypatch, env):
         """VAE_SEARCH_OUTAGE_S was read with float() on import and VAE_SEARCH_THREADS with int():
-        a typo was a traceback."""
+        a typo was a traceback; VAE_SEARCH_WORKER, the parent's word to its workers, left in a
+        shell made a command a silent worker or a traceback."""
         monkeypatch.setenv(*env)
         rc, _, err = cli("grid", "--epochs", 1, "--data-dir", batches_dir, *TINY, "--storage",
                          f"sqlite:///{tmp_path}/s.db", "--artifact-dir", tmp_path / "art")
-        assert rc == 2 and one_line_error(err).startswith(f"vae-search: error: {env[0]}={env[1]!r}: give the ")
+        assert rc == 2 and one_line_error(err).startswith(f"vae-search: error: {env[0]}={env[1]!r}")
 
     def test_a_data_cache_that_cannot_be_written_is_said(self, cli, tmp_path, batches_dir, monkeypatch):
         (tmp_path / "a-file").write_text("")

@@ -136,7 +136,9 @@ def worker_identity() -> tuple[int, int] | None:
     value = os.environ.get(WORKER_ENV)
     if not value:
         return None
-    i, n = value.split("/")
+    i, _, n = value.partition("/")
+    if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):  # a parent writes "i/N"; not that is a stray one
+        raise UsageError(f"{WORKER_ENV}={value!r} is set in this shell: vae-search sets it for its own workers; unset it")
     return int(i), int(n)
 
 
