@@ -544,8 +544,9 @@ PRESET = (ROOT / "vae_search" / "studies" / "b1.toml").read_text()
 
 @pytest.mark.parametrize("change, message", [
     (("[[points]]", "[[pointz]]"), "the file has unknown key(s) pointz"),
-    (("lr = 3e-3", "lr = 3e-3\nlatnet_dim = 4"), "point 1 has unknown key(s) latnet_dim"),
-    (("val_loss = 1912.02", "val_los = 1912.02"), "point 1's report has unknown key(s) val_los"),
+    (("lr = 3e-3", "lr = 3e-3\nlatnet_dim = 4"), "point 1 (config 1) has unknown key(s) latnet_dim"),
+    (("val_loss = 1912.02", "val_los = 1912.02"), "point 1 (config 1)'s report has unknown key(s) val_los"),
+    (("beta = 1.0\n", ""), "point 1 (config 1) has no beta;"),  # was "malformed (KeyError: 'beta')"
     (("val_loss = 1912.02", 'val_loss = "1912"'), "report val_loss must be a finite number"),
     (("config = 2", "config = 1"), "config 1 is given to more than one point"),
     (("latent_dim = 16", "latent_dim = 8"), "configs 2, 3 have the same parameters"),
@@ -561,6 +562,16 @@ def test_preset_files_are_validated_whole(tmp_path, cli, change, message):
     rc, _, err = cli("grid", "--preset", path, "--storage", f"sqlite:///{tmp_path}/s.db")
     assert rc == 2 and message in one_line_error(err)
     assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("text, message", [('name = "x"\n', "it has no [[points]] tables"),
+                                           ('name = "x"\npoints = 3\n', "points must be [[points]] tables")])
+def test_a_preset_without_point_tables_is_one_line(tmp_path, cli, text, message):
+    """Read as a list of tables: no points was a KeyError, points = 3 "'int' object is not iterable"."""
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    rc, _, err = cli("grid", "--preset", path, "--storage", f"sqlite:///{tmp_path}/s.db")
+    assert rc == 2 and f"preset file {path}: {message}" in one_line_error(err)
 
 
 def test_a_study_keeps_its_parameters_choices(tmp_path, batches_dir, cli):

@@ -119,9 +119,15 @@ def load_preset(name_or_path: str) -> Preset:
     raw = _read_toml(path, "preset file")
     try:
         _known_keys(raw, PRESET_KEYS, "the file")
-        for p in raw["points"]:
-            _known_keys(p, POINT_KEYS, f"point {p.get('config', '?')}")
-            _known_keys(p.get("report", {}), REPORT_KEYS, f"point {p.get('config', '?')}'s report")
+        if not isinstance(raw.get("points"), list):
+            raise ValueError("it has no [[points]] tables" if "points" not in raw else "points must be [[points]] tables")
+        for i, p in enumerate(raw["points"], 1):
+            where = f"point {i} (config {p.get('config', '?')})" if isinstance(p, dict) else f"point {i}"
+            _known_keys(p, POINT_KEYS, where)
+            _known_keys(p.get("report", {}), REPORT_KEYS, f"{where}'s report")
+            missing = [k for k in POINT_KEYS - {"report"} if k not in p]
+            if missing:  # every figure of a point is the report's own: none is filled in by a default
+                raise ValueError(f"{where} has no {', '.join(sorted(missing))}")
         points = tuple(
             GridPoint(
                 config=_int(p["config"], "config"),
@@ -151,8 +157,8 @@ def load_preset(name_or_path: str) -> Preset:
             baseline=None if raw.get("baseline") is None else _int(raw["baseline"], "baseline"),
             path=path,
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"preset file {path} is malformed ({type(e).__name__}: {e}); see vae_search/studies/b1.toml") from None
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"preset file {path}: {e}; see vae_search/studies/b1.toml for the shape") from None
     if not points:
         raise UsageError(f"preset file {path} has no [[points]]")
     if preset.baseline is not None and preset.baseline not in {p.config for p in points}:
