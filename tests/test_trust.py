@@ -510,6 +510,7 @@ SPACE = (ROOT / "vae_search" / "studies" / "search.toml").read_text()
     (('[lr]\ntype = "float"\nlow = 1e-4', '[lr]\ntype = "float"\nlow = 0.0'), "low must be above 0"),
     (("choices = [16, 32, 48, 64]", "choices = []"), "choices must be a non-empty list"),
     (("choices = [16, 32, 48, 64]", "choices = [16, 16]"), "repeat a value"),
+    (('[beta]\ntype = "float"\n', '[beta]\n'), "[beta] needs a type: int, float or categorical"),
 ])
 def test_space_files_are_validated_whole(tmp_path, change, message):
     old, new = change

@@ -230,7 +230,8 @@ def _distribution(name: str, spec: Any) -> BaseDistribution:
         raise ValueError(f"must be a table with a type, not {spec!r}")
     kind = spec.get("type")
     if kind not in _KEYS:
-        raise ValueError(f"type must be int, float or categorical, not {kind!r}")
+        raise ValueError("needs a type: int, float or categorical" if kind is None
+                         else f"type must be int, float or categorical, not {kind!r}")
     extra = sorted(set(spec) - _KEYS[kind])
     if extra:
         raise ValueError(f"has unknown key(s) {', '.join(extra)}; {'an' if kind == 'int' else 'a'} {kind} parameter takes {', '.join(sorted(_KEYS[kind]))}")
