@@ -313,3 +313,23 @@ def test_a_duration_keeps_a_figure_under_ten_seconds():
     from vae_search.ui import seconds
 
     assert [seconds(x) for x in (0.2, 9.94, 9.96, 577.4)] == ["0.2 s", "9.9 s", "10 s", "577 s"]
+
+
+def test_a_time_against_a_baseline_timed_otherwise_is_not_a_ratio(tmp_path, cli):
+    """A grid copied from another machine, or run in another precision, made best print
+    "-69.3% against the baseline" for a bf16 trial against an fp32 one: a ratio of settings,
+    not of models."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    base = {"latent_dim": 8, "base_channels": 32, "beta": 1.0, "lr": 3e-3}
+    wide = {"latent_dim": 63, "base_channels": 48, "beta": 0.825, "lr": 1e-3}
+    for name, precision in (("mixed", "fp32"), ("same", "bf16")):
+        study = optuna.create_study(study_name=name, storage=url)
+        study.set_user_attr("kind", "search")
+        study.add_trial(_trial(wide, 1823.91, 1_163_889, 245.9, precision="bf16", device="cpu"))
+        study.add_trial(_trial(base, 1872.0, 309_939, 800.5, precision=precision, device="cpu"))
+    rc, out, err = cli("best", "--study-name", "mixed", "--storage", url)
+    assert rc == 0, err
+    assert "time: 245.9 s to train and validate (the baseline's 800.5 s is not comparable: precision fp32 there, bf16 here;" in out
+    rc, out, err = cli("best", "--study-name", "same", "--storage", url)
+    assert rc == 0, err
+    assert "time: 245.9 s to train and validate (-69.3% against the baseline;" in out

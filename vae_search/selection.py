@@ -299,8 +299,11 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
             f"recon loss {pct(best.mean('recon_loss'), bc.mean('recon_loss')):+.2f}%"
         )
         reasons.append(f"size: {a['params']:,} parameters, {pct(a['params'], b['params']):+.1f}% against the baseline's {b['params']:,}")
-        reasons.append(f"time: {best.mean('time_s'):.1f} s to train and validate ({pct(best.mean('time_s'), bc.mean('time_s')):+.1f}% "
-                       f"against the baseline; {a.get('jobs', 1)} job(s), {a.get('threads', '?')} thread(s))")
+        unlike = _run_settings_unlike(a, b)
+        against = (f"the baseline's {bc.mean('time_s'):.1f} s is not comparable: {unlike}" if unlike
+                   else f"{pct(best.mean('time_s'), bc.mean('time_s')):+.1f}% against the baseline")
+        reasons.append(f"time: {best.mean('time_s'):.1f} s to train and validate ({against}; {a.get('jobs', 1)} job(s), "
+                       f"{a.get('threads', '?')} thread(s))")
     else:
         reasons.append(f"size: {a['params']:,} parameters")
         reasons.append(f"time: {best.mean('time_s'):.1f} s to train and validate")
@@ -326,6 +329,17 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
         for c in ranked[1:top]
     ]
     return Selection(t, best, headline, reasons, pd.DataFrame(rows) if rows else None)
+
+
+TIMED_BY = ("device", "device_name", "precision", "jobs", "threads")  # what a trial's time_s depends on, as recorded
+
+
+def _run_settings_unlike(a: dict, b: dict) -> str:
+    """How the baseline's run was timed unlike this one ("precision fp32 there, bf16 here"), where
+    both recorded it; empty where nothing recorded differs. A grid copied in from another
+    machine, or run in another precision, makes a time ratio meaningless."""
+    return ", ".join(f"{key.replace('_', ' ')} {b[key]} there, {a[key]} here" for key in TIMED_BY
+                     if key in a and key in b and a[key] != b[key])
 
 
 def report_best(ref: Preset) -> GridPoint:
