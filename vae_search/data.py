@@ -29,7 +29,7 @@ import tarfile
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -104,7 +104,7 @@ def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) ->
     if layout == "archive":
         kind, inner = data_layout(_unpacked(path, cache_dir))  # a folder: batches or an ImageFolder
         data = _cached(inner, cache_dir, _reader(kind), source=path)
-        return Cifar10(data.train, data.test, str(path), data.uncached)
+        return replace(data, source=str(path))  # named by the archive, not the folder it unpacked to
     return _cached(path, cache_dir, _reader(layout), source=path)
 
 

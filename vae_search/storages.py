@@ -173,7 +173,7 @@ class ResilientRDBStorage(RDBStorage):
     trial created twice by a retried insert is a RUNNING trial with no heartbeat, which
     `fail_stale_trials` fails and re-queues like any other orphan."""
 
-    outage_s: float = OUTAGE_S
+    outage_s: float  # set first thing in __init__, from VAE_SEARCH_OUTAGE_S (outage_s())
     label: str = ""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
