@@ -387,6 +387,16 @@ def test_passwords_never_reach_a_message(cli, url, secret):
     assert "***" in line and secret not in line.replace("address", "").replace("does not", "")
 
 
+def test_scrub_masks_short_passwords_without_eating_words():
+    from vae_search.storages import scrub
+
+    message = 'connection to server at "db" (10.0.0.1), port 5432 failed: FATAL: password e rejected for vae:e'
+    assert scrub(message, "postgresql://vae:e@db/x") == (
+        'connection to server at "db" (10.0.0.1), port 5432 failed: FATAL: password *** rejected for vae:***')
+    assert scrub("bad host 'ss@db'; address unknown", "postgresql://vae:p@ss@db/x") == "bad host '***@db'; address unknown"
+    assert scrub("auth failed for hunter2x and hunter2", "postgresql://vae:hunter2@db/x") == "auth failed for ***x and ***"
+
+
 def test_redact():
     from vae_search.storages import redact
 

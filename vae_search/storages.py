@@ -114,12 +114,16 @@ def redact(url: str) -> str:
 
 def scrub(text: str, url: str) -> str:
     """`text` (a driver's message, say) with every secret of `url` masked: whole passwords
-    anywhere, their pieces where they stand alone (not the "ss" inside "address")."""
+    anywhere, their pieces, and passwords too short to be told from a word's letters (a
+    password "e" in "refused"), where they stand alone (not the "ss" inside "address")."""
     import re
 
     whole, pieces = secrets_of(url)
     for secret in whole:
-        text = text.replace(secret, "***")
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+        else:
+            pieces.insert(0, secret)
     for piece in pieces:
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", "***", text)
     return text
