@@ -316,6 +316,15 @@ def _read_batches(batches: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
+def _decoder_says(e: Exception) -> str:
+    """The decoder's reason without the C++ source location torchvision's builds put in
+    front of it ("decode_jpeg, /__w/vision/.../decode_jpeg.cpp:171, Image is incomplete")."""
+    import re
+
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return re.sub(r"^\w+, \S+\.(?:cpp|cc|h):\d+, ", "", text)
+
+
 def _check_declared_size(file: str, raw: bytes) -> None:
     """The size an image declares in its header, read before it is decoded: a file of a few
     KB can declare a huge image (a PNG of 50,000 x 50,000 pixels decodes to 7.5 GB), and a
@@ -356,7 +365,7 @@ def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
             try:
                 img = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
             except Exception as e:
-                raise UsageError(f"unreadable image {file} ({e}); {LAYOUTS}") from None
+                raise UsageError(f"unreadable image {file} ({_decoder_says(e)}); {LAYOUTS}") from None
             if img.shape != (3, 32, 32):
                 raise UsageError(
                     f"image {file} is {tuple(img.shape[1:])} pixels, CIFAR-10 is 32x32; {LAYOUTS}"
