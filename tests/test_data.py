@@ -254,6 +254,39 @@ class TestArchives:
             load_cifar10(archive, cache_dir=tmp_path / "cache")
         assert not list((tmp_path / "cache" / "unpacked").iterdir())  # nothing half-unpacked is kept
 
+    def test_an_interrupted_unpack_leaves_nothing_and_a_killed_ones_leftovers_go(self, tmp_path, monkeypatch):
+        """Ctrl-C while the archive unpacks removes the half-unpacked copy; what a run killed
+        outright left (a day old) goes at the next unpack, a fresh one (another worker's,
+        unpacking now) stays."""
+        import tarfile
+        import time
+
+        make_batches(tmp_path / "src", n_train=20, n_test=10)
+        archive = tmp_path / "cifar-10-python.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+        real_extract = tarfile.TarFile.extract
+
+        def interrupted(self, member, path="", **kw):
+            real_extract(self, member, path, **kw)
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(tarfile.TarFile, "extract", interrupted)
+            m.setattr(tarfile.TarFile, "extractall",
+                      lambda self, path=".", **kw: interrupted(self, self.getmembers()[0], path, **kw))
+            with pytest.raises(KeyboardInterrupt):
+                load_cifar10(archive, cache_dir=tmp_path / "cache")
+        unpacked = tmp_path / "cache" / "unpacked"
+        assert list(unpacked.iterdir()) == []
+        killed, live = unpacked / ".unpacking-killed", unpacked / ".unpacking-live"
+        for folder in (killed, live):
+            (folder / "cifar-10-batches-py").mkdir(parents=True)
+        day_ago = time.time() - data_module.ABANDONED_AFTER_S - 60
+        os.utime(killed, (day_ago, day_ago))
+        assert load_cifar10(archive, cache_dir=tmp_path / "cache").train.shape == (20, 3, 32, 32)
+        assert not killed.exists() and live.exists()
+
     def test_not_an_archive(self, tmp_path):
         bogus = tmp_path / "data.tar.gz"
         bogus.write_bytes(b"not gzip at all")

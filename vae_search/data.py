@@ -19,6 +19,7 @@ image) raises `UsageError` with one line naming the path and the layouts accepte
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import io
@@ -210,6 +211,9 @@ def _unpacked(archive: Path, cache_dir: Path) -> Path:
         except (tarfile.TarError, EOFError, OSError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise _unreadable(archive, e) from None
+        except BaseException:  # Ctrl-C mid-unpack: the half-unpacked copy goes (a run takes up to a minute)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             tmp.rename(dest)  # atomic: a worker unpacking at the same moment loses the race harmlessly
         except OSError:
@@ -217,6 +221,7 @@ def _unpacked(archive: Path, cache_dir: Path) -> Path:
         for old in dest.parent.glob(f"{glob.escape(mine)}*"):  # the archive changed: its older copies go
             if old != dest:
                 shutil.rmtree(old, ignore_errors=True)
+        _remove_abandoned_unpacks(dest.parent)
     root = dest
     while not (root / BATCHES_DIR).is_dir() and not (root / "train").is_dir():
         subdirs = [d for d in root.iterdir() if d.is_dir()]
@@ -224,6 +229,20 @@ def _unpacked(archive: Path, cache_dir: Path) -> Path:
             break
         root = subdirs[0]
     return root
+
+
+ABANDONED_AFTER_S = 24 * 3600  # an unpack takes a minute at most: one this old was killed
+
+
+def _remove_abandoned_unpacks(folder: Path) -> None:
+    """Remove what unpacks killed outright (no clean-up runs on SIGKILL or a power cut) left:
+    `.unpacking-*` folders untouched for a day, never one another worker is writing now."""
+    import time
+
+    for tmp in folder.glob(".unpacking-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > ABANDONED_AFTER_S:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _source_key(path: Path) -> str:
