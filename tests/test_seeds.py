@@ -87,8 +87,24 @@ def test_best_says_tied_within_noise(tmp_path, cli):
     text = " ".join(out.split())
     assert "config 2 and config 3 are tied within seed noise (Welch's t-test p =" in text
     assert "config 2 is smaller (309,939 against 359,107 parameters)" in text
-    # confirm reads searches only: a grid's tie is settled by the grid with two more seeds per point
-    assert f"more seeds (`vae-search grid --preset b1 --seeds 5 --storage {storage}`) would tell a smaller difference" in text
+    # 0.01% apart with an sd of 2 to 3 nats: no number of seeds worth running would tell them
+    assert "are tied within seed noise (Welch's t-test p = 0.94, n = 3 and 3, 0.01% apart)" in text
+    assert "a difference this small would need more than 100 runs each to tell" in text and "--seeds" not in text
+
+
+def test_a_grid_tie_names_the_grid_that_would_settle_it(tmp_path, cli):
+    """confirm reads searches only: a grid's tie is settled by the grid with as many seeds per
+    point as would tell a difference of the observed size."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    synthetic_grid(storage, {1: [1912, 1913, 1911], 2: [1872.0, 1874.0, 1870.0], 3: [1870.0, 1872.0, 1868.0],
+                              4: [1890, 1891, 1889]})
+    rc, out, err = cli("best", "--study-name", "b1", "--storage", storage)
+    assert rc == 0, err
+    text = " ".join(out.split())
+    # 2 nats apart, sd 2 on each side: ceil(z^2 (4 + 4) / 4) + 1 = 17 seeds per point (z = 1.96 + 0.84)
+    assert ("config 2 and config 3 are tied within seed noise" in text
+            and f"about 17 runs each would tell a difference this size: `vae-search grid --preset b1 --seeds 17 "
+                f"--storage {storage}`" in text)
 
 
 def test_welch_p_matches_scipy_and_needs_two_runs():

@@ -10,6 +10,7 @@ be told. The report's B.2 statements about the grid are tested in verdicts.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import mean, stdev
 
@@ -21,7 +22,16 @@ from vae_search.artifacts import WEIGHTS_ATTR, trials_with_weights
 from vae_search.definitions import GridPoint, Preset, load_preset, packaged_dir
 from vae_search.errors import UsageError
 from vae_search.names import shell_word
-from vae_search.noise import ADD_SEEDS, ALPHA, Noise, noise_words, single_run_verdict, welch_p_of
+from vae_search.noise import (
+    ADD_SEEDS,
+    ALPHA,
+    MOST_SEEDS,
+    Noise,
+    noise_words,
+    seeds_to_tell,
+    single_run_verdict,
+    welch_p_of,
+)
 from vae_search.notes import update_note
 from vae_search.storages import storage_of, trial_handle, trial_id_of
 from vae_search.study import CONFIRM_SUFFIX, confirm_study_name, recorded
@@ -119,43 +129,56 @@ def welch_p(a: Candidate, b: Candidate, key: str = "neg_elbo") -> float | None:
 
 
 def compare(winner: Candidate, other: Candidate, key: str = "neg_elbo", noise: Noise | None = None,
-            seeds_hint: str = "") -> str:
+            settle: Callable[[int], str] | None = None) -> str:
     """The winner's margin over another candidate, in plain words with the test. Where a side
     has one run, the seed noise measured elsewhere in the storage (`noise`) judges it; tied
-    candidates are named smaller and faster first, with the command that would settle it."""
+    candidates are named smaller and faster first, with the command that would settle it
+    (`settle(n)`: the command that gives each n runs), or why none would."""
     margin = pct(other.mean(key), winner.mean(key))  # how much higher the other is, in % of the winner (as in "others")
     p = welch_p(winner, other, key)
+    n = seeds_to_settle(winner, other, key)
+    command = settle(n) if settle is not None and n is not None else ""
     if p is None:
         runs = "one run each" if winner.n == other.n == 1 else f"{winner.n} and {other.n} runs"
         diff = other.mean(key) - winner.mean(key)
         if noise is not None and abs(diff) < noise.band(winner.n, other.n):
             return (f"{_tied_pair(winner, other)} are tied: {margin:.2f}% apart with {runs}, "
                     f"{single_run_verdict(diff, noise, winner.n, other.n)}; {_lighter(winner, other)}"
-                    + (f"; {seeds_hint} would settle it" if seeds_hint else ""))
+                    + (f"; {command} would settle it" if command else ""))
         if noise is not None:
             return (f"{winner.label} is best by {margin:.2f}% over {other.label} ({runs}), "
                     f"{single_run_verdict(diff, noise, winner.n, other.n)}")
         return (f"{winner.label} is best by {margin:.2f}% over {other.label}, but with {runs} the margin cannot be "
-                f"told from seed noise ({seeds_hint + ' adds seeds' if seeds_hint else ADD_SEEDS})")
+                f"told from seed noise ({command + ' adds seeds' if command else ADD_SEEDS})")
     if p < ALPHA:
         return (f"{winner.label} is best by {margin:.2f}% over {other.label} (beyond seed noise: Welch's t-test "
                 f"p = {p:.3g}, n = {winner.n} and {other.n})")
-    return (f"{_tied_pair(winner, other)} are tied within seed noise (Welch's t-test p = {p:.2g}, n = {winner.n} "
-            f"and {other.n}, {margin:.2f}% apart); {_lighter(winner, other)}"
-            + (f"; more seeds ({seeds_hint}) would tell a smaller difference" if seeds_hint else ""))
+    tied = (f"{_tied_pair(winner, other)} are tied within seed noise (Welch's t-test p = {p:.2g}, n = {winner.n} "
+            f"and {other.n}, {margin:.2f}% apart); {_lighter(winner, other)}")
+    if n is None:
+        return tied + f"; a difference this small would need more than {MOST_SEEDS} runs each to tell"
+    return tied + f"; about {n} runs each would tell a difference this size" + (f": {command}" if command else "")
 
 
-def seeds_to_settle(a: Candidate, b: Candidate) -> int:
-    """Runs per candidate that would settle a tie: three (or as many as the better covered one
-    has) where one has a single run, so that Welch's test can judge them; two more each where
-    both have several and the test found no difference."""
-    return max(3, a.n, b.n) if min(a.n, b.n) == 1 else max(a.n, b.n) + 2
+def seeds_to_settle(a: Candidate, b: Candidate, key: str = "neg_elbo") -> int | None:
+    """Runs per candidate that would settle a tie. Where one has a single run: three (or as
+    many as the better covered one has), so that Welch's test can judge them. Where both have
+    several and the test found no difference: as many as would tell a difference the size of
+    the observed one with the observed spread (noise.seeds_to_tell), at least one more each;
+    None where that is more than MOST_SEEDS. (Two more each, the old advice, "would tell a
+    smaller difference": true, and no help with a 0.04% gap that needs some sixty.)"""
+    if min(a.n, b.n) == 1:
+        return max(3, a.n, b.n)
+    n = seeds_to_tell(a.values(key), b.values(key))
+    if n is None:  # no difference, or no spread, to go on
+        return max(a.n, b.n) + 2
+    return None if n > MOST_SEEDS else max(n, a.n + 1, b.n + 1)
 
 
-def confirm_command(study: optuna.Study, a: Candidate, b: Candidate) -> str:
-    """The `confirm` that runs exactly these two search candidates again."""
+def confirm_command(study: optuna.Study, a: Candidate, b: Candidate, seeds: int) -> str:
+    """The `confirm` that runs exactly these two search candidates again, to `seeds` runs each."""
     pair = " ".join(f"--trial {c.trial.number}" for c in (a, b))
-    return f"`vae-search confirm --study-name {shell_word(study.study_name)} {pair} --seeds {seeds_to_settle(a, b)}`"
+    return f"`vae-search confirm --study-name {shell_word(study.study_name)} {pair} --seeds {seeds}`"
 
 
 def grid_seeds_command(study: optuna.Study, preset: Preset, seeds: int, ranked: list[Candidate]) -> str:
@@ -283,10 +306,11 @@ def select_best(study: optuna.Study, storage: optuna.storages.BaseStorage, top: 
     noise = pooled_noise(study, ranked, storage) if study.user_attrs.get("kind") != "grid" else None
     if len(ranked) > 1:
         kind, second = study.user_attrs.get("kind"), ranked[1]
-        hint = (confirm_command(study, best, second) if kind == "search"
-                else grid_seeds_command(study, preset, seeds_to_settle(best, second), ranked)
-                if kind == "grid" and preset is not None else "")
-        reasons.append(f"margin: {compare(best, second, noise=noise, seeds_hint=hint)}")
+        settle: Callable[[int], str] | None = (
+            (lambda n: confirm_command(study, best, second, n)) if kind == "search"
+            else (lambda n: grid_seeds_command(study, preset, n, ranked)) if kind == "grid" and preset is not None
+            else None)
+        reasons.append(f"margin: {compare(best, second, noise=noise, settle=settle)}")
     if study.user_attrs.get("kind") != "grid":
         reasons += _against_the_report(best, study, storage, noise)
     base = find_baseline(study, storage)

@@ -23,7 +23,6 @@ from vae_search.selection import (
     candidates,
     compare,
     grid_seeds_command,
-    seeds_to_settle,
     train_val_gaps,
     welch_p,
 )
@@ -47,9 +46,8 @@ def grid_verdicts(study: optuna.Study, preset: Preset) -> list[str]:
     def seeds_command(n: int) -> str:
         return grid_seeds_command(study, preset, n, ranked)
 
-    settle = seeds_command(seeds_to_settle(best, ranked[1]))
     lines.append(f"best: {best.label} (latent {best.params['latent_dim']}, base {best.params['base_channels']}), "
-                 f"val loss {best.text(key)}; {compare(best, ranked[1], key, seeds_hint=settle)}")
+                 f"val loss {best.text(key)}; {compare(best, ranked[1], key, settle=seeds_command)}")
     if preset.baseline in by_config:
         base = by_config[preset.baseline]
         for config, c in sorted(by_config.items()):
