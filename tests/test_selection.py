@@ -178,6 +178,27 @@ def test_the_confirm_command_named_for_a_tie_runs_exactly_that_pair(storage, cli
             f"--trial 1 --seeds 95 --storage {storage}`") in text
 
 
+@pytest.mark.parametrize("sizes, times, said", [
+    ((580_000, 1_500_000), (460.0, 1200.0), "trial 0 is smaller and faster (580,000 parameters, 460 s)"),
+    ((580_000, 1_500_000), (1200.0, 460.0), "trial 0 is smaller (580,000 against 1,500,000 parameters), trial 1 faster "
+                                            "(460 s against 1200 s)"),
+    ((580_000, 580_000), (1200.0, 460.0), "both have 580,000 parameters; trial 1 is faster (460 s against 1200 s)"),
+    ((580_000, 1_500_000), (11.4, 11.2), "trial 0 is smaller (580,000 against 1,500,000 parameters); both take 11 s"),
+    ((580_000, 580_000), (11.4, 11.2), "both have 580,000 parameters and take 11 s"),
+])
+def test_a_tied_pair_is_told_apart_by_size_and_time_only_where_they_differ(sizes, times, said):
+    """Two trials of one architecture have the same parameter count, and times that round
+    alike once read "config 3 faster (11 s against 11 s)"."""
+    from vae_search.selection import Candidate, _lighter
+
+    pair = []
+    for number, (n_params, time_s) in enumerate(zip(sizes, times, strict=True)):
+        t = _trial({"latent_dim": 70, "base_channels": 32, "beta": 0.9, "lr": 2e-3 * (1 + number)}, 1824.0, n_params,
+                   time_s)
+        pair.append(Candidate(t, [t], f"trial {number}"))
+    assert _lighter(*pair) == said
+
+
 @pytest.mark.parametrize("with_weights, said", [([], "no trial has weights"), ([0], "trial 0 has weights"),
                                                 ([0, 2], "trials 0, 2 have weights")])
 def test_a_trial_without_weights_names_those_with_them_in_words(tmp_path, with_weights, said):

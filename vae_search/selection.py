@@ -202,15 +202,24 @@ def _tied_pair(a: Candidate, b: Candidate) -> str:
 
 
 def _lighter(a: Candidate, b: Candidate) -> str:
-    """Which of two tied candidates is smaller and which is faster."""
+    """Which of two tied candidates is smaller and which is faster; "both" where they are the
+    same as shown (two trials of one architecture have the same parameters, and times that
+    round alike once read "faster (11 s against 11 s)")."""
     size = {c.label: int(c.trial.user_attrs.get("params", 0)) for c in (a, b)}
     time_s = {c.label: c.mean("time_s") for c in (a, b)}
-    smaller = min(size, key=size.get)
-    faster = min(time_s, key=time_s.get)
+    smaller, faster = min(size, key=size.get), min(time_s, key=time_s.get)
+    sizes = f"{size[smaller]:,} against {max(size.values()):,} parameters"
+    times = f"{seconds(time_s[faster])} against {seconds(max(time_s.values()))}"
+    same_size, same_time = len(set(size.values())) == 1, len({seconds(t) for t in time_s.values()}) == 1
+    if same_size and same_time:
+        return f"both have {size[smaller]:,} parameters and take {seconds(time_s[faster])}"
+    if same_size:
+        return f"both have {size[smaller]:,} parameters; {faster} is faster ({times})"
+    if same_time:
+        return f"{smaller} is smaller ({sizes}); both take {seconds(time_s[faster])}"
     if smaller == faster:
         return f"{smaller} is smaller and faster ({size[smaller]:,} parameters, {seconds(time_s[smaller])})"
-    return (f"{smaller} is smaller ({size[smaller]:,} against {max(size.values()):,} parameters), "
-            f"{faster} faster ({seconds(time_s[faster])} against {seconds(max(time_s.values()))})")
+    return f"{smaller} is smaller ({sizes}), {faster} faster ({times})"
 
 
 def train_val_gaps(c: Candidate) -> list[float] | None:
