@@ -63,13 +63,17 @@ class TestGridSeeds:
 # ---------------------------------------------------------------- noise verdicts on studies with known numbers
 
 
-def test_best_says_beyond_noise_for_a_clear_winner(tmp_path, cli):
-    storage = f"sqlite:///{tmp_path}/s.db"
-    synthetic_grid(storage, {1: [1912, 1913, 1911], 2: [1872.0, 1873.0, 1871.0], 3: [1840, 1841, 1839],
-                              4: [1872.5, 1871.5, 1873.0]})
+def _best_of_grid(storage: str, cli, values: dict[int, list[float]]) -> str:
+    """`best` on a b1 grid study whose runs have these val losses, its output on one line."""
+    synthetic_grid(storage, values)
     rc, out, err = cli("best", "--study-name", "b1", "--storage", storage)
     assert rc == 0, err
-    text = " ".join(out.split())
+    return " ".join(out.split())
+
+
+def test_best_says_beyond_noise_for_a_clear_winner(tmp_path, cli):
+    text = _best_of_grid(f"sqlite:///{tmp_path}/s.db", cli, {1: [1912, 1913, 1911], 2: [1872.0, 1873.0, 1871.0],
+                                                             3: [1840, 1841, 1839], 4: [1872.5, 1871.5, 1873.0]})
     assert "best of study 'b1': config 3 (3 seeds)" in text
     assert "config 3 is best by 1.74% over config 2 (beyond seed noise: Welch's t-test p =" in text
     # the report's "more parameters gave a higher loss" is inside the noise here
@@ -79,12 +83,8 @@ def test_best_says_beyond_noise_for_a_clear_winner(tmp_path, cli):
 
 
 def test_best_says_tied_within_noise(tmp_path, cli):
-    storage = f"sqlite:///{tmp_path}/s.db"
-    synthetic_grid(storage, {1: [1912, 1913, 1911], 2: [1872.0, 1875.0, 1869.0], 3: [1871.0, 1874.5, 1870.0],
-                              4: [1890, 1891, 1889]})
-    rc, out, err = cli("best", "--study-name", "b1", "--storage", storage)
-    assert rc == 0, err
-    text = " ".join(out.split())
+    text = _best_of_grid(f"sqlite:///{tmp_path}/s.db", cli, {1: [1912, 1913, 1911], 2: [1872.0, 1875.0, 1869.0],
+                                                             3: [1871.0, 1874.5, 1870.0], 4: [1890, 1891, 1889]})
     assert "config 2 and config 3 are tied within seed noise (Welch's t-test p =" in text
     assert "config 2 is smaller (309,939 against 359,107 parameters)" in text
     # 0.01% apart with an sd of 2 to 3 nats: no number of seeds worth running would tell them
@@ -96,11 +96,8 @@ def test_a_grid_tie_names_the_grid_that_would_settle_it(tmp_path, cli):
     """confirm reads searches only: a grid's tie is settled by the grid with as many seeds per
     point as would tell a difference of the observed size."""
     storage = f"sqlite:///{tmp_path}/s.db"
-    synthetic_grid(storage, {1: [1912, 1913, 1911], 2: [1872.0, 1874.0, 1870.0], 3: [1870.0, 1872.0, 1868.0],
-                              4: [1890, 1891, 1889]})
-    rc, out, err = cli("best", "--study-name", "b1", "--storage", storage)
-    assert rc == 0, err
-    text = " ".join(out.split())
+    text = _best_of_grid(storage, cli, {1: [1912, 1913, 1911], 2: [1872.0, 1874.0, 1870.0], 3: [1870.0, 1872.0, 1868.0],
+                                        4: [1890, 1891, 1889]})
     # 2 nats apart, sd 2 on each side: ceil(z^2 (4 + 4) / 4) + 1 = 17 seeds per point (z = 1.96 + 0.84)
     assert ("config 2 and config 3 are tied within seed noise" in text
             and f"about 17 runs each would tell a difference this size: `vae-search grid --preset b1 --seeds 17 "
