@@ -165,11 +165,12 @@ def seeds_to_settle(a: Candidate, b: Candidate, key: str = "neg_elbo") -> int | 
     many as the better covered one has), so that Welch's test can judge them. Where both have
     several and the test found no difference: as many as would tell a difference the size of
     the observed one with the observed spread (noise.seeds_to_tell), at least one more each;
-    None where that is more than MOST_SEEDS. (Two more each, the old advice, "would tell a
-    smaller difference": true, and no help with a 0.04% gap that needs some sixty.)"""
-    if min(a.n, b.n) == 1:
+    None where that is more than MOST_SEEDS (two more each would not settle the search's 0.04%
+    tie, which needs some sixty)."""
+    va, vb = a.values(key), b.values(key)
+    if min(len(va), len(vb)) < 2:
         return max(3, a.n, b.n)
-    n = seeds_to_tell(a.values(key), b.values(key))
+    n = seeds_to_tell(va, vb)
     if n is None:  # no difference, or no spread, to go on
         return max(a.n, b.n) + 2
     return None if n > MOST_SEEDS else max(n, a.n + 1, b.n + 1)
