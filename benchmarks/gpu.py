@@ -317,6 +317,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny data and epochs: checks the code, measures nothing")
     ap.add_argument("--skip-grid", action="store_true", help="leave out the full-data grid")
     ap.add_argument("--skip-tests", action="store_true", help="leave out the CUDA tests")
+    ap.add_argument("--skip-throughput", action="store_true", help="leave out the throughput runs")
     ap.add_argument("--workers", type=_counts, default=None,
                     help="worker counts of the throughput runs, such as 1,4,8,16 (default 1,2,4; --quick 1,2)")
     ap.add_argument("--throughput-images", type=int, default=25_000, help="images per epoch in the throughput runs")
@@ -357,8 +358,9 @@ def main() -> None:
         if not args.skip_grid:
             say("B.1 grid ...")
             keep("grid", grid(args, Path(tmp)))
-        say("throughput ...")
-        keep("throughput", throughput(args))
+        if not args.skip_throughput:
+            say("throughput ...")
+            keep("throughput", throughput(args))
         if args.search:
             say(f"the search, {args.search} trials ...")
             keep("search", search(args, Path(tmp)))

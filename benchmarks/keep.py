@@ -9,15 +9,25 @@ the search's 3 best trials and its confirmed ones (the candidates of `best`, and
 `interpolate --trial best` loads) and the first seed of each B.1 point. The copy records which weights it left out (study user attribute
 `weights_not_kept`) and says so in a dashboard note on the study and on each such trial, so
 `interpolate` and optuna-dashboard say "not kept" instead of failing on a missing file.
+
+    python benchmarks/keep.py --check     # .ci/run: the committed studies are as `best` leaves them
+
+The docs tell a user to run `vae-search best` on the committed studies and say it writes its
+note only where it differs, so the file stays as committed. A change to what `best` writes
+must come with those notes refreshed (run the command on each study, then commit the file):
+--check runs `best` on a copy of each and fails, naming the file, where a byte changed. It is a
+CI step rather than a test, as the tests never read the long runs' results.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,11 +133,76 @@ def study_status(study) -> dict:
                                                "params": best.params}}
 
 
+# `vae-search best` on a committed study, as the docs write it
+BEST_COMMAND = re.compile(r"vae-search best --study-name (\S+) --storage sqlite:///(benchmarks/results/\S+?\.db)")
+
+
+def committed_best_commands(root: Path) -> set[tuple[str, str]]:
+    """(study, database) of every `vae-search best` the docs tell a user to run on a committed
+    study, and the B.1 grid beside the search (the README's `show --study-name b1` there)."""
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "benchmarks").rglob("README.md"))]
+    found = {m for doc in docs if doc.is_file() for m in BEST_COMMAND.findall(doc.read_text())}
+    if (root / RESULTS / "studies.db").is_file():
+        found.add(("b1", str(RESULTS / "studies.db")))
+    return found
+
+
+def _best(study: str, storage: str) -> tuple[int, str]:
+    """`vae-search best` in this process (a process each would take ten times as long): its
+    exit status and the last line it wrote to stderr."""
+    import contextlib
+    import io
+
+    from vae_search.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            main(["best", "--study-name", study, "--storage", storage])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, (err.getvalue().strip().splitlines() or ["?"])[-1]
+
+
+def check(root: Path) -> list[str]:
+    """One line for each committed study that `best` would change, or that it cannot read."""
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="keep-check-") as tmp:
+        for i, (study, db) in enumerate(sorted(committed_best_commands(root))):
+            committed = root / db
+            if not committed.is_file():
+                problems.append(f"{db}: named by the docs, not committed")
+                continue
+            copy = Path(tmp) / f"{i}.db"
+            shutil.copy(committed, copy)
+            code, last = _best(study, f"sqlite:///{copy}")
+            if code != 0:
+                problems.append(f"{db}: `best --study-name {study}` exited {code}: {last}")
+            elif copy.read_bytes() != committed.read_bytes():
+                problems.append(f"{db}: `best --study-name {study}` changed it: run `vae-search best --study-name "
+                                f"{study} --storage sqlite:///{db}` and commit the file")
+    return problems
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--from", dest="src", type=Path, required=True, help="the worktree that runs long_runs.sh")
+    ap.add_argument("--from", dest="src", type=Path, help="the worktree that runs long_runs.sh")
     ap.add_argument("--to", dest="dst", type=Path, default=ROOT, help="the checkout to copy into (this one)")
+    ap.add_argument("--check", action="store_true",
+                    help="copy nothing: check that `best` leaves every committed study the docs name as committed")
     args = ap.parse_args()
+    if args.check:
+        if not committed_best_commands(args.dst):
+            sys.exit(f"keep.py: no `vae-search best` on a committed study in {args.dst}'s docs: nothing to check")
+        problems = check(args.dst)
+        for line in problems:
+            print(f"keep.py: {line}", file=sys.stderr)
+        print(f"keep.py: {len(committed_best_commands(args.dst))} committed studies checked, "
+              f"{len(problems) or 'none'} changed by `best`")
+        sys.exit(1 if problems else 0)
+    if args.src is None:
+        ap.error("--from is required (or --check)")
     keep(args.src, args.dst)
 
 

@@ -57,29 +57,3 @@ def test_help_shows_every_help_text_whole():
         for text in texts:
             want = " ".join(text.replace("`", "").split())
             assert want in shown, f"vae-search {name} --help does not show: {want[:120]}"
-
-
-def _committed_best_commands() -> set[tuple[str, str]]:
-    """(study, database) of every `vae-search best` the docs tell a user to run on a committed study."""
-    found = set()
-    for doc in [*DOCS, *(ROOT / "benchmarks" / "results").rglob("README.md")]:
-        found |= set(re.findall(r"vae-search best --study-name (\S+) --storage sqlite:///(benchmarks/results/\S+?\.db)",
-                                doc.read_text()))
-    return found
-
-
-def test_best_on_the_committed_studies_leaves_them_as_committed(tmp_path, cli):
-    """The README says `best` on the long runs' study writes its note only where it differs from
-    the committed one: a change to what `best` writes must come with the committed studies'
-    notes refreshed (run the command on each, then commit), or this fails."""
-    import shutil
-
-    commands = _committed_best_commands()
-    assert ("search", "benchmarks/results/search/studies.db") in commands
-    commands.add(("b1", "benchmarks/results/search/studies.db"))  # the README's `show --study-name b1` there
-    for i, (study, db) in enumerate(sorted(commands)):
-        copy = tmp_path / f"{i}.db"
-        shutil.copy(ROOT / db, copy)
-        rc, _, err = cli("best", "--study-name", study, "--storage", f"sqlite:///{copy}")
-        assert rc == 0, err
-        assert copy.read_bytes() == (ROOT / db).read_bytes(), f"best changed {db}: run it there and commit the file"

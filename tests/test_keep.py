@@ -70,3 +70,32 @@ def test_keep_copies_the_study_and_says_which_weights_it_left_out(tmp_path, batc
     text = " ".join((tmp_path / "report" / "search" / "report.md").read_text().split())
     assert (f"Weights of trial {confirmed} not available: the weights of trial {confirmed} were not kept in this copy "
             "of the study (its images are in the dashboard); no trial has weights") in text
+
+
+def test_check_fails_where_best_would_change_a_committed_study_until_it_is_refreshed(tmp_path, cli):
+    """keep.py --check (a CI step: the tests never read the committed results) runs `best` on a
+    copy of every committed study the docs name and fails where a byte changed, with the
+    command that refreshes it; after that command, it passes."""
+    from tests.conftest import synthetic_grid
+
+    keep = _keep_module()
+    db = tmp_path / keep.RESULTS / "studies.db"
+    db.parent.mkdir(parents=True)
+    synthetic_grid(f"sqlite:///{db}", {1: [1848.0, 1849.0], 2: [1844.0, 1845.5], 3: [1846.0, 1846.4], 4: [1850.0, 1851.0]})
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "runs.md").write_text(
+        "    vae-search best --study-name b1 --storage sqlite:///benchmarks/results/search/studies.db\n"
+        "    vae-search best --study-name search --storage sqlite:///benchmarks/results/gone/studies.db\n")
+    assert keep.committed_best_commands(tmp_path) == {("b1", "benchmarks/results/search/studies.db"),
+                                                     ("search", "benchmarks/results/gone/studies.db")}
+    committed = db.read_bytes()
+    problems = keep.check(tmp_path)
+    assert db.read_bytes() == committed  # checked on a copy
+    refresh = "run `vae-search best --study-name b1 --storage sqlite:///benchmarks/results/search/studies.db`"
+    assert problems == [f"benchmarks/results/search/studies.db: `best --study-name b1` changed it: {refresh} "
+                        "and commit the file", "benchmarks/results/gone/studies.db: named by the docs, not committed"]
+
+    assert cli("best", "--study-name", "b1", "--storage", f"sqlite:///{db}")[0] == 0  # the refresh it asks for
+    (tmp_path / "docs" / "runs.md").write_text("    vae-search best --study-name b1 --storage "
+                                              "sqlite:///benchmarks/results/search/studies.db\n")
+    assert keep.check(tmp_path) == []
