@@ -166,11 +166,12 @@ def _best(study: str, storage: str) -> tuple[int, str]:
     return code, (err.getvalue().strip().splitlines() or ["?"])[-1]
 
 
-def check(root: Path) -> list[str]:
-    """One line for each committed study that `best` would change, or that it cannot read."""
+def check(root: Path, commands: set[tuple[str, str]] | None = None) -> list[str]:
+    """One line for each committed study (of `commands`, by default the docs') that `best`
+    would change, or that it cannot read."""
     problems = []
     with tempfile.TemporaryDirectory(prefix="keep-check-") as tmp:
-        for i, (study, db) in enumerate(sorted(committed_best_commands(root))):
+        for i, (study, db) in enumerate(sorted(committed_best_commands(root) if commands is None else commands)):
             committed = root / db
             if not committed.is_file():
                 problems.append(f"{db}: named by the docs, not committed")
@@ -194,12 +195,13 @@ def main() -> None:
                     help="copy nothing: check that `best` leaves every committed study the docs name as committed")
     args = ap.parse_args()
     if args.check:
-        if not committed_best_commands(args.dst):
+        commands = committed_best_commands(args.dst)  # the docs, read once
+        if not commands:
             sys.exit(f"keep.py: no `vae-search best` on a committed study in {args.dst}'s docs: nothing to check")
-        problems = check(args.dst)
+        problems = check(args.dst, commands)
         for line in problems:
             print(f"keep.py: {line}", file=sys.stderr)
-        print(f"keep.py: {len(committed_best_commands(args.dst))} committed studies checked: "
+        print(f"keep.py: {len(commands)} committed studies checked: "
               + (f"{len(problems)} problem(s) above" if problems else "`best` leaves each as committed"))
         sys.exit(1 if problems else 0)
     if args.src is None:
