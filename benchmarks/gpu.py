@@ -331,8 +331,10 @@ def main() -> None:
                                               "short by a time limit still leaves what it measured")
     args = ap.parse_args()
     args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    # the grid and the search measure vae-search's default --jobs on this device (or --jobs): not one a shell set
+    os.environ.pop("VAE_SEARCH_JOBS", None)
     if args.quick and not args.data_dir:
-        from tests.conftest import make_batches
+        from tests.samples import make_batches
 
         args.data_dir = str(make_batches(Path(tempfile.mkdtemp(prefix="gpu-quick-"))).parent)
     import torch

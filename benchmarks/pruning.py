@@ -235,7 +235,7 @@ def main() -> None:
 
 
 def _tiny_data(root: Path) -> Path:
-    from tests.conftest import make_image_folder
+    from tests.samples import make_image_folder
 
     return make_image_folder(root, n_train=256, n_test=64)
 

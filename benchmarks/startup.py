@@ -68,7 +68,7 @@ def _first_trial(code: str, args: list[str], cwd: Path, env: dict[str, str]) -> 
 
 
 def jobs_parent(rounds: int, warmup: int) -> dict:
-    from tests.conftest import make_batches
+    from tests.samples import make_batches
     from vae_search.data import load_cifar10
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +113,7 @@ def main() -> None:
     import optuna
     import torch
 
-    from tests.conftest import synthetic_grid
+    from tests.samples import synthetic_grid
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vae_search.train import resolve_precision
+from vae_search.workers import default_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +105,9 @@ def test_gpu_benchmark_dry_run_on_cpu():
     assert sum(n for s, n in search["states"].items() if s in ("COMPLETE", "PRUNED")) == 4 == search["distinct"]
     assert 0 < search["epochs_fraction"] <= 1 and search["best"]["n"] in (1, 2)
     assert search["vs_cpu_search"] == {"shared": 0}  # tiny data: nothing to compare with the full-data CPU search
+    # the grid and the search ran with vae-search's default --jobs, as on the GPU: in worker processes where this
+    # machine has the cores (a dry run whose commands inherited the tests' VAE_SEARCH_JOBS=1 once ran them in one)
+    assert grid["jobs"] == min(4, default_jobs(torch.device("cpu"))) and search["jobs"] == default_jobs(torch.device("cpu"))
     for part in ("optimize", "confirm"):  # where each command's wall time went: start-up, trials, finish
         timing = search[f"{part}_timing"]
         assert timing["trials"] >= 2 and min(timing["startup_s"], timing["trials_wall_s"], timing["finish_s"]) >= 0

@@ -157,7 +157,7 @@ class TestBadInput:
         assert rc == 2 and "no layout" in one_line_error(err)
 
     def test_unreadable_image(self, cli, tmp_path):
-        from tests.conftest import make_image_folder
+        from tests.samples import make_image_folder
 
         root = make_image_folder(tmp_path / "imgs", n_train=10, n_test=10)
         next((root / "train").rglob("*.png")).write_bytes(b"broken")

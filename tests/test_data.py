@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import make_batches, make_image_folder
+from tests.samples import make_batches, make_image_folder
 from vae_search import data as data_module
 from vae_search.data import load_cifar10
 from vae_search.errors import UsageError

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import synthetic_grid
+from tests.samples import synthetic_grid
 
 # The entry as the console script calls it, with an atexit handler and, with "thread", a
 # non-daemon thread still running when the command ends (Python waits for it; so must we).

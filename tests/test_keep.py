@@ -76,7 +76,7 @@ def test_check_fails_where_best_would_change_a_committed_study_until_it_is_refre
     """keep.py --check (a CI step: the tests never read the committed results) runs `best` on a
     copy of every committed study the docs name and fails where a byte changed, with the
     command that refreshes it; after that command, it passes."""
-    from tests.conftest import synthetic_grid
+    from tests.samples import synthetic_grid
 
     keep = _keep_module()
     db = tmp_path / keep.RESULTS / "studies.db"

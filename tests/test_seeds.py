@@ -11,7 +11,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tests.conftest import TINY, invoke, one_line_error, synthetic_grid
+from tests.conftest import TINY, invoke, one_line_error
+from tests.samples import synthetic_grid
 from vae_search.definitions import packaged_dir
 from vae_search.selection import Candidate, compare, welch_p
 

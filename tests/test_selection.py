@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tests.conftest import synthetic_grid
+from tests.samples import synthetic_grid
 from vae_search.definitions import load_preset
 
 DIST = {"latent_dim": IntDistribution(2, 128), "base_channels": CategoricalDistribution([16, 32, 48, 64]),

@@ -109,7 +109,7 @@ def test_reading_commands_start_without_torch(tmp_path, args):
     import subprocess
     import sys
 
-    from tests.conftest import synthetic_grid
+    from tests.samples import synthetic_grid
 
     storage = f"sqlite:///{tmp_path}/s.db"
     synthetic_grid(storage, {1: [1900.0], 2: [1880.0], 3: [1850.0], 4: [1870.0]})

@@ -19,7 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import SMALL, TINY, make_batches, one_line_error, sha256_of, synthetic_grid
+from tests.conftest import SMALL, TINY, one_line_error, sha256_of
+from tests.samples import make_batches, synthetic_grid
 from vae_search.definitions import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
