@@ -35,26 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.pgserver import PgServer  # noqa: E402
+from tests.samples import make_image_folder  # noqa: E402
 
 GRID_SEEDS = 2
 SEARCH_TRIALS = 12
-
-
-def make_data(root: Path, n_train: int, n_test: int) -> Path:
-    """A tiny ImageFolder of PNGs (train/<class>/*, test/<class>/*) with some structure."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:32, 0:32] / 31.0
-    base = np.stack([xx, yy, 1 - xx], axis=-1)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for i in range(n):
-            img = np.clip(base * rng.uniform(0.3, 1.0, size=(1, 1, 3)) + rng.normal(0, 0.08, (32, 32, 3)), 0, 1)
-            d = root / split / f"class{i % 10}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((img * 255).astype(np.uint8)).save(d / f"{i:04d}.png")
-    return root
 
 
 def _stopped_with_error(proc: subprocess.Popen) -> bool:
@@ -126,7 +110,7 @@ def main() -> None:
     start = time.monotonic()
     try:
         storage = server.create_database("chaos")
-        data = make_data(tmp / "data", args.images, args.images // 4)
+        data = make_image_folder(tmp / "data", n_train=args.images, n_test=args.images // 4)
         env = {**os.environ, "VAE_SEARCH_CACHE": str(tmp / "cache"), "VAE_SEARCH_JOBS": "1", "OMP_NUM_THREADS": "1",
                "VAE_SEARCH_OUTAGE_S": "60", "PYTHONUNBUFFERED": "1"}
         from vae_search.data import load_cifar10
