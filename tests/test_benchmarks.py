@@ -175,8 +175,9 @@ def test_the_cuda_tests_set_up_without_the_report_packages():
 def test_gpu_benchmark_reports_a_search_cut_short():
     """--search-timeout strikes mid-search: the part is stopped as a Ctrl-C would stop it (its
     running trial FAIL "interrupted", none left RUNNING) and what the study holds is reported."""
-    # 40 s: on 2 AVX2 cores with three busy loops beside it, its first trial starts 11 s in and
-    # three have ended by then (at 25 s, none had)
+    # 40 s: on 2 AVX2 cores with three busy loops beside it, its two workers' first trial starts
+    # 18.5 s in and seven have ended by then (in one process, as before 81e8ca5: 11 s and three;
+    # at 25 s, none had)
     result = _last_json("benchmarks/gpu.py", "--device", "cpu", "--quick", "--skip-tests", "--skip-grid", "--skip-throughput",
                         "--search", "300", "--search-timeout", "40", rc=1)  # a part cut short: the check did not pass
     assert result["problems"] == ["search: optimize timed out"] and "throughput" not in result
