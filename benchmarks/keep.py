@@ -166,12 +166,12 @@ def _best(study: str, storage: str) -> tuple[int, str]:
     return code, (err.getvalue().strip().splitlines() or ["?"])[-1]
 
 
-def check(root: Path, commands: set[tuple[str, str]] | None = None) -> list[str]:
-    """One line for each committed study (of `commands`, by default the docs') that `best`
-    would change, or that it cannot read."""
+def check(root: Path, commands: set[tuple[str, str]]) -> list[str]:
+    """One line for each committed study of `commands` (committed_best_commands: the docs')
+    that `best` would change, or that it cannot read."""
     problems = []
     with tempfile.TemporaryDirectory(prefix="keep-check-") as tmp:
-        for i, (study, db) in enumerate(sorted(committed_best_commands(root) if commands is None else commands)):
+        for i, (study, db) in enumerate(sorted(commands)):
             committed = root / db
             if not committed.is_file():
                 problems.append(f"{db}: named by the docs, not committed")
@@ -195,7 +195,7 @@ def main() -> None:
                     help="copy nothing: check that `best` leaves every committed study the docs name as committed")
     args = ap.parse_args()
     if args.check:
-        commands = committed_best_commands(args.dst)  # the docs, read once
+        commands = committed_best_commands(args.dst)
         if not commands:
             sys.exit(f"keep.py: no `vae-search best` on a committed study in {args.dst}'s docs: nothing to check")
         problems = check(args.dst, commands)

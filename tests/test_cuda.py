@@ -71,15 +71,15 @@ def test_a_step_on_cuda_has_the_cpus_gradient(compiled, bf16):
 def test_a_compiled_bf16_training_on_cuda_learns_what_the_cpu_does():
     """End to end, as `grid` and `optimize` train on a GPU (compiled, bf16): the validation loss of a
     short training within issue 9's 0.3% of the CPU's eager fp32 one, and the latent in use."""
-    from tests.samples import images as hwc_images
+    from tests.samples import images
     from vae_search.data import Cifar10
     from vae_search.model import ModelConfig
     from vae_search.train import TrainConfig, train
 
-    def images(n, seed):
-        return torch.from_numpy(hwc_images(n, seed)).permute(0, 3, 1, 2).contiguous()
+    def chw(n, seed):
+        return torch.from_numpy(images(n, seed)).permute(0, 3, 1, 2).contiguous()
 
-    data, config = Cifar10(images(2048, 0), images(512, 1), "synthetic"), TrainConfig(epochs=2, batch_size=128)
+    data, config = Cifar10(chw(2048, 0), chw(512, 1), "synthetic"), TrainConfig(epochs=2, batch_size=128)
     cpu = train(ModelConfig(8, 16), config, data, device="cpu", compile=False, precision="fp32")
     gpu = train(ModelConfig(8, 16), config, data, device=CUDA, compile=True, precision="bf16")
     assert gpu.compiled and gpu.metrics["kl"] > 1

@@ -89,7 +89,7 @@ def test_check_fails_where_best_would_change_a_committed_study_until_it_is_refre
     assert keep.committed_best_commands(tmp_path) == {("b1", "benchmarks/results/search/studies.db"),
                                                      ("search", "benchmarks/results/gone/studies.db")}
     committed = db.read_bytes()
-    problems = keep.check(tmp_path)
+    problems = keep.check(tmp_path, keep.committed_best_commands(tmp_path))
     assert db.read_bytes() == committed  # checked on a copy
     refresh = "run `vae-search best --study-name b1 --storage sqlite:///benchmarks/results/search/studies.db`"
     assert problems == [f"benchmarks/results/search/studies.db: `best --study-name b1` changed it: {refresh} "
@@ -98,4 +98,4 @@ def test_check_fails_where_best_would_change_a_committed_study_until_it_is_refre
     assert cli("best", "--study-name", "b1", "--storage", f"sqlite:///{db}")[0] == 0  # the refresh it asks for
     (tmp_path / "docs" / "runs.md").write_text("    vae-search best --study-name b1 --storage "
                                               "sqlite:///benchmarks/results/search/studies.db\n")
-    assert keep.check(tmp_path) == []
+    assert keep.check(tmp_path, keep.committed_best_commands(tmp_path)) == []
