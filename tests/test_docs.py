@@ -57,3 +57,25 @@ def test_help_shows_every_help_text_whole():
         for text in texts:
             want = " ".join(text.replace("`", "").split())
             assert want in shown, f"vae-search {name} --help does not show: {want[:120]}"
+
+
+def test_a_flag_shows_no_value_in_help():
+    """A flag takes no value, so its --help row names no type: Typer 0.29 printed `--json <bool>`
+    and `--help <bool>`, as if `--json true` were the way to use it (pyproject leaves 0.29 out)."""
+    from typer.testing import CliRunner
+
+    from vae_search.cli import app
+
+    command = typer.main.get_command(app)
+    runner = CliRunner()
+    flags = 0
+    for name, sub in [("", command), *command.commands.items()]:
+        out = runner.invoke(app, [name, "--help"] if name else ["--help"], env={"COLUMNS": "5000"}).output
+        rows = [line.replace("│", " ").split() for line in out.splitlines()]
+        for param in sub.get_params(typer.Context(sub)):  # with --help, which Typer adds
+            if not getattr(param, "is_flag", False):
+                continue
+            row = next(r for r in rows if r and r[0] == param.opts[0])
+            flags += 1
+            assert not row[1].startswith("<") and row[1].upper() != "BOOLEAN", f"vae-search {name} --help: {' '.join(row)[:100]}"
+    assert flags >= 10  # --help of every command, --version, --json, --dry-run ...
