@@ -277,7 +277,8 @@ def test_names_and_reasons_from_a_study_are_shown_not_obeyed(escaped, tmp_path, 
         assert "\x1b" not in text and "\r" not in text and "\x07" not in text
     # a spreadsheet opening trials.csv runs no formula from the study (CSV injection)
     (csv_path,) = (tmp_path / "out").glob("*/trials.csv")
-    rows = list(csv.reader(csv_path.open(newline="")))
+    with csv_path.open(newline="") as f:
+        rows = list(csv.reader(f))
     assert "'@sum" in rows[0] and "'=HYPERLINK(\"http://x\")" in rows[-1]
     assert not [c for row in rows for c in row if c[:1] in ("=", "+", "@")]
     from vae_search.ui import trial_line
