@@ -38,6 +38,12 @@ def test_profile_step_splits_the_step_into_parts():
     assert result["step_ms"] > 0
 
 
+def test_decode_compares_the_two_image_readers_on_the_same_files():
+    result = _last_json("benchmarks/decode.py", "--quick", "--rounds", "1")
+    assert result["images"] == 30 and result["same_pixels"] is True and result["rounds"] == 1
+    assert result["pil_s"] > 0 and result["torchvision_io_s"] > 0
+
+
 def test_loss_kernel_times_both_losses_for_every_architecture():
     result = _last_json("benchmarks/loss_kernel.py", "--steps", "1", "--repeats", "1", "--batch", "8")
     rows = result["rows"]

@@ -35,6 +35,36 @@ class TestLayouts:
         assert d.train.shape == (10, 3, 32, 32)
 
 
+@pytest.mark.parametrize("fmt, mode", [("png", "RGB"), ("png", "L"), ("png", "RGBA"), ("png", "P"), ("png", "LA"),
+                                       ("jpg", "RGB"), ("jpg", "L")])
+def test_pil_decodes_the_pixels_torchvision_io_did(tmp_path, fmt, mode):
+    """Images are decoded with PIL (torchvision 0.29 deprecates torchvision.io's decoders);
+    every mode an ImageFolder may hold comes out as torchvision.io's RGB mode gave it, so a
+    data cache and a study's data fingerprint stay what they were."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_image
+
+    from tests.samples import images
+
+    for i, pixels in enumerate(images(6, seed=7)):
+        im = Image.fromarray(pixels)
+        im = im.convert(mode) if mode != "P" else im.quantize(64)
+        if mode in ("RGBA", "LA"):  # a varying alpha, which RGB leaves out
+            im.putalpha(Image.fromarray(np.uint8(np.arange(1024).reshape(32, 32) % 256)))
+        raw = tmp_path / f"{i}.{fmt}"
+        im.save(raw)
+        want = decode_image(str(raw), mode=ImageReadMode.RGB)
+        assert torch.equal(data_module._decode(str(raw), raw.read_bytes()), want), (fmt, mode, i)
+
+
+def test_an_image_folder_of_bmp_files_is_read(tmp_path):
+    """ImageFolder lists .bmp, .ppm and .tif files too, which torchvision.io never decoded; PIL does."""
+    png = load_cifar10(make_image_folder(tmp_path / "png", n_train=6, n_test=4), cache_dir=tmp_path / "c1")
+    bmp = load_cifar10(make_image_folder(tmp_path / "bmp", n_train=6, n_test=4, fmt="bmp"), cache_dir=tmp_path / "c2")
+    assert torch.equal(png.train, bmp.train) and torch.equal(png.test, bmp.test)
+
+
 class TestCache:
     def test_second_load_reads_cache_not_images(self, tmp_path, monkeypatch):
         root = make_image_folder(tmp_path / "imgs", n_train=20, n_test=10)
@@ -44,7 +74,7 @@ class TestCache:
         def no_decoding(path):
             raise AssertionError("decoded again despite the cache")
 
-        monkeypatch.setattr(data_module, "_read_image_folder", no_decoding)
+        monkeypatch.setattr(data_module, "read_image_folder", no_decoding)
         second = load_cifar10(root, cache_dir=tmp_path / "cache")
         assert torch.equal(first.train, second.train) and first.fingerprint == second.fingerprint
 
@@ -83,7 +113,7 @@ class TestCache:
         assert len(list(cache.glob("cifar10-*.pt"))) == 3  # one per source: folder, archive, other
         assert len(list((cache / "unpacked").iterdir())) == 1
         # and the newest copy is the one kept: read again without decoding
-        monkeypatch.setattr(data_module, "_read_image_folder", lambda path: pytest.fail(f"{path} decoded again"))
+        monkeypatch.setattr(data_module, "read_image_folder", lambda path: pytest.fail(f"{path} decoded again"))
         assert load_cifar10(archive, cache_dir=cache).fingerprint == load_cifar10(folder, cache_dir=cache).fingerprint
 
     def test_corrupt_cache_is_rebuilt(self, tmp_path):
@@ -137,17 +167,22 @@ class TestErrors:
     def test_an_image_is_measured_before_it_is_decoded(self, tmp_path, monkeypatch, size, words):
         """A 12 KB PNG can declare 10,000 x 10,000 pixels (300 MB decoded; 50,000 square would
         be 7.5 GB): the header is read first, and such a file is never decoded."""
-        import torchvision.io
-        from PIL import Image
+        from PIL import Image, ImageFile
 
         root = make_image_folder(tmp_path / "imgs", n_train=4, n_test=4)
         big = sorted((root / "train").rglob("*.png"))[-1]
         Image.new("1", size).save(big)
-        decode, declared = torchvision.io.decode_image, big.read_bytes()
-        monkeypatch.setattr(torchvision.io, "decode_image",  # what _read_image_folder imports when it runs
-                            lambda raw, **k: pytest.fail(f"{big} decoded") if raw.numpy().tobytes() == declared
-                            else decode(raw, **k))
+        load = ImageFile.ImageFile.load  # where PIL decodes pixels (the 32x32 images go through it)
+        monkeypatch.setattr(ImageFile.ImageFile, "load",
+                            lambda im: pytest.fail(f"{big} decoded") if im.size == size else load(im))
         with pytest.raises(UsageError, match=words):
+            load_cifar10(root, cache_dir=tmp_path / "cache")
+
+    def test_a_truncated_jpeg_is_one_line_with_the_reason(self, tmp_path):
+        root = make_image_folder(tmp_path / "imgs", n_train=4, n_test=4, fmt="jpg")
+        cut = sorted((root / "test").rglob("*.jpg"))[0]
+        cut.write_bytes(cut.read_bytes()[:300])
+        with pytest.raises(UsageError, match=f"unreadable image {cut} \\([^)]*[Tt]runcated"):
             load_cifar10(root, cache_dir=tmp_path / "cache")
 
     def test_incomplete_batches(self, tmp_path):

@@ -33,8 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vae_search.atomic import atomic_write
 from vae_search.errors import UsageError
@@ -110,7 +111,7 @@ def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) ->
 
 
 def _reader(layout: str) -> Callable[[Path], tuple[torch.Tensor, torch.Tensor]]:
-    return _read_batches if layout == "batches" else _read_image_folder
+    return _read_batches if layout == "batches" else read_image_folder
 
 
 def data_layout(data_dir: Path) -> tuple[str, Path]:
@@ -311,8 +312,6 @@ BATCH_FILES = {True: [f"data_batch_{i}" for i in range(1, 6)], False: ["test_bat
 def _read_batch(path: Path) -> torch.Tensor:
     """One batch file -> (N, 3, 32, 32) uint8. The originals are Python 2 pickles of dicts
     with byte-string keys (str keys once read with latin1, as torchvision reads them)."""
-    import numpy as np
-
     try:
         with open(path, "rb") as f:
             entry = _BatchUnpickler(f, encoding="latin1").load()
@@ -335,38 +334,38 @@ def _read_batches(batches: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
-def _decoder_says(e: Exception) -> str:
-    """The decoder's reason without the C++ source location torchvision's builds put in
-    front of it ("decode_jpeg, /__w/vision/.../decode_jpeg.cpp:171, Image is incomplete")."""
-    import re
-
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return re.sub(r"^\w+, \S+\.(?:cpp|cc|h):\d+, ", "", text)
-
-
-def _check_declared_size(file: str, raw: bytes) -> None:
-    """The size an image declares in its header, read before it is decoded: a file of a few
-    KB can declare a huge image (a PNG of 50,000 x 50,000 pixels decodes to 7.5 GB), and a
-    data folder is untrusted. Formats PIL does not read are left to decode_image."""
+def _decode(file: str, raw: bytes) -> torch.Tensor:
+    """One image file's bytes -> (3, 32, 32) uint8, decoded with PIL, as torchvision's
+    ImageFolder itself reads images (torchvision 0.29 deprecates its own decoders; on all
+    60,000 images of the shared JPEG copy PIL's pixels are those torchvision.io gave, byte for
+    byte). The size the header declares is checked before any pixel is decoded: a file of a
+    few KB can declare a huge image (a PNG of 50,000 x 50,000 pixels decodes to 7.5 GB), and
+    a data folder is untrusted."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(raw)) as im:
-                size = im.size
+                if im.size != (32, 32):
+                    raise UsageError(f"image {file} is {(im.size[1], im.size[0])} pixels, CIFAR-10 is 32x32; {LAYOUTS}")
+                # grey, palette and alpha to RGB, as ImageFolder's own loader converts them
+                pixels = np.array(im if im.mode == "RGB" else im.convert("RGB"))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise UsageError(f"image {file} declares more pixels than any image should have; not decoded; {LAYOUTS}") from None
-    except Exception:
-        return
-    if size != (32, 32):
-        raise UsageError(f"image {file} is {(size[1], size[0])} pixels, CIFAR-10 is 32x32; {LAYOUTS}")
+    except UnidentifiedImageError:
+        raise UsageError(f"unreadable image {file} (not an image format PIL reads); {LAYOUTS}") from None
+    except UsageError:
+        raise
+    except Exception as e:  # truncated or corrupt data: PIL's OSError, or a decoder's own
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"unreadable image {file} ({reason}); {LAYOUTS}") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
-def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     # Imported here, not at the top: torchvision's package import pulls in its models and
     # torch._dynamo (about 2.5 s on the project's CPUs), which reading the pickles or the
     # decoded cache does not need; a `--jobs` parent, which never trains, then never pays it.
     from torchvision import datasets
-    from torchvision.io import ImageReadMode, decode_image
 
     out = []
     for split in ("train", "test"):
@@ -380,15 +379,6 @@ def _read_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
                 raw = Path(file).read_bytes()  # read once: the bytes measured are the bytes decoded
             except OSError as e:
                 raise UsageError(f"unreadable image {file} ({e.strerror}); {LAYOUTS}") from None
-            _check_declared_size(file, raw)
-            try:
-                img = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            except Exception as e:
-                raise UsageError(f"unreadable image {file} ({_decoder_says(e)}); {LAYOUTS}") from None
-            if img.shape != (3, 32, 32):
-                raise UsageError(
-                    f"image {file} is {tuple(img.shape[1:])} pixels, CIFAR-10 is 32x32; {LAYOUTS}"
-                )
-            images[i] = img
+            images[i] = _decode(file, raw)
         out.append(images)
     return out[0], out[1]
