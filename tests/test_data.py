@@ -42,10 +42,14 @@ def test_pil_decodes_the_pixels_torchvision_io_did(tmp_path, fmt, mode):
     every mode an ImageFolder may hold comes out as torchvision.io's RGB mode gave it, so a
     data cache and a study's data fingerprint stay what they were."""
     import numpy as np
+    import torchvision.io
     from PIL import Image
-    from torchvision.io import ImageReadMode, decode_image
 
     from tests.samples import images
+
+    if not hasattr(torchvision.io, "decode_image"):
+        pytest.skip("this torchvision no longer decodes images: nothing to compare with")
+    decode_image, rgb = torchvision.io.decode_image, torchvision.io.ImageReadMode.RGB
 
     for i, pixels in enumerate(images(6, seed=7)):
         im = Image.fromarray(pixels)
@@ -54,7 +58,7 @@ def test_pil_decodes_the_pixels_torchvision_io_did(tmp_path, fmt, mode):
             im.putalpha(Image.fromarray(np.uint8(np.arange(1024).reshape(32, 32) % 256)))
         raw = tmp_path / f"{i}.{fmt}"
         im.save(raw)
-        want = decode_image(str(raw), mode=ImageReadMode.RGB)
+        want = decode_image(str(raw), mode=rgb)
         assert torch.equal(data_module._decode(str(raw), raw.read_bytes()), want), (fmt, mode, i)
 
 
