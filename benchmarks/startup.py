@@ -3,7 +3,8 @@ script runs it (`vae_search.__main__.entry`: the command, then a quick exit), ag
 baselines timed in the same run, alternately, on one synthetic B.1 grid (no training, no
 data): the same command ending with Python's own shutdown (what `entry` skips), and that
 with torch and torchvision imported first, as every command did before the reading
-commands stopped importing them:
+commands stopped importing them; and the console script with scipy.stats imported first, as
+`best` and `show` did for Welch's test before noise.py took Student's t from scipy.special:
 
     python benchmarks/startup.py            # 5 rounds; the last line is one JSON object
     python benchmarks/startup.py --jobs-parent   # a --jobs 2 search's time to its first trial
@@ -122,7 +123,8 @@ def main() -> None:
         storage = f"sqlite:///{cwd}/s.db"
         synthetic_grid(storage, {1: [1912.0, 1913.0], 2: [1872.0, 1873.0], 3: [1845.0, 1846.0], 4: [1846.0, 1847.0]})
         variants = {"now": ENTRY, "python_exit": RUN.format(pre=""),
-                    "with_torch": RUN.format(pre="import torch, torchvision\n")}
+                    "with_torch": RUN.format(pre="import torch, torchvision\n"),
+                    "with_scipy_stats": "import scipy.stats\n" + ENTRY}
         times: dict[str, dict[str, list[float]]] = {c: {v: [] for v in variants} for c in COMMANDS}
         for _ in range(args.warmup):  # untimed: the file cache, as on a machine that ran the tool
             for cmd in COMMANDS.values():
@@ -135,13 +137,14 @@ def main() -> None:
 
     result: dict[str, object] = {"cpu": torch.backends.cpu.get_cpu_capability(), "rounds": args.rounds}
     for name in COMMANDS:
-        now, slow_exit, before = (statistics.median(times[name][v]) for v in ("now", "python_exit", "with_torch"))
+        now, slow_exit, before, stats = (statistics.median(times[name][v]) for v in variants)
         print(f"{name}: {now:.2f} s (median of {args.rounds}); with Python's own exit {slow_exit:.2f} s "
               f"({slow_exit / now:.2f}x); with torch and torchvision imported first too {before:.2f} s "
-              f"({before / now:.2f}x)", flush=True)
+              f"({before / now:.2f}x); with scipy.stats imported first {stats:.2f} s ({stats / now:.2f}x)", flush=True)
         result[f"{name}_s"], result[f"{name}_python_exit_s"] = round(now, 3), round(slow_exit, 3)
-        result[f"{name}_with_torch_s"] = round(before, 3)
+        result[f"{name}_with_torch_s"], result[f"{name}_with_scipy_stats_s"] = round(before, 3), round(stats, 3)
         result[f"{name}_exit_speedup"], result[f"{name}_speedup"] = round(slow_exit / now, 2), round(before / now, 2)
+        result[f"{name}_scipy_stats_speedup"] = round(stats / now, 2)
     print(json.dumps(result))
 
 

@@ -316,6 +316,32 @@ def test_seeds_to_tell_gives_the_power_it_promises():
     assert seeds_to_tell([1.0, 2.0], [1.0, 2.0]) is None and seeds_to_tell([1.0, 1.0], [2.0, 2.0]) is None
 
 
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy, on the no-spread side tested
+@pytest.mark.parametrize("seed", range(6))
+def test_welch_p_and_the_noise_band_are_scipy_stats_figures(seed):
+    """noise.py computes Welch's test and the t band from scipy.special (scipy.stats is slow to
+    import): the same p-values as ttest_ind and the same quantile as t.ppf, on unequal sizes
+    and spreads, with one side's spread zero, and with no spread at all."""
+    import numpy as np
+    from scipy.stats import t as student
+    from scipy.stats import ttest_ind
+
+    from vae_search.noise import Noise, welch_p_of
+
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        n_a, n_b = rng.integers(2, 12, size=2)
+        a = list(rng.normal(1850.0, rng.uniform(0.1, 5.0), n_a))
+        b = list(rng.normal(1850.0 + rng.uniform(-6.0, 6.0), rng.uniform(0.1, 5.0), n_b))
+        assert welch_p_of(a, b) == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9, abs=1e-300)
+    flat = [1850.0] * int(rng.integers(2, 6))
+    assert welch_p_of(flat, b) == pytest.approx(ttest_ind(flat, b, equal_var=False).pvalue, rel=1e-9)
+    assert welch_p_of(flat, flat) == 1.0 and welch_p_of(flat, [1851.0, 1851.0]) == 0.0  # ttest_ind: nan
+    df = int(rng.integers(1, 40))
+    noise = Noise(sd=1.5, df=df, source="test")
+    assert noise.band(1, 3) == pytest.approx(student.ppf(0.975, df) * 1.5 * (1 + 1 / 3) ** 0.5, rel=1e-12)
+
+
 def test_best_measures_over_fitting_on_the_final_model_where_it_can(tmp_path, cli):
     url = f"sqlite:///{tmp_path}/s.db"
     search = optuna.create_study(study_name="search", storage=url)

@@ -104,18 +104,19 @@ READING = [("best",), ("best", "--json"), ("show",), ("fail-stale", "--older-tha
 
 @pytest.mark.parametrize("args", READING, ids=" ".join)
 def test_reading_commands_start_without_torch(tmp_path, args):
-    """torch and torchvision (with the dynamo they import) took two thirds of `best`'s start:
-    the commands that only read a study never import them."""
+    """torch and torchvision (with the dynamo they import) took two thirds of `best`'s start,
+    and scipy.stats (for Welch's test) most of the rest: the commands that only read a study
+    import neither, on a grid with two seeds a point, where the verdicts test every pair."""
     import subprocess
     import sys
 
     from tests.samples import synthetic_grid
 
     storage = f"sqlite:///{tmp_path}/s.db"
-    synthetic_grid(storage, {1: [1900.0], 2: [1880.0], 3: [1850.0], 4: [1870.0]})
+    synthetic_grid(storage, {1: [1900.0, 1901.0], 2: [1880.0, 1882.0], 3: [1850.0, 1851.0], 4: [1870.0, 1872.0]})
     probe = ("import sys\nfrom vae_search.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
              "    assert e.code in (0, None), e.code\nprint(sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('torch', 'torchvision')), file=sys.stderr)")
+             "('torch', 'torchvision') or m.startswith('scipy.stats')), file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", probe, *args, "--storage", storage], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
