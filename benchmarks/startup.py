@@ -101,9 +101,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per command and variant (default 5)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed rounds first, to warm the OS file cache (default 1; 0 for a smoke run)")
+    parser.add_argument("--commands", default=",".join(COMMANDS),
+                        help=f"the reading commands to time, comma-separated (default {','.join(COMMANDS)})")
     parser.add_argument("--jobs-parent", action="store_true",
                         help="time a --jobs 2 search's start to its first trial instead of the reading commands")
     args = parser.parse_args()
+    unknown = [name for name in args.commands.split(",") if name not in COMMANDS]
+    if unknown:
+        parser.error(f"--commands: {', '.join(unknown)} is not one of {', '.join(COMMANDS)}")
+    commands = {name: COMMANDS[name] for name in args.commands.split(",")}
     if args.jobs_parent:
         import torch
 
@@ -125,18 +131,18 @@ def main() -> None:
         variants = {"now": ENTRY, "python_exit": RUN.format(pre=""),
                     "with_torch": RUN.format(pre="import torch, torchvision\n"),
                     "with_scipy_stats": "import scipy.stats\n" + ENTRY}
-        times: dict[str, dict[str, list[float]]] = {c: {v: [] for v in variants} for c in COMMANDS}
+        times: dict[str, dict[str, list[float]]] = {c: {v: [] for v in variants} for c in commands}
         for _ in range(args.warmup):  # untimed: the file cache, as on a machine that ran the tool
-            for cmd in COMMANDS.values():
+            for cmd in commands.values():
                 for code in variants.values():
                     _time(code, [*cmd, "--storage", storage], cwd)
         for _ in range(args.rounds):
-            for name, cmd in COMMANDS.items():
+            for name, cmd in commands.items():
                 for variant, code in variants.items():
                     times[name][variant].append(_time(code, [*cmd, "--storage", storage], cwd))
 
     result: dict[str, object] = {"cpu": torch.backends.cpu.get_cpu_capability(), "rounds": args.rounds}
-    for name in COMMANDS:
+    for name in commands:
         now, slow_exit, before, stats = (statistics.median(times[name][v]) for v in variants)
         print(f"{name}: {now:.2f} s (median of {args.rounds}); with Python's own exit {slow_exit:.2f} s "
               f"({slow_exit / now:.2f}x); with torch and torchvision imported first too {before:.2f} s "
