@@ -115,3 +115,19 @@ def test_the_report_of_a_search_whose_trials_are_all_running(tmp_path):
     written = write_report(study, storage, tmp_path / "artifacts", tmp_path / "out")
     assert "| RUNNING |" in (tmp_path / "out" / "trials.md").read_text()
     assert "1 trials (1 running)" in next(p for p in written if p.name == "report.md").read_text()
+
+
+def test_the_trial_table_of_a_study_with_an_integer_no_float_holds(tmp_path):
+    """A study's JSON holds integers of any size: a trial's attribute of 400 digits in a column
+    of floats ended the report's trials.md in tabulate's OverflowError. It shows as inf."""
+    from vae_search.report import write_report
+
+    storage = optuna.storages.get_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage, study_name="odd")
+    study.set_user_attr("kind", "search")
+    for i, kl in enumerate((20.5, 10**400, -(10**400))):
+        study.add_trial(optuna.trial.create_trial(value=1850.0 + i, user_attrs={"kl": kl}))
+    write_report(study, storage, tmp_path / "artifacts", tmp_path / "out")
+    header, _, *rows = [[c.strip() for c in line.split("|")] for line in (tmp_path / "out" / "trials.md").read_text().splitlines()]
+    assert [row[header.index("kl")] for row in rows] == ["20.5", "inf", "-inf"]
+    assert str(10**400) in (tmp_path / "out" / "trials.csv").read_text()  # the CSV keeps the digits

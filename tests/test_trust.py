@@ -88,7 +88,7 @@ MISSING = object()
 
 @pytest.mark.parametrize("attr, bad", [("params", "abc"), ("neg_elbo", [1, 2]), ("recon_loss", None),
                                        ("history", "junk"), ("time_s", float("nan")), ("seed", True),
-                                       ("recon_loss", MISSING)])
+                                       ("recon_loss", MISSING), ("neg_elbo", 1e200)])
 def test_trials_with_figures_not_as_vae_search_writes_them_are_left_out_with_a_note(escaped, tmp_path, cli, attr, bad):
     """A shared study's trial attributes are untrusted: a trial whose figures are not shaped as
     vae-search writes them (a count that is a string, a loss that is a list) once ended best,
@@ -133,6 +133,30 @@ def test_a_grid_trial_with_figures_not_as_written_is_left_out_of_show(tmp_path, 
     assert "trial 4: its 'val_loss' is not a finite number" in " ".join(err.split())
     row = next(r for r in json.loads(out)["rows"] if r["config"] == 3)
     assert row["n"] == 1 and row["val_loss"] == 1843.0
+
+
+@pytest.mark.parametrize("config, attr, bad, why", [
+    (2, "val_loss", -3745.0, "its 'val_loss' (-3745) is not positive"),  # the baseline's mean 0: ZeroDivisionError
+    (3, "recon_loss", 10**400, "its 'recon_loss' is not a finite number up to 1e+15"),  # JSON's integers: OverflowError
+    (4, "params", 10**400, "its 'params' is not a count"),  # OverflowError in show's table
+    (2, "val_loss", 1e200, "its 'val_loss' is not a finite number up to 1e+15"),  # a mean of 3e199 in the table
+    (4, "time_s", -5.0, "its 'time_s' (-5) is negative")])
+def test_figures_no_trial_can_record_are_left_out_of_show_and_best(tmp_path, cli, config, attr, bad, why):
+    """Figures outside what a trial can record (a negative loss or time, 1e200, an integer of
+    400 digits) ended show and best in a traceback, or went into the table as if measured. The
+    trial is left out, with its reason."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    values = {c: [v, v + 1.0] for c, v in {1: 1913.0, 2: 1872.0, 3: 1843.0, 4: 1873.0}.items()}
+    study = synthetic_grid(storage, values)
+    t = next(t for t in study.trials if t.user_attrs["config"] == config)
+    study.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value,
+                                              user_attrs={**t.user_attrs, attr: bad, "seed": 2}))
+    for command in (("show", "--json"), ("best", "--json")):
+        rc, out, err = cli(*command, "--study-name", "b1", "--storage", storage)
+        assert rc == 0 and "Traceback" not in err, err
+        assert f"trial 8: {why}" in " ".join(err.split()), err
+    row = next(r for r in json.loads(cli("show", "--json", "--storage", storage)[1])["rows"] if r["config"] == config)
+    assert row["n"] == 2 and row["val_loss"] == values[config][0] + 0.5
 
 
 @pytest.mark.parametrize("attr, bad", [("budget", "abc"), ("budget", {"epochs": "ten"}), ("heartbeat_s", "30"),

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import NormalDist, mean, stdev, variance
+from statistics import NormalDist, mean, stdev
+
+import numpy as np
 
 ALPHA = 0.05  # Welch's t-test level for "beyond seed noise"
 POWER = 0.8  # the chance that a real difference of the observed size is told from seed noise
@@ -32,12 +34,15 @@ def welch_p_of(va: list[float], vb: list[float]) -> float | None:
 
     if len(va) < 2 or len(vb) < 2:
         return None
-    sa, sb = variance(va) / len(va), variance(vb) / len(vb)  # squared standard errors
-    if sa + sb == 0:  # no spread on either side: only identical means are a tie
+    a, b = np.asarray(va, dtype=np.float64), np.asarray(vb, dtype=np.float64)
+    with np.errstate(all="ignore"):  # past float's range: inf and nan, as in ttest_ind, not an exception
+        sa, sb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size  # squared standard errors
+        t = (a.mean() - b.mean()) / np.sqrt(sa + sb)
+        df = (sa + sb) ** 2 / (sa**2 / (a.size - 1) + sb**2 / (b.size - 1))  # Welch-Satterthwaite
+        p = float(2 * stdtr(df, -abs(t)))
+    if math.isnan(p):  # no spread on either side: only identical means are a tie
         return 1.0 if mean(va) == mean(vb) else 0.0
-    t = (mean(va) - mean(vb)) / math.sqrt(sa + sb)
-    df = (sa + sb) ** 2 / (sa * sa / (len(va) - 1) + sb * sb / (len(vb) - 1))  # Welch-Satterthwaite
-    return float(2 * stdtr(df, -abs(t)))
+    return p
 
 
 def seeds_to_tell(va: list[float], vb: list[float]) -> int | None:

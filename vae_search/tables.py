@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import math
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -148,8 +150,15 @@ def markdown(df: pd.DataFrame) -> str:
     from tabulate import tabulate
 
     rows = df.astype(object).where(df.notna(), None).values.tolist()
-    rows = [[v.item() if hasattr(v, "item") else v for v in row] for row in rows]
+    rows = [[_cell(v) for v in row] for row in rows]
     return tabulate(rows, headers=list(df.columns), tablefmt="pipe", floatfmt=".6g", intfmt=",", missingval="")
+
+
+def _cell(v: object) -> object:
+    v = v.item() if hasattr(v, "item") else v
+    # An integer past float's range (a study's JSON holds any) shows as inf: tabulate formats a
+    # column with a float in it through float(), which raised OverflowError on it.
+    return (math.inf if v > 0 else -math.inf) if isinstance(v, int) and abs(v) > sys.float_info.max else v
 
 
 def markdown_table(df: pd.DataFrame) -> str:

@@ -9,7 +9,6 @@ instead of ending in a traceback on the first float() of it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +16,15 @@ from optuna.trial import FrozenTrial
 
 REQUIRED = ("neg_elbo", "recon_loss", "kl", "val_loss", "train_loss", "time_s", "params", "epochs", "batch_size")
 NUMBERS = ("neg_elbo", "recon_loss", "kl", "val_loss", "train_loss", "time_s", "train_eval_loss")  # finite reals
+# ... within what a trial can record. Losses are sums of per-pixel cross-entropies, so
+# positive; a time is not negative; no figure or count comes near LARGEST (a validation
+# neg_elbo above ten times an untrained model's, 21,290 nats, fails the trial). The tables
+# divide by losses (a baseline's mean of 0 ended `show` in a ZeroDivisionError) and turn
+# figures into floats (an integer of 400 digits, which JSON holds, ended it in an
+# OverflowError); a loss of 1e200 went into the table as if measured.
+POSITIVE = ("neg_elbo", "recon_loss", "val_loss", "train_loss", "train_eval_loss")
+NOT_NEGATIVE = ("time_s",)
+LARGEST = 1e15
 COUNTS = ("params", "epochs", "batch_size", "seed", "source_trial", "epochs_run", "n_train", "n_val", "jobs",
           "threads", "config")  # non-negative integers
 NAMES = ("weights_artifact_id", "reconstructions_artifact_id", "samples_artifact_id", "interpolation_artifact_id",
@@ -28,7 +36,7 @@ def _real(x: object) -> bool:
 
 
 def _count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= LARGEST
 
 
 def _epoch(entry: object) -> bool:
@@ -43,9 +51,14 @@ def problem(t: FrozenTrial) -> str | None:
     missing = [key for key in REQUIRED if key not in a]
     if missing:
         return f"it has no {', '.join(map(repr, missing))}"
-    for key in NUMBERS:
-        if key in a and not (_real(a[key]) and math.isfinite(a[key])):
-            return f"its {key!r} is not a finite number"
+    for key in (k for k in NUMBERS if k in a):
+        x = a[key]
+        if not (_real(x) and abs(x) <= LARGEST):  # NaN and the infinities fail the comparison too
+            return f"its {key!r} is not a finite number up to {LARGEST:.0e}"
+        if key in POSITIVE and x <= 0:
+            return f"its {key!r} ({x:.4g}) is not positive"
+        if key in NOT_NEGATIVE and x < 0:
+            return f"its {key!r} ({x:.4g}) is negative"
     for key in COUNTS:
         if key in a and not _count(a[key]):
             return f"its {key!r} is not a count"
