@@ -17,7 +17,6 @@ import io
 import json
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -69,10 +68,8 @@ def compare(args: argparse.Namespace, ap: argparse.ArgumentParser, tmp: Path) ->
     else:
         ap.error("give --data-dir (an ImageFolder copy or its .tar.gz) or --quick")
     kind, path = data.data_layout(source)
-    if kind == "archive":  # the shared copy: unpacked here as vae-search unpacks it, tarfile's data filter
-        with tarfile.open(path) as tar:
-            tar.extractall(tmp / "unpacked", filter="data")
-        kind, path = data.data_layout(next(p.parent for p in (tmp / "unpacked").rglob("train") if p.is_dir()))
+    if kind == "archive":  # the shared copy: unpacked into this run's folder, as vae-search unpacks it into its cache
+        kind, path = data.data_layout(data.unpacked(path, tmp))
     if kind != "imagefolder":
         ap.error(f"{source} is a {kind} copy; this compares image decoders, so give an ImageFolder")
     print(f"{path}: torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
@@ -83,10 +80,11 @@ def compare(args: argparse.Namespace, ap: argparse.ArgumentParser, tmp: Path) ->
             start = time.perf_counter()
             results[name] = read(path)
             seconds[name].append(time.perf_counter() - start)
-            print(f"{name}: {seconds[name][-1]:.2f} s for {sum(len(t) for t in results[name]):,} images", flush=True)
+            images = sum(len(t) for t in results[name])
+            print(f"{name}: {seconds[name][-1]:.2f} s for {images:,} images", flush=True)
     same = all(torch.equal(a, b) for a, b in zip(results["pil"], results["torchvision_io"], strict=True))
     pil, tv = statistics.median(seconds["pil"]), statistics.median(seconds["torchvision_io"])
-    print(json.dumps({"images": sum(len(t) for t in results["pil"]), "pil_s": round(pil, 2), "torchvision_io_s": round(tv, 2),
+    print(json.dumps({"images": images, "pil_s": round(pil, 2), "torchvision_io_s": round(tv, 2),
                       "pil_vs_torchvision_io": round(pil / tv, 3), "same_pixels": same, "rounds": args.rounds}))
 
 

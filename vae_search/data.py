@@ -104,7 +104,7 @@ def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) ->
         return _download(cache_dir)
     layout, path = data_layout(Path(data_dir).expanduser())
     if layout == "archive":
-        kind, inner = data_layout(_unpacked(path, cache_dir))  # a folder: batches or an ImageFolder
+        kind, inner = data_layout(unpacked(path, cache_dir))  # a folder: batches or an ImageFolder
         data = _cached(inner, cache_dir, _reader(kind), source=path)
         return replace(data, source=str(path))  # named by the archive, not the folder it unpacked to
     return _cached(path, cache_dir, _reader(layout), source=path)
@@ -189,7 +189,7 @@ def _bounded_data_filter() -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
     return check
 
 
-def _unpacked(archive: Path, cache_dir: Path) -> Path:
+def unpacked(archive: Path, cache_dir: Path) -> Path:
     """The archive unpacked into the cache (once; a later call finds it), as the folder that
     holds the layout (an archive may wrap it in one top folder)."""
     st = archive.stat()
